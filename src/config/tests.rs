@@ -1,0 +1,205 @@
+use super::*;
+
+const BASE: &str = r#"
+backends:
+  pacs:
+    ae_title: PACS
+    servers: [127.0.0.1:11112, "pacs.hospital.local:104"]
+listeners:
+  store:
+    listen: 127.0.0.1:2762
+    tls: {certificate: certs/scp_cert.pem, private_key: /etc/dicomgate/scp_key.pem}
+    allow: [34.203.166.92/32, 127.0.0.1]
+    calling_ae_titles: [BUTTERFLY]
+    routes: {PACS: pacs, "*": pacs}
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml_str(text, Path::new("/srv/gw"))
+}
+
+fn issue_paths(err: &ConfigError) -> Vec<String> {
+    err.issues().into_iter().map(|i| i.path).collect()
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_resolved_paths() {
+    let c = parse(BASE).expect("valid");
+    let l = &c.listeners["store"];
+    assert_eq!(l.timeouts.acse, Duration::from_secs(30));
+    assert_eq!(l.timeouts.dimse, Duration::from_secs(300));
+    assert_eq!(l.timeouts.connect, Duration::from_secs(10));
+    assert_eq!(l.max_connections, 256);
+    assert_eq!(l.max_associate_rq_length, 65536);
+    let Security::Tls(tls) = &l.security else {
+        panic!("tls expected")
+    };
+    assert_eq!(tls.certificate, Path::new("/srv/gw/certs/scp_cert.pem"));
+    assert_eq!(tls.private_key, Path::new("/etc/dicomgate/scp_key.pem"));
+    assert_eq!(tls.versions, vec![TlsVersion::Tls12, TlsVersion::Tls13]);
+    assert!(!tls.client_auth.required());
+    assert_eq!(
+        c.backends["pacs"].servers[1].to_string(),
+        "pacs.hospital.local:104"
+    );
+    assert!(l.allows("127.0.0.1".parse().unwrap()));
+    assert!(l.allows("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!l.allows("127.0.0.2".parse().unwrap()));
+    assert_eq!(
+        l.routes.lookup(&AeTitle::parse("PACS").unwrap()),
+        Some("pacs")
+    );
+    assert_eq!(
+        l.routes.lookup(&AeTitle::parse("OTHER").unwrap()),
+        Some("pacs")
+    );
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let text = BASE.replace("allow:", "alow:");
+    let err = parse(&text).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("listeners.store"), "{msg}");
+    assert!(msg.contains("unknown field `alow`"), "{msg}");
+}
+
+#[test]
+fn long_calling_ae_title_message_matches_design() {
+    let text = BASE.replace("[BUTTERFLY]", "[\"BUTTERFLY CLOUD ONE\"]");
+    let err = parse(&text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "listeners.store.calling_ae_titles[0]: \"BUTTERFLY CLOUD ONE\" is longer than 16 characters"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = BASE
+        .replace("34.203.166.92/32", "34.203.166.92/33")
+        .replace("{PACS: pacs,", "{PACS: nowhere,")
+        .replace("tls: {", "timeouts: {acse: 30, dimse: forever}\n    tls: {");
+    let err = parse(&text).unwrap_err();
+    let paths = issue_paths(&err);
+    assert!(
+        paths.contains(&"listeners.store.allow[0]".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"listeners.store.routes.PACS".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"listeners.store.timeouts.acse".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"listeners.store.timeouts.dimse".to_owned()),
+        "{paths:?}"
+    );
+    assert!(err.to_string().contains("30 has no unit"), "{err}");
+}
+
+#[test]
+fn tls_and_plaintext_are_exclusive_and_one_is_required() {
+    let both = BASE.replace("allow:", "insecure_plaintext: true\n    allow:");
+    assert_eq!(
+        issue_paths(&parse(&both).unwrap_err()),
+        vec!["listeners.store.insecure_plaintext"]
+    );
+    let neither = BASE.replace(
+        "    tls: {certificate: certs/scp_cert.pem, private_key: /etc/dicomgate/scp_key.pem}\n",
+        "",
+    );
+    assert_eq!(
+        issue_paths(&parse(&neither).unwrap_err()),
+        vec!["listeners.store.tls"]
+    );
+    let plain = neither.replace("allow:", "insecure_plaintext: true\n    allow:");
+    assert!(matches!(
+        parse(&plain).unwrap().listeners["store"].security,
+        Security::Plaintext
+    ));
+}
+
+#[test]
+fn allow_list_is_required_and_never_defaults() {
+    let text = BASE.replace("    allow: [34.203.166.92/32, 127.0.0.1]\n", "");
+    assert_eq!(
+        issue_paths(&parse(&text).unwrap_err()),
+        vec!["listeners.store.allow"]
+    );
+    let empty = BASE.replace("[34.203.166.92/32, 127.0.0.1]", "[]");
+    assert_eq!(
+        issue_paths(&parse(&empty).unwrap_err()),
+        vec!["listeners.store.allow"]
+    );
+}
+
+#[test]
+fn tls_versions_below_1_2_are_refused_and_unquoted_versions_work() {
+    let old = BASE.replace(
+        "private_key: /etc/dicomgate/scp_key.pem}",
+        "private_key: k.pem, versions: [\"1.1\"]}",
+    );
+    let err = parse(&old).unwrap_err();
+    assert_eq!(issue_paths(&err), vec!["listeners.store.tls.versions[0]"]);
+    assert!(err.to_string().contains("RFC 8996"), "{err}");
+    let pinned = BASE.replace(
+        "private_key: /etc/dicomgate/scp_key.pem}",
+        "private_key: k.pem, versions: [1.2]}",
+    );
+    let c = parse(&pinned).unwrap();
+    let Security::Tls(tls) = &c.listeners["store"].security else {
+        panic!()
+    };
+    assert_eq!(tls.versions, vec![TlsVersion::Tls12]);
+}
+
+#[test]
+fn ae_titles_with_forbidden_characters_are_refused() {
+    for bad in ["\"A\\\\B\"", "\"\"", "\"   \"", "\"TAB\\tX\""] {
+        let text = BASE.replace("[BUTTERFLY]", &format!("[{bad}]"));
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            issue_paths(&err),
+            vec!["listeners.store.calling_ae_titles[0]"],
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn server_addresses() {
+    use super::validate::test_parse_server_address as p;
+    assert_eq!(p("10.20.0.15:104").unwrap().to_string(), "10.20.0.15:104");
+    assert_eq!(p("[::1]:104").unwrap().to_string(), "[::1]:104");
+    assert_eq!(p("pacs.local:11112").unwrap().host, "pacs.local");
+    for bad in ["pacs.local", "pacs:0", "pacs:99999", ":104", "a b:104"] {
+        assert!(p(bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn backend_tls_needs_ca_and_key_with_certificate() {
+    let text = BASE.replace(
+        "    servers: [127.0.0.1:11112, \"pacs.hospital.local:104\"]\n",
+        "    servers: [127.0.0.1:11112]\n    tls: {certificate: c.pem}\n",
+    );
+    let mut paths = issue_paths(&parse(&text).unwrap_err());
+    paths.sort();
+    assert_eq!(paths[0], "backends.pacs.tls.ca");
+    assert_eq!(paths[1], "backends.pacs.tls.private_key");
+}
+
+#[test]
+fn duplicate_listen_addresses_are_refused() {
+    let text = format!(
+        "{BASE}  worklist:\n    listen: 127.0.0.1:2762\n    insecure_plaintext: true\n    allow: [127.0.0.1/32]\n    routes: {{MWL: pacs}}\n"
+    );
+    assert_eq!(
+        issue_paths(&parse(&text).unwrap_err()),
+        vec!["listeners.worklist.listen"]
+    );
+}

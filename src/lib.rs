@@ -1,0 +1,45 @@
+//! dicomgate: DICOM-TLS termination for a hospital DMZ.
+//!
+//! One association passes these stages, each a module:
+//!
+//! ```text
+//! listener ──▶ connection ──────────────────────────────────────────────▶ relay
+//! (accept,     tls handshake ─▶ dicom::first_pdu ─▶ routing ─▶ backend    (PDU-framed pump,
+//!  allow list,  (tls)            (bounded RQ read)   (policy)   (connect,   idle timeout)
+//!  limits)                                                       failover)
+//! ```
+//!
+//! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
+//! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
+//! - [`listener`]: accept loop, source allow list, connection limit.
+//! - [`connection`]: one connection, phase by phase, each under a named deadline.
+//! - [`tls`]: rustls server/client configurations and client-certificate pinning.
+//! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs.
+//! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
+//! - [`backend`]: connect to a backend's servers in order, with failover.
+//! - [`relay`]: PDU-framed relay in both directions.
+//! - [`audit`]: the one structured event per connection.
+//! - [`metrics`]: every metric name and label.
+//! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
+//! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod dicom;
+pub mod echo;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod pki;
+pub mod relay;
+pub mod routing;
+pub mod server;
+pub mod tls;
+
+pub use config::Config;
+pub use metrics::Metrics;
+pub use server::Gateway;

@@ -1,0 +1,343 @@
+//! Every metric name and label value, in one place (DESIGN.md, "Metrics").
+//! Names are API: dashboards and alerts depend on them.
+//!
+//! The registry is owned by [`Metrics`] and passed in; there is no global.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// How a connection ended, as counted in `dicomgate_connections_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The A-ASSOCIATE-RQ went to a backend server (whatever it answered).
+    Forwarded,
+    /// Source address not in the listener's allow list; closed before TLS.
+    DeniedIp,
+    TlsError,
+    RejectedCallingAe,
+    RejectedCalledAe,
+    /// Not DICOM, a malformed or unexpected PDU, an unsupported protocol version.
+    ProtocolError,
+    /// The ACSE deadline passed before a complete A-ASSOCIATE-RQ.
+    Timeout,
+    BackendUnavailable,
+    /// Listener at `max_connections`.
+    Limit,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::DeniedIp,
+        Outcome::TlsError,
+        Outcome::RejectedCallingAe,
+        Outcome::RejectedCalledAe,
+        Outcome::ProtocolError,
+        Outcome::Timeout,
+        Outcome::BackendUnavailable,
+        Outcome::Limit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::DeniedIp => "denied_ip",
+            Outcome::TlsError => "tls_error",
+            Outcome::RejectedCallingAe => "rejected_calling_ae",
+            Outcome::RejectedCalledAe => "rejected_called_ae",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::Timeout => "timeout",
+            Outcome::BackendUnavailable => "backend_unavailable",
+            Outcome::Limit => "limit",
+        }
+    }
+}
+
+/// `direction` label of `dicomgate_bytes_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    ToBackend,
+    ToClient,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToBackend => "to_backend",
+            Direction::ToClient => "to_client",
+        }
+    }
+}
+
+/// The gateway's metrics. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    connections_total: IntCounterVec,
+    active_connections: IntGaugeVec,
+    bytes_total: IntCounterVec,
+    association_duration_seconds: HistogramVec,
+    backend_up: IntGaugeVec,
+    dimse_operations_total: IntCounterVec,
+    tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
+    config_reloads_total: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registration fails only on duplicate or malformed names, which are
+        // constants here: a failure is a programming error caught by tests.
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique constants");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let inner = Inner {
+            connections_total: counter(
+                "dicomgate_connections_total",
+                "Connections accepted, by how they ended.",
+                &["listener", "outcome"],
+            ),
+            active_connections: gauge(
+                "dicomgate_active_connections",
+                "Connections open now.",
+                &["listener"],
+            ),
+            bytes_total: counter(
+                "dicomgate_bytes_total",
+                "Bytes relayed after the association request, by direction.",
+                &["listener", "direction"],
+            ),
+            association_duration_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "dicomgate_association_duration_seconds",
+                        "Duration of forwarded associations, from accept to close.",
+                    )
+                    .buckets(vec![
+                        0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                    ]),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_up: gauge(
+                "dicomgate_backend_up",
+                "1 when the backend server is considered up, 0 when down.",
+                &["backend", "server"],
+            ),
+            dimse_operations_total: counter(
+                "dicomgate_dimse_operations_total",
+                "DIMSE responses relayed, by operation and status class.",
+                &["listener", "operation", "status"],
+            ),
+            tls_certificate_expiry_timestamp_seconds: gauge(
+                "dicomgate_tls_certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter) of the listener's certificate, Unix seconds.",
+                &["listener"],
+            ),
+            config_reloads_total: counter(
+                "dicomgate_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            registry,
+        };
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Creates the label sets a listener will use, so that every outcome is
+    /// exported as 0 from the start (rate() and absent() work on fresh starts).
+    pub fn register_listener(&self, listener: &str) {
+        for outcome in Outcome::ALL {
+            self.inner
+                .connections_total
+                .with_label_values(&[listener, outcome.as_str()]);
+        }
+        self.inner.active_connections.with_label_values(&[listener]);
+        for d in [Direction::ToBackend, Direction::ToClient] {
+            self.inner
+                .bytes_total
+                .with_label_values(&[listener, d.as_str()]);
+        }
+    }
+
+    pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
+        self.inner
+            .connections_total
+            .with_label_values(&[listener, outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts the connection as active until the guard is dropped.
+    pub fn active_guard(&self, listener: &str) -> ActiveGuard {
+        let gauge = self.inner.active_connections.with_label_values(&[listener]);
+        gauge.inc();
+        ActiveGuard(gauge)
+    }
+
+    pub fn add_bytes(&self, listener: &str, direction: Direction, n: u64) {
+        self.inner
+            .bytes_total
+            .with_label_values(&[listener, direction.as_str()])
+            .inc_by(n);
+    }
+
+    /// A handle for one listener and direction, so the relay's hot loop does
+    /// not look labels up per chunk.
+    pub fn bytes_counter(&self, listener: &str, direction: Direction) -> prometheus::IntCounter {
+        self.inner
+            .bytes_total
+            .with_label_values(&[listener, direction.as_str()])
+    }
+
+    pub fn observe_association(&self, listener: &str, seconds: f64) {
+        self.inner
+            .association_duration_seconds
+            .with_label_values(&[listener])
+            .observe(seconds);
+    }
+
+    pub fn set_backend_up(&self, backend: &str, server: &str, up: bool) {
+        self.inner
+            .backend_up
+            .with_label_values(&[backend, server])
+            .set(i64::from(up));
+    }
+
+    pub fn dimse_operation(&self, listener: &str, operation: &str, status: &str) {
+        self.inner
+            .dimse_operations_total
+            .with_label_values(&[listener, operation, status])
+            .inc();
+    }
+
+    pub fn set_certificate_expiry(&self, listener: &str, unix_seconds: i64) {
+        self.inner
+            .tls_certificate_expiry_timestamp_seconds
+            .with_label_values(&[listener])
+            .set(unix_seconds);
+    }
+
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.inner
+            .config_reloads_total
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Current value of `dicomgate_connections_total{listener,outcome}` (tests, `check`).
+    pub fn connections(&self, listener: &str, outcome: Outcome) -> u64 {
+        self.inner
+            .connections_total
+            .with_label_values(&[listener, outcome.as_str()])
+            .get()
+    }
+
+    /// Current value of `dicomgate_active_connections{listener}`.
+    pub fn active(&self, listener: &str) -> i64 {
+        self.inner
+            .active_connections
+            .with_label_values(&[listener])
+            .get()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+}
+
+/// Decrements `dicomgate_active_connections` when dropped.
+pub struct ActiveGuard(prometheus::IntGauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_design_metric_is_exported() {
+        let m = Metrics::new();
+        m.register_listener("store");
+        m.set_backend_up("pacs", "127.0.0.1:104", true);
+        m.dimse_operation("store", "C-ECHO", "success");
+        m.set_certificate_expiry("store", 1);
+        m.config_reload(true);
+        m.observe_association("store", 0.5);
+        let text = m.render();
+        for name in [
+            "dicomgate_connections_total",
+            "dicomgate_active_connections",
+            "dicomgate_bytes_total",
+            "dicomgate_association_duration_seconds",
+            "dicomgate_backend_up",
+            "dicomgate_dimse_operations_total",
+            "dicomgate_tls_certificate_expiry_timestamp_seconds",
+            "dicomgate_config_reloads_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(
+            text.contains(r#"dicomgate_connections_total{listener="store",outcome="denied_ip"} 0"#)
+        );
+    }
+
+    #[test]
+    fn active_guard_decrements() {
+        let m = Metrics::new();
+        {
+            let _g = m.active_guard("a");
+            assert_eq!(m.active("a"), 1);
+        }
+        assert_eq!(m.active("a"), 0);
+    }
+}
