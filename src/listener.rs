@@ -1,1 +1,120 @@
-//! TODO
+//! The accept loop of one listener: source allow list before any TLS work,
+//! the connection limit, and a spawn per connection. It never does slow work
+//! and never dies: accept errors (EMFILE, ECONNABORTED, …) back off and retry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::AuditRecord;
+use crate::connection::{self, Admission, ListenerRuntime, Services};
+use crate::metrics::Outcome;
+
+/// Connections over `max_connections` that may still be read (bounded, under
+/// the ACSE deadline) just to answer A-ASSOCIATE-RJ "local-limit-exceeded";
+/// past this many the gateway closes at once.
+pub const OVERFLOW_ANSWERS: usize = 32;
+
+const BACKOFF_START: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Connection slots of one listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub permits: Arc<Semaphore>,
+    pub overflow: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize) -> Limits {
+        Limits {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
+        }
+    }
+}
+
+/// Accepts until `stop` is cancelled. The runtime snapshot is read per
+/// connection, so a reload applies to new connections only.
+pub async fn accept_loop(
+    listener: TcpListener,
+    runtime: watch::Receiver<Arc<ListenerRuntime>>,
+    limits: Limits,
+    services: Services,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff = BACKOFF_START;
+                a
+            }
+            Err(e) => {
+                let name = runtime.borrow().config.name.clone();
+                tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let rt = runtime.borrow().clone();
+        admit(tcp, peer, rt, &limits, &services, &tracker);
+    }
+}
+
+fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    limits: &Limits,
+    services: &Services,
+    tracker: &TaskTracker,
+) {
+    let name = rt.config.name.as_str();
+    if !rt.config.allows(peer.ip()) {
+        // Closed before a single byte is read or written: no TLS work for
+        // strangers.
+        drop(tcp);
+        services.metrics.connection_ended(name, Outcome::DeniedIp);
+        let mut audit = AuditRecord::new(name, peer);
+        audit.detail = Some("source address not in the allow list".to_owned());
+        audit.emit(Outcome::DeniedIp, Duration::ZERO);
+        return;
+    }
+    let admission = match limits.permits.clone().try_acquire_owned() {
+        Ok(permit) => Admission::Admitted(permit),
+        Err(_) => match limits.overflow.clone().try_acquire_owned() {
+            Ok(permit) => Admission::OverLimit(permit),
+            Err(_) => {
+                drop(tcp);
+                services.metrics.connection_ended(name, Outcome::Limit);
+                let mut audit = AuditRecord::new(name, peer);
+                audit.detail =
+                    Some("listener at max_connections and its overflow answers; closed".to_owned());
+                audit.emit(Outcome::Limit, Duration::ZERO);
+                return;
+            }
+        },
+    };
+    tracker.spawn(connection::handle(
+        tcp,
+        peer,
+        rt,
+        admission,
+        services.clone(),
+    ));
+}

@@ -1,0 +1,440 @@
+//! The relay: after the A-ASSOCIATE-AC, bytes flow both ways through a PDU
+//! framer until release, abort, close, idle timeout or forced shutdown.
+//!
+//! Each direction is a pump (read → frame → write); the two pumps run
+//! concurrently in one task and each finishes on its own, so a half-close on
+//! one side is propagated (shutdown of the other side's write half, which
+//! sends TLS close_notify) while the other direction keeps flowing. Only an
+//! abnormal end (protocol error, truncation, I/O error), the idle timeout or a
+//! forced shutdown stops both; then the gateway sends its own A-ABORT to every
+//! peer whose stream is at a PDU boundary, and closes.
+//!
+//! Nothing is buffered beyond one read buffer per direction, and nothing read
+//! is logged: PDUs carry patient data.
+
+pub mod framer;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
+use framer::{FrameError, FrameEvent, Framer};
+
+/// One read's worth: two TLS records.
+const BUFFER_SIZE: usize = 32 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// No bytes in either direction for this long → A-ABORT both sides.
+    pub idle: Duration,
+    /// After A-RELEASE-RP or A-ABORT has passed, how long the peers may take
+    /// to close; also bounds each close_notify/shutdown.
+    pub closing: Duration,
+    /// Largest P-DATA-TF body accepted.
+    pub max_pdu_length: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
+/// How the relayed association ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// A-RELEASE-RQ/RP exchanged, then both closed.
+    Released,
+    /// A peer sent A-ABORT (forwarded to the other).
+    Aborted { by: Side, source: u8, reason: u8 },
+    /// A peer closed the connection between PDUs without releasing.
+    Closed { by: Side },
+    /// A peer closed the connection in the middle of a PDU.
+    Truncated { by: Side },
+    /// A peer sent something that is not a valid PDU here.
+    ProtocolError { by: Side, error: FrameError },
+    /// Reading from or writing to a peer failed.
+    Io { side: Side, error: String },
+    /// Neither side sent anything for the DIMSE timeout.
+    IdleTimeout,
+    /// The gateway was shutting down and the grace period ended.
+    Shutdown,
+}
+
+impl RelayEnd {
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RelayEnd::Released => "released",
+            RelayEnd::Aborted { .. } => "aborted",
+            RelayEnd::Closed { .. } => "closed",
+            RelayEnd::Truncated { .. } => "truncated",
+            RelayEnd::ProtocolError { .. } => "protocol_error",
+            RelayEnd::Io { .. } => "io_error",
+            RelayEnd::IdleTimeout => "idle_timeout",
+            RelayEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    pub end: RelayEnd,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+/// Byte counters the pumps feed as they go (Prometheus handles).
+pub struct Counters {
+    pub to_backend: prometheus::IntCounter,
+    pub to_client: prometheus::IntCounter,
+}
+
+/// Relays until the association ends; `force_abort` ends it at once with
+/// A-ABORT to both peers (shutdown after the grace period).
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    settings: RelaySettings,
+    counters: Counters,
+    force_abort: CancellationToken,
+) -> RelayReport
+where
+    C: AsyncRead + AsyncWrite + Send,
+    B: AsyncRead + AsyncWrite + Send,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
+    let activity = Activity::new();
+    let stop = CancellationToken::new();
+    let mut up = Pump::new(Side::Client, settings.max_pdu_length);
+    let mut down = Pump::new(Side::Backend, settings.max_pdu_length);
+
+    let cause = {
+        let pumps = async {
+            tokio::join!(
+                up.run(
+                    &mut client_rd,
+                    &mut backend_wr,
+                    &activity,
+                    &counters.to_backend,
+                    &stop,
+                    settings.closing
+                ),
+                down.run(
+                    &mut backend_rd,
+                    &mut client_wr,
+                    &activity,
+                    &counters.to_client,
+                    &stop,
+                    settings.closing
+                ),
+            )
+        };
+        tokio::pin!(pumps);
+        tokio::select! {
+            biased;
+            _ = &mut pumps => Cause::Finished,
+            _ = stop.cancelled() => Cause::PumpFailed,
+            _ = force_abort.cancelled() => Cause::Shutdown,
+            _ = activity.expired(settings) => Cause::Idle,
+        }
+        // The pumps are dropped here; their state is in `up` and `down`.
+    };
+
+    let end = match cause {
+        Cause::Finished => finished_end(&up, &down),
+        Cause::PumpFailed => failed_end(&up, &down),
+        Cause::Shutdown => RelayEnd::Shutdown,
+        Cause::Idle => RelayEnd::IdleTimeout,
+    };
+    if cause != Cause::Finished {
+        // Our own A-ABORT, unless a peer's A-ABORT or the release already went
+        // through (the association is over; adding an abort would confuse).
+        let already_over = activity.closing.load(Ordering::Relaxed);
+        if !already_over {
+            let abort = provider_abort(AbortReason::NotSpecified);
+            if down.writer_clean {
+                let _ = timeout(settings.closing, write_flush(&mut client_wr, &abort)).await;
+            }
+            if up.writer_clean {
+                let _ = timeout(settings.closing, write_flush(&mut backend_wr, &abort)).await;
+            }
+        }
+        let _ = tokio::join!(
+            timeout(settings.closing, client_wr.shutdown()),
+            timeout(settings.closing, backend_wr.shutdown()),
+        );
+    }
+    RelayReport {
+        end,
+        bytes_to_backend: up.bytes,
+        bytes_to_client: down.bytes,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Finished,
+    PumpFailed,
+    Shutdown,
+    Idle,
+}
+
+fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
+    if up.release_rp || down.release_rp {
+        return RelayEnd::Released;
+    }
+    for p in [up, down] {
+        if let Some((source, reason)) = p.abort {
+            return RelayEnd::Aborted {
+                by: p.from,
+                source,
+                reason,
+            };
+        }
+    }
+    let first = match (up.ended_at, down.ended_at) {
+        (Some(a), Some(b)) if b < a => Side::Backend,
+        _ => Side::Client,
+    };
+    RelayEnd::Closed { by: first }
+}
+
+fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
+    // The pump that failed first explains the end; the other was cancelled.
+    let mut failed: Vec<&Pump> = [up, down]
+        .into_iter()
+        .filter(|p| p.end.as_ref().is_some_and(|e| e.is_failure()))
+        .collect();
+    failed.sort_by_key(|p| p.ended_at);
+    let Some(p) = failed.first() else {
+        return RelayEnd::Io {
+            side: Side::Client,
+            error: "relay stopped".to_owned(),
+        };
+    };
+    let to = match p.from {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    };
+    match p.end.as_ref() {
+        Some(PumpEnd::Truncated) => RelayEnd::Truncated { by: p.from },
+        Some(PumpEnd::Protocol(error)) => RelayEnd::ProtocolError {
+            by: p.from,
+            error: *error,
+        },
+        Some(PumpEnd::ReadError(e)) => RelayEnd::Io {
+            side: p.from,
+            error: e.clone(),
+        },
+        Some(PumpEnd::WriteError(e)) => RelayEnd::Io {
+            side: to,
+            error: e.clone(),
+        },
+        Some(PumpEnd::Eof) | None => RelayEnd::Closed { by: p.from },
+    }
+}
+
+#[derive(Debug)]
+enum PumpEnd {
+    /// Closed at a PDU boundary.
+    Eof,
+    Truncated,
+    Protocol(FrameError),
+    ReadError(String),
+    WriteError(String),
+}
+
+impl PumpEnd {
+    fn is_failure(&self) -> bool {
+        !matches!(self, PumpEnd::Eof)
+    }
+}
+
+/// One direction's state; lives outside the pump future so that it survives
+/// the future's cancellation.
+struct Pump {
+    from: Side,
+    framer: Framer,
+    bytes: u64,
+    /// The stream we write to ends on a PDU boundary: our own A-ABORT may go there.
+    writer_clean: bool,
+    release_rp: bool,
+    abort: Option<(u8, u8)>,
+    end: Option<PumpEnd>,
+    ended_at: Option<Instant>,
+}
+
+impl Pump {
+    fn new(from: Side, max_pdu_length: u32) -> Pump {
+        Pump {
+            from,
+            framer: Framer::new(max_pdu_length),
+            bytes: 0,
+            writer_clean: true,
+            release_rp: false,
+            abort: None,
+            end: None,
+            ended_at: None,
+        }
+    }
+
+    async fn run<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        activity: &Activity,
+        counter: &prometheus::IntCounter,
+        stop: &CancellationToken,
+        closing: Duration,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let end = self.pump(rd, wr, activity, counter).await;
+        self.ended_at = Some(Instant::now());
+        let failure = end.is_failure();
+        self.end = Some(end);
+        if failure {
+            stop.cancel();
+        } else {
+            // Propagate the half-close: the other peer sees EOF (and, over
+            // TLS, close_notify) after every byte before it.
+            let _ = timeout(closing, wr.shutdown()).await;
+        }
+    }
+
+    async fn pump<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        activity: &Activity,
+        counter: &prometheus::IntCounter,
+    ) -> PumpEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut events = Vec::with_capacity(4);
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) => return self.eof(),
+                Ok(n) => n,
+                // A TLS peer that closes without close_notify.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(),
+                Err(e) => return PumpEnd::ReadError(e.to_string()),
+            };
+            activity.touch();
+            let (valid, error) = match self.framer.feed(&buf[..n], &mut events) {
+                Ok(valid) => (valid, None),
+                Err((valid, e)) => (valid, Some(e)),
+            };
+            if valid > 0 {
+                self.writer_clean = false;
+                if let Err(e) = write_flush(wr, &buf[..valid]).await {
+                    return PumpEnd::WriteError(e.to_string());
+                }
+                self.writer_clean = self.framer.at_boundary();
+                self.bytes += valid as u64;
+                counter.inc_by(valid as u64);
+            }
+            for event in events.drain(..) {
+                match event {
+                    FrameEvent::Pdu {
+                        pdu_type: PduType::ReleaseRp,
+                        ..
+                    } => {
+                        self.release_rp = true;
+                        activity.closing.store(true, Ordering::Relaxed);
+                    }
+                    FrameEvent::Abort { source, reason } => {
+                        self.abort = Some((source, reason));
+                        activity.closing.store(true, Ordering::Relaxed);
+                    }
+                    FrameEvent::Pdu { .. } => {}
+                }
+            }
+            if let Some(e) = error {
+                return PumpEnd::Protocol(e);
+            }
+        }
+    }
+
+    fn eof(&self) -> PumpEnd {
+        if self.framer.at_boundary() {
+            PumpEnd::Eof
+        } else {
+            PumpEnd::Truncated
+        }
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> io::Result<()> {
+    wr.write_all(bytes).await?;
+    // tokio-rustls may hold records until flushed.
+    wr.flush().await
+}
+
+/// When anything was last read, shared by both pumps (atomics: the relay
+/// future must be Send).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    /// A-RELEASE-RP or A-ABORT has passed: the peers should close now.
+    closing: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes when nothing was read for `idle` (or for `closing` once the
+    /// association is over).
+    async fn expired(&self, settings: RelaySettings) {
+        loop {
+            let limit = if self.closing.load(Ordering::Relaxed) {
+                settings.closing
+            } else {
+                settings.idle
+            };
+            let deadline =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit;
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            // Wake at least every `closing` so that a release or abort seen
+            // meanwhile shortens the wait.
+            sleep_until(deadline.min(now + settings.closing)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+use super::*;
+use tokio::io::{duplex, DuplexStream};
+
+const RELEASE_RQ: [u8; 10] = [0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+const RELEASE_RP: [u8; 10] = [0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+const OUR_ABORT: [u8; 10] = [0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0];
+
+fn pdata(len: usize, fill: u8) -> Vec<u8> {
+    let mut v = vec![0x04, 0];
+    v.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    v.extend(std::iter::repeat_n(fill, len));
+    v
+}
+
+fn settings() -> RelaySettings {
+    RelaySettings {
+        idle: Duration::from_secs(300),
+        closing: Duration::from_secs(5),
+        max_pdu_length: 1 << 20,
+    }
+}
+
+fn counters() -> Counters {
+    Counters {
+        to_backend: prometheus::IntCounter::new("b", "b").unwrap(),
+        to_client: prometheus::IntCounter::new("c", "c").unwrap(),
+    }
+}
+
+/// (client peer, backend peer, relay task)
+fn start(
+    settings: RelaySettings,
+    force: CancellationToken,
+) -> (
+    DuplexStream,
+    DuplexStream,
+    tokio::task::JoinHandle<RelayReport>,
+) {
+    let (client_peer, client_side) = duplex(8192);
+    let (backend_peer, backend_side) = duplex(8192);
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        settings,
+        counters(),
+        force,
+    ));
+    (client_peer, backend_peer, task)
+}
+
+async fn read_all(s: &mut DuplexStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+#[tokio::test]
+async fn release_passes_bytes_unchanged_and_is_recorded() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    let mut sent = pdata(100_000, 7);
+    sent.extend(RELEASE_RQ);
+    let writer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            let mut rp = [0u8; 10];
+            client.read_exact(&mut rp).await.unwrap();
+            assert_eq!(rp, RELEASE_RP);
+            client.shutdown().await.unwrap();
+            read_all(&mut client).await
+        })
+    };
+    let mut got = vec![0u8; sent.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, sent);
+    backend.write_all(&RELEASE_RP).await.unwrap();
+    assert!(
+        read_all(&mut backend).await.is_empty(),
+        "EOF after the client closed"
+    );
+    backend.shutdown().await.unwrap();
+    assert!(writer.await.unwrap().is_empty());
+    let report = task.await.unwrap();
+    assert_eq!(report.end, RelayEnd::Released);
+    assert_eq!(report.bytes_to_backend, sent.len() as u64);
+    assert_eq!(report.bytes_to_client, 10);
+}
+
+#[tokio::test]
+async fn half_close_keeps_the_other_direction_flowing() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    client.write_all(&pdata(10, 1)).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = read_all(&mut backend).await;
+    assert_eq!(got, pdata(10, 1));
+    let writer = tokio::spawn(async move {
+        backend.write_all(&pdata(50_000, 2)).await.unwrap();
+        backend.shutdown().await.unwrap();
+    });
+    got = read_all(&mut client).await;
+    writer.await.unwrap();
+    assert_eq!(got, pdata(50_000, 2));
+    assert_eq!(
+        task.await.unwrap().end,
+        RelayEnd::Closed { by: Side::Client }
+    );
+}
+
+#[tokio::test]
+async fn peer_abort_is_forwarded_not_doubled() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    let abort = [0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+    backend.write_all(&abort).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, abort);
+    client.shutdown().await.unwrap();
+    assert_eq!(
+        task.await.unwrap().end,
+        RelayEnd::Aborted {
+            by: Side::Backend,
+            source: 0,
+            reason: 0
+        }
+    );
+    assert!(read_all(&mut client).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_association_is_aborted_on_both_sides() {
+    let mut s = settings();
+    s.idle = Duration::from_secs(3);
+    let (mut client, mut backend, task) = start(s, CancellationToken::new());
+    client.write_all(&pdata(4, 0)).await.unwrap();
+    let mut first = vec![0u8; 10];
+    backend.read_exact(&mut first).await.unwrap();
+    // Nothing more: after 3 s of silence both peers get A-ABORT and EOF.
+    assert_eq!(read_all(&mut client).await, OUR_ABORT);
+    assert_eq!(read_all(&mut backend).await, OUR_ABORT);
+    assert_eq!(task.await.unwrap().end, RelayEnd::IdleTimeout);
+}
+
+#[tokio::test]
+async fn unknown_pdu_type_aborts_both_sides() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    let mut bad = pdata(3, 9);
+    bad.extend([0x42, 0, 0, 0, 0, 1, 0]);
+    client.write_all(&bad).await.unwrap();
+    let mut expect_backend = pdata(3, 9);
+    expect_backend.extend(OUR_ABORT);
+    assert_eq!(read_all(&mut backend).await, expect_backend);
+    assert_eq!(read_all(&mut client).await, OUR_ABORT);
+    let end = task.await.unwrap().end;
+    assert!(
+        matches!(
+            end,
+            RelayEnd::ProtocolError {
+                by: Side::Client,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn truncated_pdu_closes_without_a_corrupting_abort() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    let p = pdata(100, 3);
+    client.write_all(&p[..50]).await.unwrap();
+    client.shutdown().await.unwrap();
+    // The backend gets the partial PDU and EOF, never an A-ABORT spliced into it.
+    assert_eq!(read_all(&mut backend).await, p[..50].to_vec());
+    assert_eq!(
+        task.await.unwrap().end,
+        RelayEnd::Truncated { by: Side::Client }
+    );
+}
+
+#[tokio::test]
+async fn forced_shutdown_aborts_both_sides() {
+    let force = CancellationToken::new();
+    let (mut client, mut backend, task) = start(settings(), force.clone());
+    client.write_all(&pdata(1, 0)).await.unwrap();
+    let mut got = vec![0u8; 7];
+    backend.read_exact(&mut got).await.unwrap();
+    force.cancel();
+    assert_eq!(read_all(&mut client).await, OUR_ABORT);
+    assert_eq!(read_all(&mut backend).await, OUR_ABORT);
+    assert_eq!(task.await.unwrap().end, RelayEnd::Shutdown);
+}

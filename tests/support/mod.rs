@@ -1,0 +1,102 @@
+//! Shared test harness: the in-memory test PKI, a gateway started on port 0
+//! from generated YAML, a plain dicom-ul test SCP and SCU, raw PDU helpers for
+//! misbehaving peers, and DCMTK process helpers for the interop suite.
+//!
+//! Every test binary compiles this module on its own and uses only part of
+//! it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod dcmtk;
+pub mod dicom_file;
+pub mod dimse;
+pub mod gateway;
+pub mod pki;
+pub mod raw;
+pub mod scp;
+pub mod scu;
+
+use std::future::Future;
+use std::time::Duration;
+
+use dicomgate::metrics::Outcome;
+use dicomgate::Metrics;
+
+/// Deadline for anything that should happen "at once" on a loaded 2-core box.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+/// The calling AE title the test cloud uses, and the SCP's.
+pub const CLOUD_AE: &str = "CLOUD";
+pub const PACS_AE: &str = "PACS";
+
+/// Installs the process-wide rustls crypto provider once (dicom-ul needs
+/// one chosen; a second install in the same process is harmless).
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Awaits `fut` or panics naming `what` once `within` has passed.
+pub async fn within<T>(within: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(within, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {within:?} waiting for {what}"),
+    }
+}
+
+/// Waits until `dicomgate_connections_total{listener,outcome}` reaches
+/// `expected` (the gateway counts a connection when its task ends, which can
+/// be a moment after the peer saw the last byte), then checks it is exactly
+/// `expected`.
+pub async fn wait_for_count(metrics: &Metrics, listener: &str, outcome: Outcome, expected: u64) {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let now = metrics.connections(listener, outcome);
+        if now >= expected {
+            assert_eq!(
+                now,
+                expected,
+                "dicomgate_connections_total{{listener={listener:?},outcome={:?}}}",
+                outcome.as_str()
+            );
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "dicomgate_connections_total{{listener={listener:?},outcome={:?}}} is {now}, \
+                 expected {expected}\n{}",
+                outcome.as_str(),
+                metrics.render()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `dicomgate_active_connections{listener}` is `expected`.
+pub async fn wait_for_active(metrics: &Metrics, listener: &str, expected: i64) {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while metrics.active(listener) != expected {
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "dicomgate_active_connections{{listener={listener:?}}} is {}, expected {expected}",
+                metrics.active(listener)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that no connection of `listener` ended with any outcome other
+/// than those listed (catches a test passing for the wrong reason).
+pub fn assert_only_outcomes(metrics: &Metrics, listener: &str, allowed: &[Outcome]) {
+    for outcome in Outcome::ALL {
+        if !allowed.contains(&outcome) {
+            assert_eq!(
+                metrics.connections(listener, outcome),
+                0,
+                "unexpected outcome {:?} counted on {listener:?}\n{}",
+                outcome.as_str(),
+                metrics.render()
+            );
+        }
+    }
+}

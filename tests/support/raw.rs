@@ -1,0 +1,262 @@
+//! Raw-socket peers: hand-built A-ASSOCIATE-RQ bytes with chosen 16-byte AE
+//! fields and protocol version, connections from a chosen source address,
+//! raw TLS, and reading PDUs under a deadline. These are how the tests see
+//! exactly what the gateway sent (or that it sent nothing).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::dimse;
+
+/// A 16-byte AE title field, space padded (PS3.8 §9.3.2).
+pub fn ae(title: &str) -> [u8; 16] {
+    let mut f = [b' '; 16];
+    let b = title.as_bytes();
+    assert!(b.len() <= 16, "AE title too long for the field: {title:?}");
+    f[..b.len()].copy_from_slice(b);
+    f
+}
+
+/// A field from raw bytes, padded with `pad`.
+pub fn ae_raw(bytes: &[u8], pad: u8) -> [u8; 16] {
+    let mut f = [pad; 16];
+    f[..bytes.len()].copy_from_slice(bytes);
+    f
+}
+
+fn item(out: &mut Vec<u8>, item_type: u8, body: &[u8]) {
+    out.push(item_type);
+    out.push(0);
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// A well-formed A-ASSOCIATE-RQ (PS3.8 §9.3.2) proposing Verification with
+/// Implicit VR Little Endian, with the given raw AE fields and version bits.
+pub fn associate_rq_with(called: [u8; 16], calling: [u8; 16], protocol_version: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&protocol_version.to_be_bytes());
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(&called);
+    body.extend_from_slice(&calling);
+    body.extend_from_slice(&[0; 32]);
+    item(&mut body, 0x10, b"1.2.840.10008.3.1.1.1");
+    let mut pc = vec![1, 0, 0, 0];
+    item(&mut pc, 0x30, dimse::VERIFICATION.as_bytes());
+    item(&mut pc, 0x40, dimse::IMPLICIT_VR_LE.as_bytes());
+    item(&mut body, 0x20, &pc);
+    let mut user = Vec::new();
+    item(&mut user, 0x51, &16384u32.to_be_bytes());
+    item(&mut user, 0x52, b"1.2.826.0.1.3680043.10.1");
+    item(&mut body, 0x50, &user);
+    let mut pdu = vec![0x01, 0x00];
+    pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    pdu.extend_from_slice(&body);
+    pdu
+}
+
+/// [`associate_rq_with`] with ordinary titles and protocol version 1.
+pub fn associate_rq(called: &str, calling: &str) -> Vec<u8> {
+    associate_rq_with(ae(called), ae(calling), 0x0001)
+}
+
+/// One PDU as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPdu {
+    pub pdu_type: u8,
+    pub body: Vec<u8>,
+}
+
+impl RawPdu {
+    /// (result, source, reason) of an A-ASSOCIATE-RJ (body `00 result source reason`).
+    pub fn rejection(&self) -> Option<(u8, u8, u8)> {
+        (self.pdu_type == 0x03 && self.body.len() == 4)
+            .then(|| (self.body[1], self.body[2], self.body[3]))
+    }
+
+    /// (source, reason) of an A-ABORT (body `00 00 source reason`).
+    pub fn abort(&self) -> Option<(u8, u8)> {
+        (self.pdu_type == 0x07 && self.body.len() == 4).then(|| (self.body[2], self.body[3]))
+    }
+}
+
+/// What the peer did next.
+#[derive(Debug)]
+pub enum Next {
+    Pdu(RawPdu),
+    /// EOF, reset or TLS close; `partial` holds any bytes of an incomplete PDU.
+    Closed {
+        partial: Vec<u8>,
+    },
+    TimedOut {
+        partial: Vec<u8>,
+    },
+    /// Any other read error (e.g. a TLS alert from the gateway).
+    Failed {
+        error: String,
+        partial: Vec<u8>,
+    },
+}
+
+fn is_close(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Reads one whole PDU, or reports the close / deadline.
+pub async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Next {
+    let mut buf = Vec::new();
+    let fut = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if buf.len() >= 6 {
+                let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+                if buf.len() >= 6 + len {
+                    let body = buf[6..6 + len].to_vec();
+                    return Ok(RawPdu {
+                        pdu_type: buf[0],
+                        body,
+                    });
+                }
+            }
+            // Read only what this PDU still needs, so nothing of the next one is lost.
+            let want = if buf.len() < 6 {
+                6 - buf.len()
+            } else {
+                let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+                (6 + len - buf.len()).min(chunk.len())
+            };
+            match s.read(&mut chunk[..want]).await {
+                Ok(0) => return Err(None),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if is_close(&e) => return Err(None),
+                Err(e) => return Err(Some(e)),
+            }
+        }
+    };
+    match tokio::time::timeout(within, fut).await {
+        Ok(Ok(pdu)) => Next::Pdu(pdu),
+        Ok(Err(None)) => Next::Closed { partial: buf },
+        Ok(Err(Some(e))) => Next::Failed {
+            error: e.to_string(),
+            partial: buf,
+        },
+        Err(_) => Next::TimedOut { partial: buf },
+    }
+}
+
+/// Expects an A-ASSOCIATE-RJ with exactly this triple, then the close.
+pub async fn expect_rejection<S: AsyncRead + Unpin>(s: &mut S, triple: (u8, u8, u8)) {
+    match read_pdu(s, super::PROMPT).await {
+        Next::Pdu(pdu) => assert_eq!(
+            pdu.rejection(),
+            Some(triple),
+            "expected A-ASSOCIATE-RJ {triple:?}, got {pdu:02X?}"
+        ),
+        other => panic!("expected A-ASSOCIATE-RJ {triple:?}, got {other:?}"),
+    }
+    expect_closed(s, super::PROMPT).await;
+}
+
+/// Expects an A-ABORT from the service provider (source 2), then the close.
+/// Returns the reason.
+pub async fn expect_provider_abort<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> u8 {
+    let reason = match read_pdu(s, within).await {
+        Next::Pdu(pdu) => match pdu.abort() {
+            Some((2, reason)) => reason,
+            _ => panic!("expected A-ABORT (source 2), got {pdu:02X?}"),
+        },
+        other => panic!("expected A-ABORT, got {other:?}"),
+    };
+    expect_closed(s, super::PROMPT).await;
+    reason
+}
+
+/// Expects either a provider A-ABORT then close, or a bare close.
+pub async fn expect_abort_or_close<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
+    match read_pdu(s, within).await {
+        Next::Pdu(pdu) if pdu.abort().map(|(src, _)| src) == Some(2) => {
+            expect_closed(s, super::PROMPT).await
+        }
+        Next::Closed { partial } if partial.is_empty() => {}
+        other => panic!("expected A-ABORT or close, got {other:?}"),
+    }
+}
+
+/// Expects the peer to close without sending another byte.
+pub async fn expect_closed<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
+    match read_pdu(s, within).await {
+        Next::Closed { partial } if partial.is_empty() => {}
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+}
+
+/// TCP connection from `source` (any port) to `addr`; e.g. 127.0.0.2 to test
+/// the allow list.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// TLS client handshake over `tcp`, verifying the server as `localhost`.
+pub async fn tls_over(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// TCP connect + TLS handshake to `addr`, under [`super::PROMPT`].
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
+    super::within(super::PROMPT, "TLS connect", async {
+        let tcp = TcpStream::connect(addr).await?;
+        tls_over(tcp, config).await
+    })
+    .await
+}
+
+/// Writes and flushes (TLS buffers until flushed).
+pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
+}
+
+/// The bytes of a TLS ClientHello, as a real client would send first.
+pub fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut conn = rustls::ClientConnection::new(config, name).expect("client connection");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write ClientHello");
+    }
+    out
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
