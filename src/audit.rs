@@ -31,11 +31,7 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub fn new(listener: &str, peer: SocketAddr) -> AuditRecord {
-        AuditRecord {
-            listener: listener.to_owned(),
-            peer: Some(peer),
-            ..AuditRecord::default()
-        }
+        AuditRecord { listener: listener.to_owned(), peer: Some(peer), ..AuditRecord::default() }
     }
 
     /// Emits the event at target `dicomgate::audit` (info for forwarded and

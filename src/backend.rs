@@ -33,11 +33,7 @@ pub struct ConnectFailure {
 
 impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self
-            .attempts
-            .iter()
-            .map(|(s, e)| format!("{s}: {e}"))
-            .collect();
+        let parts: Vec<String> = self.attempts.iter().map(|(s, e)| format!("{s}: {e}")).collect();
         write!(f, "no backend server reachable ({})", parts.join("; "))
     }
 }
@@ -53,25 +49,17 @@ impl BackendRuntime {
                     if !attempts.is_empty() {
                         tracing::warn!(backend = %self.config.name, %server, failed = attempts.len(), "failed over to a later backend server");
                     }
-                    return Ok(Connected {
-                        stream,
-                        server: server.clone(),
-                    });
+                    return Ok(Connected { stream, server: server.clone() });
                 }
                 Ok(Err(e)) => attempts.push((server.clone(), e)),
-                Err(_) => attempts.push((
-                    server.clone(),
-                    format!("no connection within {connect_timeout:?}"),
-                )),
+                Err(_) => attempts.push((server.clone(), format!("no connection within {connect_timeout:?}"))),
             }
         }
         Err(ConnectFailure { attempts })
     }
 
     async fn connect_one(&self, server: &ServerAddress) -> Result<Stream, String> {
-        let tcp = TcpStream::connect((server.host.as_str(), server.port))
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await.map_err(|e| e.to_string())?;
         // DCMTK writes each PDU header and body separately; with Nagle on,
         // every exchange would stall on a delayed ACK (~40 ms).
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -81,17 +69,10 @@ impl BackendRuntime {
         let name = match &tls.server_name {
             Some(name) => name.clone(),
             None => ServerName::try_from(server.host.clone()).map_err(|_| {
-                format!(
-                    "{:?} cannot be checked against a certificate; set tls.server_name",
-                    server.host
-                )
+                format!("{:?} cannot be checked against a certificate; set tls.server_name", server.host)
             })?,
         };
-        let stream = tls
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let stream = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
         Ok(Stream::Client(Box::new(stream)))
     }
 }

@@ -36,11 +36,7 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "dicomgate",
-    version,
-    about = "DICOM-TLS termination gateway for a hospital DMZ"
-)]
+#[command(name = "dicomgate", version, about = "DICOM-TLS termination gateway for a hospital DMZ")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -90,12 +86,7 @@ pub struct EchoArgs {
     #[arg(long)]
     pub tls: bool,
     /// PEM bundle of CA certificates to trust for the SCP's certificate.
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "insecure",
-        requires = "tls"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure", requires = "tls")]
     pub ca: Option<PathBuf>,
     /// Do not verify the SCP's certificate (testing only).
     #[arg(long, requires = "tls")]

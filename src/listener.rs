@@ -103,18 +103,11 @@ fn admit(
                 drop(tcp);
                 services.metrics.connection_ended(name, Outcome::Limit);
                 let mut audit = AuditRecord::new(name, peer);
-                audit.detail =
-                    Some("listener at max_connections and its overflow answers; closed".to_owned());
+                audit.detail = Some("listener at max_connections and its overflow answers; closed".to_owned());
                 audit.emit(Outcome::Limit, Duration::ZERO);
                 return;
             }
         },
     };
-    tracker.spawn(connection::handle(
-        tcp,
-        peer,
-        rt,
-        admission,
-        services.clone(),
-    ));
+    tracker.spawn(connection::handle(tcp, peer, rt, admission, services.clone()));
 }

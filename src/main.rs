@@ -31,10 +31,7 @@ fn run(args: &RunArgs) -> u8 {
         }
     };
     dicomgate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -73,20 +70,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let (tx, rx) = tokio::sync::oneshot::channel::<i32>();
     let seen = Arc::new(AtomicBool::new(false));
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut tx = Some(tx);
-            for signal in signals.forever() {
-                if seen.swap(true, Ordering::SeqCst) {
-                    eprintln!("dicomgate: second signal {signal}; exiting now");
-                    std::process::exit(i32::from(exit::FAILURE));
-                }
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(signal);
-                }
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut tx = Some(tx);
+        for signal in signals.forever() {
+            if seen.swap(true, Ordering::SeqCst) {
+                eprintln!("dicomgate: second signal {signal}; exiting now");
+                std::process::exit(i32::from(exit::FAILURE));
             }
-        })?;
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(signal);
+            }
+        }
+    })?;
     Ok(async move {
         if let Ok(signal) = rx.await {
             tracing::info!(signal, "shutdown requested");

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// How a connection ended, as counted in `dicomgate_connections_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,21 +106,14 @@ impl Metrics {
         // Registration fails only on duplicate or malformed names, which are
         // constants here: a failure is a programming error caught by tests.
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-            r.register(Box::new(c.clone()))
-                .expect("metric names are unique constants");
+            r.register(Box::new(c.clone())).expect("metric names are unique constants");
             c
         }
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let inner = Inner {
             connections_total: counter(
@@ -130,11 +121,7 @@ impl Metrics {
                 "Connections accepted, by how they ended.",
                 &["listener", "outcome"],
             ),
-            active_connections: gauge(
-                "dicomgate_active_connections",
-                "Connections open now.",
-                &["listener"],
-            ),
+            active_connections: gauge("dicomgate_active_connections", "Connections open now.", &["listener"]),
             bytes_total: counter(
                 "dicomgate_bytes_total",
                 "Bytes relayed after the association request, by direction.",
@@ -147,9 +134,7 @@ impl Metrics {
                         "dicomgate_association_duration_seconds",
                         "Duration of forwarded associations, from accept to close.",
                     )
-                    .buckets(vec![
-                        0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-                    ]),
+                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]),
                     &["listener"],
                 )
                 .expect("valid metric"),
@@ -176,32 +161,23 @@ impl Metrics {
             ),
             registry,
         };
-        Metrics {
-            inner: Arc::new(inner),
-        }
+        Metrics { inner: Arc::new(inner) }
     }
 
     /// Creates the label sets a listener will use, so that every outcome is
     /// exported as 0 from the start (rate() and absent() work on fresh starts).
     pub fn register_listener(&self, listener: &str) {
         for outcome in Outcome::ALL {
-            self.inner
-                .connections_total
-                .with_label_values(&[listener, outcome.as_str()]);
+            self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]);
         }
         self.inner.active_connections.with_label_values(&[listener]);
         for d in [Direction::ToBackend, Direction::ToClient] {
-            self.inner
-                .bytes_total
-                .with_label_values(&[listener, d.as_str()]);
+            self.inner.bytes_total.with_label_values(&[listener, d.as_str()]);
         }
     }
 
     pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
-        self.inner
-            .connections_total
-            .with_label_values(&[listener, outcome.as_str()])
-            .inc();
+        self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]).inc();
     }
 
     /// Counts the connection as active until the guard is dropped.
@@ -212,54 +188,34 @@ impl Metrics {
     }
 
     pub fn add_bytes(&self, listener: &str, direction: Direction, n: u64) {
-        self.inner
-            .bytes_total
-            .with_label_values(&[listener, direction.as_str()])
-            .inc_by(n);
+        self.inner.bytes_total.with_label_values(&[listener, direction.as_str()]).inc_by(n);
     }
 
     /// A handle for one listener and direction, so the relay's hot loop does
     /// not look labels up per chunk.
     pub fn bytes_counter(&self, listener: &str, direction: Direction) -> prometheus::IntCounter {
-        self.inner
-            .bytes_total
-            .with_label_values(&[listener, direction.as_str()])
+        self.inner.bytes_total.with_label_values(&[listener, direction.as_str()])
     }
 
     pub fn observe_association(&self, listener: &str, seconds: f64) {
-        self.inner
-            .association_duration_seconds
-            .with_label_values(&[listener])
-            .observe(seconds);
+        self.inner.association_duration_seconds.with_label_values(&[listener]).observe(seconds);
     }
 
     pub fn set_backend_up(&self, backend: &str, server: &str, up: bool) {
-        self.inner
-            .backend_up
-            .with_label_values(&[backend, server])
-            .set(i64::from(up));
+        self.inner.backend_up.with_label_values(&[backend, server]).set(i64::from(up));
     }
 
     pub fn dimse_operation(&self, listener: &str, operation: &str, status: &str) {
-        self.inner
-            .dimse_operations_total
-            .with_label_values(&[listener, operation, status])
-            .inc();
+        self.inner.dimse_operations_total.with_label_values(&[listener, operation, status]).inc();
     }
 
     pub fn set_certificate_expiry(&self, listener: &str, unix_seconds: i64) {
-        self.inner
-            .tls_certificate_expiry_timestamp_seconds
-            .with_label_values(&[listener])
-            .set(unix_seconds);
+        self.inner.tls_certificate_expiry_timestamp_seconds.with_label_values(&[listener]).set(unix_seconds);
     }
 
     pub fn config_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
-        self.inner
-            .config_reloads_total
-            .with_label_values(&[result])
-            .inc();
+        self.inner.config_reloads_total.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition format.
@@ -272,18 +228,12 @@ impl Metrics {
 
     /// Current value of `dicomgate_connections_total{listener,outcome}` (tests, `check`).
     pub fn connections(&self, listener: &str, outcome: Outcome) -> u64 {
-        self.inner
-            .connections_total
-            .with_label_values(&[listener, outcome.as_str()])
-            .get()
+        self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]).get()
     }
 
     /// Current value of `dicomgate_active_connections{listener}`.
     pub fn active(&self, listener: &str) -> i64 {
-        self.inner
-            .active_connections
-            .with_label_values(&[listener])
-            .get()
+        self.inner.active_connections.with_label_values(&[listener]).get()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -326,9 +276,7 @@ mod tests {
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
-        assert!(
-            text.contains(r#"dicomgate_connections_total{listener="store",outcome="denied_ip"} 0"#)
-        );
+        assert!(text.contains(r#"dicomgate_connections_total{listener="store",outcome="denied_ip"} 0"#));
     }
 
     #[test]

@@ -15,11 +15,7 @@ use crate::metrics::Outcome;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Forward {
-        backend: String,
-        calling: AeTitle,
-        called: AeTitle,
-    },
+    Forward { backend: String, calling: AeTitle, called: AeTitle },
     Reject(Refusal),
 }
 
@@ -36,10 +32,7 @@ pub fn decide(rq: &AssociateView, listener: &ListenerConfig) -> Decision {
         return Decision::Reject(Refusal {
             rejection: Rejection::ProtocolVersionNotSupported,
             outcome: Outcome::ProtocolError,
-            why: format!(
-                "protocol version 0x{:04X} does not include version 1",
-                rq.protocol_version
-            ),
+            why: format!("protocol version 0x{:04X} does not include version 1", rq.protocol_version),
         });
     }
     let calling = match AeTitle::from_wire(&rq.calling_ae) {
@@ -57,10 +50,7 @@ pub fn decide(rq: &AssociateView, listener: &ListenerConfig) -> Decision {
             return Decision::Reject(Refusal {
                 rejection: Rejection::CallingAeNotRecognized,
                 outcome: Outcome::RejectedCallingAe,
-                why: format!(
-                    "calling AE title {calling:?} is not in calling_ae_titles",
-                    calling = calling.as_str()
-                ),
+                why: format!("calling AE title {calling:?} is not in calling_ae_titles", calling = calling.as_str()),
             });
         }
     }
@@ -75,11 +65,7 @@ pub fn decide(rq: &AssociateView, listener: &ListenerConfig) -> Decision {
         }
     };
     match listener.routes.lookup(&called) {
-        Some(backend) => Decision::Forward {
-            backend: backend.to_owned(),
-            calling,
-            called,
-        },
+        Some(backend) => Decision::Forward { backend: backend.to_owned(), calling, called },
         None => Decision::Reject(Refusal {
             rejection: Rejection::CalledAeNotRecognized,
             outcome: Outcome::RejectedCalledAe,
@@ -131,10 +117,7 @@ mod tests {
     fn design_table_rows() {
         let l = listener("    calling_ae_titles: [BUTTERFLY]\n    routes: {PACS: pacs}\n");
         let ok = decide(&rq(field(b"PACS"), field(b"BUTTERFLY")), &l);
-        assert!(
-            matches!(ok, Decision::Forward { ref backend, .. } if backend == "pacs"),
-            "{ok:?}"
-        );
+        assert!(matches!(ok, Decision::Forward { ref backend, .. } if backend == "pacs"), "{ok:?}");
         assert_eq!(
             rejection(decide(&rq(field(b"PACS"), field(b"INTRUDER")), &l)),
             Some(Rejection::CallingAeNotRecognized)
@@ -145,10 +128,7 @@ mod tests {
         );
         let mut v0 = rq(field(b"PACS"), field(b"BUTTERFLY"));
         v0.protocol_version = 0x0002;
-        assert_eq!(
-            rejection(decide(&v0, &l)),
-            Some(Rejection::ProtocolVersionNotSupported)
-        );
+        assert_eq!(rejection(decide(&v0, &l)), Some(Rejection::ProtocolVersionNotSupported));
     }
 
     #[test]
@@ -166,23 +146,14 @@ mod tests {
     fn hostile_ae_fields_are_not_recognised() {
         let l = listener("    routes: {\"*\": pacs}\n");
         for bad in [field(b"\tBUTTERFLY"), field(b"A\\B"), [b' '; 16], [0u8; 16]] {
-            assert_eq!(
-                rejection(decide(&rq(field(b"PACS"), bad), &l)),
-                Some(Rejection::CallingAeNotRecognized)
-            );
-            assert_eq!(
-                rejection(decide(&rq(bad, field(b"X")), &l)),
-                Some(Rejection::CalledAeNotRecognized)
-            );
+            assert_eq!(rejection(decide(&rq(field(b"PACS"), bad), &l)), Some(Rejection::CallingAeNotRecognized));
+            assert_eq!(rejection(decide(&rq(bad, field(b"X")), &l)), Some(Rejection::CalledAeNotRecognized));
         }
     }
 
     #[test]
     fn wildcard_route_and_open_calling_list() {
         let l = listener("    routes: {\"*\": pacs}\n");
-        assert!(matches!(
-            decide(&rq(field(b"ANYTHING"), field(b"ANYONE")), &l),
-            Decision::Forward { .. }
-        ));
+        assert!(matches!(decide(&rq(field(b"ANYTHING"), field(b"ANYONE")), &l), Decision::Forward { .. }));
     }
 }

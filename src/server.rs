@@ -70,39 +70,25 @@ impl Gateway {
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let runtime = Arc::new(build_listener(lc, &backends)?);
-            let tcp = TcpListener::bind(lc.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    listener: name.clone(),
-                    address: lc.listen,
-                    source,
-                })?;
+            let tcp = TcpListener::bind(lc.listen).await.map_err(|source| ServeError::Bind {
+                listener: name.clone(),
+                address: lc.listen,
+                source,
+            })?;
             let address = tcp.local_addr().map_err(|source| ServeError::Bind {
                 listener: name.clone(),
                 address: lc.listen,
                 source,
             })?;
             metrics.register_listener(name);
-            listeners.push(BoundListener {
-                name: name.clone(),
-                address,
-                tcp,
-                runtime,
-            });
+            listeners.push(BoundListener { name: name.clone(), address, tcp, runtime });
         }
-        Ok(Gateway {
-            config,
-            metrics,
-            listeners,
-        })
+        Ok(Gateway { config, metrics, listeners })
     }
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.address)
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.address)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -111,16 +97,10 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then stops accepting and drains live
     /// associations for `shutdown.grace_period` before aborting the rest.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServeError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
-        let services = Services {
-            metrics: self.metrics.clone(),
-            force_abort: CancellationToken::new(),
-        };
+        let services = Services { metrics: self.metrics.clone(), force_abort: CancellationToken::new() };
         let mut accept_loops = Vec::new();
         for l in self.listeners {
             banner(&l);
@@ -145,16 +125,9 @@ impl Gateway {
         }
         tracker.close();
         let grace = self.config.shutdown.grace_period;
-        tracing::info!(
-            live = tracker.len(),
-            ?grace,
-            "stopped accepting; draining live associations"
-        );
+        tracing::info!(live = tracker.len(), ?grace, "stopped accepting; draining live associations");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                live = tracker.len(),
-                "grace period over; sending A-ABORT to the remaining associations"
-            );
+            tracing::warn!(live = tracker.len(), "grace period over; sending A-ABORT to the remaining associations");
             services.force_abort.cancel();
             let _ = tokio::time::timeout(FINAL_CLOSE, tracker.wait()).await;
         }
@@ -190,21 +163,12 @@ fn build_backends(config: &Config) -> Result<BTreeMap<String, Arc<BackendRuntime
     let mut out = BTreeMap::new();
     for (name, bc) in &config.backends {
         let tls = match &bc.tls {
-            Some(t) => Some(
-                tls::backend_tls(t).map_err(|source| ServeError::BackendTls {
-                    backend: name.clone(),
-                    source,
-                })?,
-            ),
+            Some(t) => {
+                Some(tls::backend_tls(t).map_err(|source| ServeError::BackendTls { backend: name.clone(), source })?)
+            }
             None => None,
         };
-        out.insert(
-            name.clone(),
-            Arc::new(BackendRuntime {
-                config: bc.clone(),
-                tls,
-            }),
-        );
+        out.insert(name.clone(), Arc::new(BackendRuntime { config: bc.clone(), tls }));
     }
     Ok(out)
 }
@@ -216,10 +180,7 @@ fn build_listener(
     let acceptor = match &lc.security {
         Security::Plaintext => None,
         Security::Tls(t) => {
-            let err = |source| ServeError::ListenerTls {
-                listener: lc.name.clone(),
-                source,
-            };
+            let err = |source| ServeError::ListenerTls { listener: lc.name.clone(), source };
             if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
                 tracing::warn!(
                     listener = %lc.name,
@@ -235,12 +196,6 @@ fn build_listener(
     };
     // Only the backends this listener routes to.
     let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
-    let backends = routed
-        .filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone())))
-        .collect();
-    Ok(ListenerRuntime {
-        config: lc.clone(),
-        acceptor,
-        backends,
-    })
+    let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
+    Ok(ListenerRuntime { config: lc.clone(), acceptor, backends })
 }

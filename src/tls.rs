@@ -44,11 +44,10 @@ pub enum TlsError {
     KeyMismatch { certificate: PathBuf, key: PathBuf },
     #[error("{path}: no usable CA certificate: {reason}")]
     BadCa { path: PathBuf, reason: String },
-    #[error("{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)")]
-    HalfPair {
-        certificate: PathBuf,
-        missing: PathBuf,
-    },
+    #[error(
+        "{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)"
+    )]
+    HalfPair { certificate: PathBuf, missing: PathBuf },
     #[error("cannot generate the certificate for generate_if_missing: {0}")]
     Generate(#[from] pki::PkiError),
     #[error("rustls refused the configuration: {0}")]
@@ -63,13 +62,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Reads a PEM file of one or more certificates (a chain: leaf first).
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let iter = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e, false))?;
-    let certs = iter
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e, false))?;
+    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e, false))?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(TlsError::NoCertificate { path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -82,24 +77,11 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error, key: bool) -> TlsError {
     use rustls::pki_types::pem::Error as E;
     match e {
-        E::Io(source) => TlsError::Read {
-            path: path.to_owned(),
-            source,
-        },
-        E::NoItemsFound if key => TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        E::NoItemsFound => TlsError::NoCertificate {
-            path: path.to_owned(),
-        },
-        other if key => TlsError::BadPrivateKey {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-        other => TlsError::BadCertificate {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
+        E::Io(source) => TlsError::Read { path: path.to_owned(), source },
+        E::NoItemsFound if key => TlsError::NoPrivateKey { path: path.to_owned() },
+        E::NoItemsFound => TlsError::NoCertificate { path: path.to_owned() },
+        other if key => TlsError::BadPrivateKey { path: path.to_owned(), reason: other.to_string() },
+        other => TlsError::BadCertificate { path: path.to_owned(), reason: other.to_string() },
     }
 }
 
@@ -111,9 +93,7 @@ pub struct ServerIdentity {
 
 impl fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerIdentity")
-            .field("fingerprint", &self.fingerprint())
-            .finish()
+        f.debug_struct("ServerIdentity").field("fingerprint", &self.fingerprint()).finish()
     }
 }
 
@@ -121,39 +101,26 @@ impl ServerIdentity {
     pub fn load(certificate: &Path, private_key: &Path) -> Result<ServerIdentity, TlsError> {
         let chain = load_certificates(certificate)?;
         let key = load_private_key(private_key)?;
-        let signing_key =
-            provider()
-                .key_provider
-                .load_private_key(key)
-                .map_err(|e| TlsError::BadPrivateKey {
-                    path: private_key.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadPrivateKey { path: private_key.to_owned(), reason: e.to_string() })?;
         let certified_key = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
         match certified_key.keys_match() {
             Ok(()) => {}
             Err(rustls::Error::InconsistentKeys(_)) => {
-                return Err(TlsError::KeyMismatch {
-                    certificate: certificate.to_owned(),
-                    key: private_key.to_owned(),
-                })
+                return Err(TlsError::KeyMismatch { certificate: certificate.to_owned(), key: private_key.to_owned() })
             }
             // Unknown: the provider could not compare (unusual key types); the
             // handshake itself will fail if they do not belong together.
             Err(_) => {}
         }
-        Ok(ServerIdentity {
-            chain,
-            certified_key: Arc::new(certified_key),
-        })
+        Ok(ServerIdentity { chain, certified_key: Arc::new(certified_key) })
     }
 
     /// SHA-256 of the leaf certificate, as `openssl x509 -fingerprint -sha256` prints it.
     pub fn fingerprint(&self) -> String {
-        self.chain
-            .first()
-            .map(|c| pki::sha256_fingerprint(c))
-            .unwrap_or_default()
+        self.chain.first().map(|c| pki::sha256_fingerprint(c)).unwrap_or_default()
     }
 }
 
@@ -166,14 +133,12 @@ pub fn ensure_generated(tls: &ListenerTlsConfig) -> Result<Option<String>, TlsEr
     }
     match (tls.certificate.exists(), tls.private_key.exists()) {
         (true, true) => Ok(None),
-        (true, false) => Err(TlsError::HalfPair {
-            certificate: tls.certificate.clone(),
-            missing: tls.private_key.clone(),
-        }),
-        (false, true) => Err(TlsError::HalfPair {
-            certificate: tls.private_key.clone(),
-            missing: tls.certificate.clone(),
-        }),
+        (true, false) => {
+            Err(TlsError::HalfPair { certificate: tls.certificate.clone(), missing: tls.private_key.clone() })
+        }
+        (false, true) => {
+            Err(TlsError::HalfPair { certificate: tls.private_key.clone(), missing: tls.certificate.clone() })
+        }
         (false, false) => {
             let pair = pki::generate_self_signed(&pki::CertSpec {
                 common_name: "dicomgate".to_owned(),
@@ -183,18 +148,8 @@ pub fn ensure_generated(tls: &ListenerTlsConfig) -> Result<Option<String>, TlsEr
             })?;
             // Key first, 0600 from creation: a crash in between leaves no
             // certificate without its key.
-            pki::write_file_atomic(
-                &tls.private_key,
-                pair.private_key_pem.as_bytes(),
-                0o600,
-                false,
-            )?;
-            pki::write_file_atomic(
-                &tls.certificate,
-                pair.certificate_pem.as_bytes(),
-                0o644,
-                false,
-            )?;
+            pki::write_file_atomic(&tls.private_key, pair.private_key_pem.as_bytes(), 0o600, false)?;
+            pki::write_file_atomic(&tls.certificate, pair.certificate_pem.as_bytes(), 0o644, false)?;
             Ok(Some(pki::sha256_fingerprint(&pair.certificate_der)))
         }
     }
@@ -222,8 +177,7 @@ pub fn server_config(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let config =
-        builder.with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key.clone())));
+    let config = builder.with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key.clone())));
     Ok(Arc::new(config))
 }
 
@@ -233,10 +187,7 @@ pub fn server_config(
 struct FixedCertificate(Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::server::ResolvesServerCert for FixedCertificate {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 }
@@ -252,17 +203,11 @@ fn client_verifier(
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in load_certificates(path)? {
-                roots.add(cert).map_err(|e| TlsError::BadCa {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                roots.add(cert).map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
             }
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| TlsError::BadCa {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
             Some(v)
         }
         None => None,
@@ -276,16 +221,8 @@ fn client_verifier(
     if pinned.is_empty() {
         return Ok(chain);
     }
-    let hints = chain
-        .as_ref()
-        .map(|c| c.root_hint_subjects().to_vec())
-        .unwrap_or_default();
-    Ok(Some(Arc::new(PinnedClientVerifier {
-        pinned,
-        chain,
-        hints,
-        provider: provider.clone(),
-    })))
+    let hints = chain.as_ref().map(|c| c.root_hint_subjects().to_vec()).unwrap_or_default();
+    Ok(Some(Arc::new(PinnedClientVerifier { pinned, chain, hints, provider: provider.clone() })))
 }
 
 /// Accepts a client certificate that is byte-for-byte one of the pinned ones,
@@ -307,9 +244,7 @@ struct PinnedClientVerifier {
 
 impl fmt::Debug for PinnedClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedClientVerifier")
-            .field("pinned", &self.pinned.len())
-            .finish()
+        f.debug_struct("PinnedClientVerifier").field("pinned", &self.pinned.len()).finish()
     }
 }
 
@@ -324,18 +259,12 @@ impl ClientCertVerifier for PinnedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self
-            .pinned
-            .iter()
-            .any(|p| p.as_ref() == end_entity.as_ref())
-        {
+        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
             return Ok(ClientCertVerified::assertion());
         }
         match &self.chain {
             Some(chain) => chain.verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
         }
     }
 
@@ -345,12 +274,7 @@ impl ClientCertVerifier for PinnedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -359,18 +283,11 @@ impl ClientCertVerifier for PinnedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -382,19 +299,14 @@ pub struct BackendTls {
 
 impl fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendTls")
-            .field("server_name", &self.server_name)
-            .finish()
+        f.debug_struct("BackendTls").field("server_name", &self.server_name).finish()
     }
 }
 
 pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certificates(&cfg.ca)? {
-        roots.add(cert).map_err(|e| TlsError::BadCa {
-            path: cfg.ca.clone(),
-            reason: e.to_string(),
-        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: cfg.ca.clone(), reason: e.to_string() })?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -411,10 +323,7 @@ pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
         Some(name) => ServerName::try_from(name.clone()).ok(),
         None => None,
     };
-    Ok(BackendTls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        server_name,
-    })
+    Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name })
 }
 
 /// Either leg of a relayed association: plain TCP or TLS (as server towards
@@ -426,11 +335,7 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -440,11 +345,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -506,13 +407,8 @@ impl SessionInfo {
                 rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
                 _ => "other",
             }),
-            suite: conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite())),
-            client_certificate: conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| pki::sha256_fingerprint(c)),
+            suite: conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
+            client_certificate: conn.peer_certificates().and_then(|c| c.first()).map(|c| pki::sha256_fingerprint(c)),
         }
     }
 }

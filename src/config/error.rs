@@ -31,38 +31,19 @@ pub enum ConfigError {
     },
     /// The YAML does not fit the schema (unknown key, wrong type, bad syntax).
     #[error("{}", render_syntax(file.as_deref(), path, message, *location))]
-    Syntax {
-        file: Option<PathBuf>,
-        path: String,
-        message: String,
-        location: Option<(usize, usize)>,
-    },
+    Syntax { file: Option<PathBuf>, path: String, message: String, location: Option<(usize, usize)> },
     /// The YAML fits the schema, but values are wrong; every problem is listed.
     #[error("{}", render_issues(file.as_deref(), issues))]
-    Invalid {
-        file: Option<PathBuf>,
-        issues: Vec<Issue>,
-    },
+    Invalid { file: Option<PathBuf>, issues: Vec<Issue> },
 }
 
 impl ConfigError {
     pub(super) fn in_file(self, path: &Path) -> ConfigError {
         match self {
-            ConfigError::Syntax {
-                path: p,
-                message,
-                location,
-                ..
-            } => ConfigError::Syntax {
-                file: Some(path.to_owned()),
-                path: p,
-                message,
-                location,
-            },
-            ConfigError::Invalid { issues, .. } => ConfigError::Invalid {
-                file: Some(path.to_owned()),
-                issues,
-            },
+            ConfigError::Syntax { path: p, message, location, .. } => {
+                ConfigError::Syntax { file: Some(path.to_owned()), path: p, message, location }
+            }
+            ConfigError::Invalid { issues, .. } => ConfigError::Invalid { file: Some(path.to_owned()), issues },
             other => other,
         }
     }
@@ -70,25 +51,14 @@ impl ConfigError {
     /// The individual problems, for tests and `check`.
     pub fn issues(&self) -> Vec<Issue> {
         match self {
-            ConfigError::Read { .. } => vec![Issue {
-                path: String::new(),
-                message: self.to_string(),
-            }],
-            ConfigError::Syntax { path, message, .. } => vec![Issue {
-                path: path.clone(),
-                message: message.clone(),
-            }],
+            ConfigError::Read { .. } => vec![Issue { path: String::new(), message: self.to_string() }],
+            ConfigError::Syntax { path, message, .. } => vec![Issue { path: path.clone(), message: message.clone() }],
             ConfigError::Invalid { issues, .. } => issues.clone(),
         }
     }
 }
 
-fn render_syntax(
-    file: Option<&Path>,
-    path: &str,
-    message: &str,
-    location: Option<(usize, usize)>,
-) -> String {
+fn render_syntax(file: Option<&Path>, path: &str, message: &str, location: Option<(usize, usize)>) -> String {
     let mut out = String::new();
     if let Some(file) = file {
         out.push_str(&file.display().to_string());
@@ -108,14 +78,8 @@ fn render_syntax(
 }
 
 fn render_issues(file: Option<&Path>, issues: &[Issue]) -> String {
-    let prefix = file
-        .map(|f| format!("{}: ", f.display()))
-        .unwrap_or_default();
-    issues
-        .iter()
-        .map(|i| format!("{prefix}{i}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let prefix = file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
+    issues.iter().map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join("\n")
 }
 
 /// serde_yaml appends " at line L column C"; the location is printed once, in front.

@@ -198,10 +198,7 @@ pub struct Routes {
 
 impl Routes {
     pub fn lookup(&self, called: &AeTitle) -> Option<&str> {
-        self.exact
-            .get(called)
-            .or(self.fallback.as_ref())
-            .map(String::as_str)
+        self.exact.get(called).or(self.fallback.as_ref()).map(String::as_str)
     }
 }
 
@@ -219,17 +216,13 @@ impl Config {
     /// Reads and validates a configuration file. Relative paths inside it
     /// resolve against the file's own directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let base = if base.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            base
-        };
-        let mut config = Config::from_yaml_str(&text, base).map_err(|e| e.in_file(path))?;
+        let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+        // Absolute, so that logs and `check` name files unambiguously.
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());
+        let mut config = Config::from_yaml_str(&text, &base).map_err(|e| e.in_file(path))?;
         config.source = Some(path.to_owned());
         Ok(config)
     }

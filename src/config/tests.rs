@@ -31,28 +31,17 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
     assert_eq!(l.timeouts.connect, Duration::from_secs(10));
     assert_eq!(l.max_connections, 256);
     assert_eq!(l.max_associate_rq_length, 65536);
-    let Security::Tls(tls) = &l.security else {
-        panic!("tls expected")
-    };
+    let Security::Tls(tls) = &l.security else { panic!("tls expected") };
     assert_eq!(tls.certificate, Path::new("/srv/gw/certs/scp_cert.pem"));
     assert_eq!(tls.private_key, Path::new("/etc/dicomgate/scp_key.pem"));
     assert_eq!(tls.versions, vec![TlsVersion::Tls12, TlsVersion::Tls13]);
     assert!(!tls.client_auth.required());
-    assert_eq!(
-        c.backends["pacs"].servers[1].to_string(),
-        "pacs.hospital.local:104"
-    );
+    assert_eq!(c.backends["pacs"].servers[1].to_string(), "pacs.hospital.local:104");
     assert!(l.allows("127.0.0.1".parse().unwrap()));
     assert!(l.allows("::ffff:127.0.0.1".parse().unwrap()));
     assert!(!l.allows("127.0.0.2".parse().unwrap()));
-    assert_eq!(
-        l.routes.lookup(&AeTitle::parse("PACS").unwrap()),
-        Some("pacs")
-    );
-    assert_eq!(
-        l.routes.lookup(&AeTitle::parse("OTHER").unwrap()),
-        Some("pacs")
-    );
+    assert_eq!(l.routes.lookup(&AeTitle::parse("PACS").unwrap()), Some("pacs"));
+    assert_eq!(l.routes.lookup(&AeTitle::parse("OTHER").unwrap()), Some("pacs"));
 }
 
 #[test]
@@ -82,78 +71,41 @@ fn every_problem_is_reported_at_once() {
         .replace("tls: {", "timeouts: {acse: 30, dimse: forever}\n    tls: {");
     let err = parse(&text).unwrap_err();
     let paths = issue_paths(&err);
-    assert!(
-        paths.contains(&"listeners.store.allow[0]".to_owned()),
-        "{paths:?}"
-    );
-    assert!(
-        paths.contains(&"listeners.store.routes.PACS".to_owned()),
-        "{paths:?}"
-    );
-    assert!(
-        paths.contains(&"listeners.store.timeouts.acse".to_owned()),
-        "{paths:?}"
-    );
-    assert!(
-        paths.contains(&"listeners.store.timeouts.dimse".to_owned()),
-        "{paths:?}"
-    );
+    assert!(paths.contains(&"listeners.store.allow[0]".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"listeners.store.routes.PACS".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"listeners.store.timeouts.acse".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"listeners.store.timeouts.dimse".to_owned()), "{paths:?}");
     assert!(err.to_string().contains("30 has no unit"), "{err}");
 }
 
 #[test]
 fn tls_and_plaintext_are_exclusive_and_one_is_required() {
     let both = BASE.replace("allow:", "insecure_plaintext: true\n    allow:");
-    assert_eq!(
-        issue_paths(&parse(&both).unwrap_err()),
-        vec!["listeners.store.insecure_plaintext"]
-    );
-    let neither = BASE.replace(
-        "    tls: {certificate: certs/scp_cert.pem, private_key: /etc/dicomgate/scp_key.pem}\n",
-        "",
-    );
-    assert_eq!(
-        issue_paths(&parse(&neither).unwrap_err()),
-        vec!["listeners.store.tls"]
-    );
+    assert_eq!(issue_paths(&parse(&both).unwrap_err()), vec!["listeners.store.insecure_plaintext"]);
+    let neither =
+        BASE.replace("    tls: {certificate: certs/scp_cert.pem, private_key: /etc/dicomgate/scp_key.pem}\n", "");
+    assert_eq!(issue_paths(&parse(&neither).unwrap_err()), vec!["listeners.store.tls"]);
     let plain = neither.replace("allow:", "insecure_plaintext: true\n    allow:");
-    assert!(matches!(
-        parse(&plain).unwrap().listeners["store"].security,
-        Security::Plaintext
-    ));
+    assert!(matches!(parse(&plain).unwrap().listeners["store"].security, Security::Plaintext));
 }
 
 #[test]
 fn allow_list_is_required_and_never_defaults() {
     let text = BASE.replace("    allow: [34.203.166.92/32, 127.0.0.1]\n", "");
-    assert_eq!(
-        issue_paths(&parse(&text).unwrap_err()),
-        vec!["listeners.store.allow"]
-    );
+    assert_eq!(issue_paths(&parse(&text).unwrap_err()), vec!["listeners.store.allow"]);
     let empty = BASE.replace("[34.203.166.92/32, 127.0.0.1]", "[]");
-    assert_eq!(
-        issue_paths(&parse(&empty).unwrap_err()),
-        vec!["listeners.store.allow"]
-    );
+    assert_eq!(issue_paths(&parse(&empty).unwrap_err()), vec!["listeners.store.allow"]);
 }
 
 #[test]
 fn tls_versions_below_1_2_are_refused_and_unquoted_versions_work() {
-    let old = BASE.replace(
-        "private_key: /etc/dicomgate/scp_key.pem}",
-        "private_key: k.pem, versions: [\"1.1\"]}",
-    );
+    let old = BASE.replace("private_key: /etc/dicomgate/scp_key.pem}", "private_key: k.pem, versions: [\"1.1\"]}");
     let err = parse(&old).unwrap_err();
     assert_eq!(issue_paths(&err), vec!["listeners.store.tls.versions[0]"]);
     assert!(err.to_string().contains("RFC 8996"), "{err}");
-    let pinned = BASE.replace(
-        "private_key: /etc/dicomgate/scp_key.pem}",
-        "private_key: k.pem, versions: [1.2]}",
-    );
+    let pinned = BASE.replace("private_key: /etc/dicomgate/scp_key.pem}", "private_key: k.pem, versions: [1.2]}");
     let c = parse(&pinned).unwrap();
-    let Security::Tls(tls) = &c.listeners["store"].security else {
-        panic!()
-    };
+    let Security::Tls(tls) = &c.listeners["store"].security else { panic!() };
     assert_eq!(tls.versions, vec![TlsVersion::Tls12]);
 }
 
@@ -162,11 +114,7 @@ fn ae_titles_with_forbidden_characters_are_refused() {
     for bad in ["\"A\\\\B\"", "\"\"", "\"   \"", "\"TAB\\tX\""] {
         let text = BASE.replace("[BUTTERFLY]", &format!("[{bad}]"));
         let err = parse(&text).unwrap_err();
-        assert_eq!(
-            issue_paths(&err),
-            vec!["listeners.store.calling_ae_titles[0]"],
-            "{bad}: {err}"
-        );
+        assert_eq!(issue_paths(&err), vec!["listeners.store.calling_ae_titles[0]"], "{bad}: {err}");
     }
 }
 
@@ -198,8 +146,5 @@ fn duplicate_listen_addresses_are_refused() {
     let text = format!(
         "{BASE}  worklist:\n    listen: 127.0.0.1:2762\n    insecure_plaintext: true\n    allow: [127.0.0.1/32]\n    routes: {{MWL: pacs}}\n"
     );
-    assert_eq!(
-        issue_paths(&parse(&text).unwrap_err()),
-        vec!["listeners.worklist.listen"]
-    );
+    assert_eq!(issue_paths(&parse(&text).unwrap_err()), vec!["listeners.worklist.listen"]);
 }

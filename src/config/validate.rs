@@ -32,10 +32,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.issues.push(Issue {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.issues.push(Issue { path: path.into(), message: message.into() });
     }
 
     fn path(&self, value: &str) -> PathBuf {
@@ -61,7 +58,9 @@ impl Validator<'_> {
             Err(_) => {
                 self.issue(
                     key,
-                    format!("{value:?} is not an address to listen on: expected IP:PORT, e.g. 0.0.0.0:2762 or [::]:2762"),
+                    format!(
+                        "{value:?} is not an address to listen on: expected IP:PORT, e.g. 0.0.0.0:2762 or [::]:2762"
+                    ),
                 );
                 None
             }
@@ -72,26 +71,17 @@ impl Validator<'_> {
         match value {
             None => default,
             Some(Scalar::Number(n)) => {
-                self.issue(
-                    key,
-                    format!("{n} has no unit: write a duration such as {n}s or 5m"),
-                );
+                self.issue(key, format!("{n} has no unit: write a duration such as {n}s or 5m"));
                 default
             }
             Some(Scalar::Text(text)) => match humantime::parse_duration(text.trim()) {
                 Ok(d) if d.is_zero() => {
-                    self.issue(
-                        key,
-                        format!("{text:?} is zero: expected a positive duration such as 30s"),
-                    );
+                    self.issue(key, format!("{text:?} is zero: expected a positive duration such as 30s"));
                     default
                 }
                 Ok(d) => d,
                 Err(e) => {
-                    self.issue(
-                        key,
-                        format!("{text:?} is not a duration ({e}): write e.g. 30s, 5m or 1h"),
-                    );
+                    self.issue(key, format!("{text:?} is not a duration ({e}): write e.g. 30s, 5m or 1h"));
                     default
                 }
             },
@@ -110,21 +100,12 @@ impl Validator<'_> {
 }
 
 pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
-    let mut v = Validator {
-        base,
-        issues: Vec::new(),
-    };
+    let mut v = Validator { base, issues: Vec::new() };
 
-    let admin = raw.admin.and_then(|a| {
-        v.socket_addr("admin.listen", &a.listen)
-            .map(|listen| AdminConfig { listen })
-    });
+    let admin = raw.admin.and_then(|a| v.socket_addr("admin.listen", &a.listen).map(|listen| AdminConfig { listen }));
     let log = validate_log(&mut v, raw.log);
-    let grace_period = v.duration(
-        "shutdown.grace_period",
-        raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()),
-        DEFAULT_GRACE,
-    );
+    let grace_period =
+        v.duration("shutdown.grace_period", raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()), DEFAULT_GRACE);
 
     let mut backends = BTreeMap::new();
     for (name, b) in raw.backends {
@@ -145,7 +126,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
                 if let Some(other) = bound.insert(listener.listen, name.clone()) {
                     v.issue(
                         format!("listeners.{name}.listen"),
-                        format!("{} is also the address of listener {other:?}: each listener needs its own port", listener.listen),
+                        format!(
+                            "{} is also the address of listener {other:?}: each listener needs its own port",
+                            listener.listen
+                        ),
                     );
                 }
             }
@@ -154,53 +138,29 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
     }
     if let Some(admin) = &admin {
         if let Some(other) = bound.get(&admin.listen) {
-            v.issue(
-                "admin.listen",
-                format!("{} is also the address of listener {other:?}", admin.listen),
-            );
+            v.issue("admin.listen", format!("{} is also the address of listener {other:?}", admin.listen));
         }
     }
 
     if !v.issues.is_empty() {
-        return Err(ConfigError::Invalid {
-            file: None,
-            issues: v.issues,
-        });
+        return Err(ConfigError::Invalid { file: None, issues: v.issues });
     }
-    Ok(Config {
-        source: None,
-        admin,
-        log,
-        shutdown: ShutdownConfig { grace_period },
-        backends,
-        listeners,
-    })
+    Ok(Config { source: None, admin, log, shutdown: ShutdownConfig { grace_period }, backends, listeners })
 }
 
 fn validate_log(v: &mut Validator<'_>, raw: Option<RawLog>) -> LogConfig {
-    let raw = raw.unwrap_or(RawLog {
-        format: None,
-        level: None,
-    });
+    let raw = raw.unwrap_or(RawLog { format: None, level: None });
     let format = match raw.format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            v.issue(
-                "log.format",
-                format!("{other:?} is not a log format: expected text or json"),
-            );
+            v.issue("log.format", format!("{other:?} is not a log format: expected text or json"));
             LogFormat::Text
         }
     };
     let level = raw.level.unwrap_or_else(|| "info".to_owned());
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        v.issue(
-            "log.level",
-            format!(
-                "{level:?} is not a log level ({e}): expected error, warn, info, debug or trace"
-            ),
-        );
+        v.issue("log.level", format!("{level:?} is not a log level ({e}): expected error, warn, info, debug or trace"));
     }
     LogConfig { format, level }
 }
@@ -210,10 +170,7 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
     let before = v.issues.len();
     let ae_title = v.ae_title(&format!("{key}.ae_title"), &raw.ae_title);
     if raw.servers.is_empty() {
-        v.issue(
-            format!("{key}.servers"),
-            "is empty: list at least one HOST:PORT, e.g. [10.20.0.15:104]",
-        );
+        v.issue(format!("{key}.servers"), "is empty: list at least one HOST:PORT, e.g. [10.20.0.15:104]");
     }
     let mut servers = Vec::new();
     for (i, s) in raw.servers.iter().enumerate() {
@@ -244,34 +201,21 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
                 c.zip(k)
             }
             (Some(_), None) => {
-                v.issue(
-                    format!("{tkey}.private_key"),
-                    "is missing: a client certificate needs its private key",
-                );
+                v.issue(format!("{tkey}.private_key"), "is missing: a client certificate needs its private key");
                 None
             }
             (None, Some(_)) => {
-                v.issue(
-                    format!("{tkey}.certificate"),
-                    "is missing: a private key needs its client certificate",
-                );
+                v.issue(format!("{tkey}.certificate"), "is missing: a private key needs its client certificate");
                 None
             }
             (None, None) => None,
         };
         if let Some(sn) = &t.server_name {
             if rustls_pki_types::ServerName::try_from(sn.as_str()).is_err() {
-                v.issue(
-                    format!("{tkey}.server_name"),
-                    format!("{sn:?} is not a DNS name or IP address"),
-                );
+                v.issue(format!("{tkey}.server_name"), format!("{sn:?} is not a DNS name or IP address"));
             }
         }
-        ca.map(|ca| BackendTlsConfig {
-            ca,
-            server_name: t.server_name,
-            client_identity,
-        })
+        ca.map(|ca| BackendTlsConfig { ca, server_name: t.server_name, client_identity })
     });
     let health_check = {
         let hkey = format!("{key}.health_check");
@@ -293,16 +237,9 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
             raw.as_ref().and_then(|h| h.interval.as_ref()),
             DEFAULT_HEALTH_INTERVAL,
         );
-        let calling = raw
-            .as_ref()
-            .and_then(|h| h.calling_ae_title.as_deref())
-            .unwrap_or("DICOMGATE");
+        let calling = raw.as_ref().and_then(|h| h.calling_ae_title.as_deref()).unwrap_or("DICOMGATE");
         let calling_ae_title = v.ae_title(&format!("{hkey}.calling_ae_title"), calling);
-        calling_ae_title.map(|calling_ae_title| HealthCheckConfig {
-            mode,
-            interval,
-            calling_ae_title,
-        })
+        calling_ae_title.map(|calling_ae_title| HealthCheckConfig { mode, interval, calling_ae_title })
     };
     if v.issues.len() != before {
         return None;
@@ -321,24 +258,16 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
 /// port that every SCP uses: 104, 11112 and site-specific ports all occur).
 fn parse_server_address(s: &str) -> Option<ServerAddress> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some(ServerAddress {
-            host: sa.ip().to_string(),
-            port: sa.port(),
-        });
+        return Some(ServerAddress { host: sa.ip().to_string(), port: sa.port() });
     }
     let (host, port) = s.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    (host_ok && port != 0).then(|| ServerAddress {
-        host: host.to_owned(),
-        port,
-    })
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    (host_ok && port != 0).then(|| ServerAddress { host: host.to_owned(), port })
 }
 
 fn validate_listener(
@@ -408,14 +337,10 @@ fn validate_listener(
 
     let mut routes = Routes::default();
     match raw.routes {
-        None => v.issue(
-            format!("{key}.routes"),
-            "is missing: map called AE titles to backends, e.g. {PACS: pacs}",
-        ),
-        Some(map) if map.is_empty() => v.issue(
-            format!("{key}.routes"),
-            "is empty: map called AE titles to backends, e.g. {PACS: pacs}",
-        ),
+        None => v.issue(format!("{key}.routes"), "is missing: map called AE titles to backends, e.g. {PACS: pacs}"),
+        Some(map) if map.is_empty() => {
+            v.issue(format!("{key}.routes"), "is empty: map called AE titles to backends, e.g. {PACS: pacs}")
+        }
         Some(map) => {
             for (called, backend) in map {
                 let rkey = format!("{key}.routes.{called}");
@@ -423,17 +348,16 @@ fn validate_listener(
                     let known: Vec<&str> = backends.keys().map(String::as_str).collect();
                     v.issue(
                         rkey.clone(),
-                        format!("names backend {backend:?}, which is not defined (or invalid); defined backends: {known:?}"),
+                        format!(
+                            "names backend {backend:?}, which is not defined (or invalid); defined backends: {known:?}"
+                        ),
                     );
                 }
                 if called.trim() == "*" {
                     routes.fallback = Some(backend);
                 } else if let Some(ae) = v.ae_title(&rkey, &called) {
                     if routes.exact.insert(ae, backend).is_some() {
-                        v.issue(
-                            rkey,
-                            "duplicates another route once leading/trailing spaces are removed",
-                        );
+                        v.issue(rkey, "duplicates another route once leading/trailing spaces are removed");
                     }
                 }
             }
@@ -451,22 +375,16 @@ fn validate_listener(
     if !(MIN_MAX_RQ_LENGTH..=MAX_MAX_RQ_LENGTH).contains(&max_rq) {
         v.issue(
             format!("{key}.max_associate_rq_length"),
-            format!("{max_rq} is out of range: expected {MIN_MAX_RQ_LENGTH} to {MAX_MAX_RQ_LENGTH} bytes (default 65536)"),
+            format!(
+                "{max_rq} is out of range: expected {MIN_MAX_RQ_LENGTH} to {MAX_MAX_RQ_LENGTH} bytes (default 65536)"
+            ),
         );
     }
 
     let t = raw.timeouts;
     let timeouts = Timeouts {
-        acse: v.duration(
-            &format!("{key}.timeouts.acse"),
-            t.as_ref().and_then(|t| t.acse.as_ref()),
-            DEFAULT_ACSE,
-        ),
-        dimse: v.duration(
-            &format!("{key}.timeouts.dimse"),
-            t.as_ref().and_then(|t| t.dimse.as_ref()),
-            DEFAULT_DIMSE,
-        ),
+        acse: v.duration(&format!("{key}.timeouts.acse"), t.as_ref().and_then(|t| t.acse.as_ref()), DEFAULT_ACSE),
+        dimse: v.duration(&format!("{key}.timeouts.dimse"), t.as_ref().and_then(|t| t.dimse.as_ref()), DEFAULT_DIMSE),
         connect: v.duration(
             &format!("{key}.timeouts.connect"),
             t.as_ref().and_then(|t| t.connect.as_ref()),
@@ -504,21 +422,16 @@ fn parse_cidr(entry: &str) -> Result<IpNet, &'static str> {
     Err("is not an IP network: expected CIDR notation, e.g. 34.203.166.92/32 or 2001:db8::/32")
 }
 
-fn validate_listener_tls(
-    v: &mut Validator<'_>,
-    key: &str,
-    raw: RawListenerTls,
-) -> Option<ListenerTlsConfig> {
+fn validate_listener_tls(v: &mut Validator<'_>, key: &str, raw: RawListenerTls) -> Option<ListenerTlsConfig> {
     let before = v.issues.len();
     let certificate = v.file_path(&format!("{key}.certificate"), &raw.certificate);
     let private_key = v.file_path(&format!("{key}.private_key"), &raw.private_key);
     let mut versions = Vec::new();
     match raw.versions {
         None => versions = vec![TlsVersion::Tls12, TlsVersion::Tls13],
-        Some(list) if list.is_empty() => v.issue(
-            format!("{key}.versions"),
-            "is empty: expected [\"1.2\", \"1.3\"], [\"1.2\"] or [\"1.3\"]",
-        ),
+        Some(list) if list.is_empty() => {
+            v.issue(format!("{key}.versions"), "is empty: expected [\"1.2\", \"1.3\"], [\"1.2\"] or [\"1.3\"]")
+        }
         Some(list) => {
             for (i, s) in list.iter().enumerate() {
                 let s = match s {
@@ -542,10 +455,7 @@ fn validate_listener_tls(
     }
     versions.sort();
     versions.dedup();
-    let ca = raw
-        .client_ca
-        .as_deref()
-        .and_then(|p| v.file_path(&format!("{key}.client_ca"), p));
+    let ca = raw.client_ca.as_deref().and_then(|p| v.file_path(&format!("{key}.client_ca"), p));
     let pinned = raw
         .client_certificates
         .unwrap_or_default()

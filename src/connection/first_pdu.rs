@@ -34,12 +34,8 @@ impl FirstPduError {
     pub fn abort_reason(&self) -> Option<AbortReason> {
         match self {
             FirstPduError::Unexpected(_) => Some(AbortReason::UnexpectedPdu),
-            FirstPduError::TooLong { .. } | FirstPduError::TooShort(_) => {
-                Some(AbortReason::InvalidPduParameterValue)
-            }
-            FirstPduError::Timeout {
-                header_seen: true, ..
-            } => Some(AbortReason::NotSpecified),
+            FirstPduError::TooLong { .. } | FirstPduError::TooShort(_) => Some(AbortReason::InvalidPduParameterValue),
+            FirstPduError::Timeout { header_seen: true, .. } => Some(AbortReason::NotSpecified),
             _ => None,
         }
     }
@@ -62,22 +58,13 @@ pub async fn read_associate_rq<S: AsyncRead + Unpin>(
     let mut got = 0;
     while got < HEADER_LEN {
         let n = match timeout_at(deadline, stream.read(&mut header[got..])).await {
-            Err(_) => {
-                return Err(FirstPduError::Timeout {
-                    got,
-                    header_seen: false,
-                })
-            }
+            Err(_) => return Err(FirstPduError::Timeout { got, header_seen: false }),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Ok(Err(e)) => return Err(FirstPduError::Io(e)),
             Ok(Ok(n)) => n,
         };
         if n == 0 {
-            return Err(if got == 0 {
-                FirstPduError::ClosedEarly
-            } else {
-                FirstPduError::Truncated
-            });
+            return Err(if got == 0 { FirstPduError::ClosedEarly } else { FirstPduError::Truncated });
         }
         // Judge the first byte as soon as it arrives: garbage is closed at once.
         if got == 0 && PduType::from_byte(header[0]).is_none() {
@@ -92,10 +79,7 @@ pub async fn read_associate_rq<S: AsyncRead + Unpin>(
         None => return Err(FirstPduError::NotDicom(h.type_byte)),
     }
     if h.length > limit {
-        return Err(FirstPduError::TooLong {
-            length: h.length,
-            limit,
-        });
+        return Err(FirstPduError::TooLong { length: h.length, limit });
     }
     if h.length < MIN_RQ_BODY {
         return Err(FirstPduError::TooShort(h.length));
@@ -107,12 +91,7 @@ pub async fn read_associate_rq<S: AsyncRead + Unpin>(
     let mut filled = HEADER_LEN;
     while filled < total {
         let n = match timeout_at(deadline, stream.read(&mut pdu[filled..])).await {
-            Err(_) => {
-                return Err(FirstPduError::Timeout {
-                    got: filled,
-                    header_seen: true,
-                })
-            }
+            Err(_) => return Err(FirstPduError::Timeout { got: filled, header_seen: true }),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Ok(Err(e)) => return Err(FirstPduError::Io(e)),
             Ok(Ok(n)) => n,
@@ -139,42 +118,23 @@ pub async fn read_associate_response<S: AsyncRead + Unpin>(
     };
     match timeout_at(deadline, read).await {
         Err(_) => return Err("no answer to the A-ASSOCIATE-RQ within the ACSE timeout".to_owned()),
-        Ok(Err(e)) => {
-            return Err(format!(
-                "connection lost before the association answer: {e}"
-            ))
-        }
+        Ok(Err(e)) => return Err(format!("connection lost before the association answer: {e}")),
         Ok(Ok(())) => {}
     }
     let h = PduHeader::parse(&header);
     let pdu_type = match h.pdu_type() {
         Some(t @ (PduType::AssociateAc | PduType::AssociateRj | PduType::Abort)) => t,
         Some(other) => return Err(format!("answered the A-ASSOCIATE-RQ with {}", other.name())),
-        None => {
-            return Err(format!(
-                "answered with a non-PDU (first byte 0x{:02X})",
-                h.type_byte
-            ))
-        }
+        None => return Err(format!("answered with a non-PDU (first byte 0x{:02X})", h.type_byte)),
     };
     if h.length > limit {
-        return Err(format!(
-            "{} of {} bytes exceeds the limit of {limit}",
-            pdu_type.name(),
-            h.length
-        ));
+        return Err(format!("{} of {} bytes exceeds the limit of {limit}", pdu_type.name(), h.length));
     }
     let mut pdu = vec![0u8; HEADER_LEN + h.length as usize];
     pdu[..HEADER_LEN].copy_from_slice(&header);
     match timeout_at(deadline, stream.read_exact(&mut pdu[HEADER_LEN..])).await {
-        Err(_) => Err(format!(
-            "incomplete {} within the ACSE timeout",
-            pdu_type.name()
-        )),
-        Ok(Err(e)) => Err(format!(
-            "connection lost in the middle of the {}: {e}",
-            pdu_type.name()
-        )),
+        Err(_) => Err(format!("incomplete {} within the ACSE timeout", pdu_type.name())),
+        Ok(Err(e)) => Err(format!("connection lost in the middle of the {}: {e}", pdu_type.name())),
         Ok(Ok(_)) => Ok((pdu_type, pdu)),
     }
 }

@@ -22,9 +22,7 @@ use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::ae::display_raw;
 use crate::dicom::associate::{self, patch_called_ae};
-use crate::dicom::pdu::{
-    describe_abort, describe_rejection, provider_abort, AbortReason, PduType, Rejection,
-};
+use crate::dicom::pdu::{describe_abort, describe_rejection, provider_abort, AbortReason, PduType, Rejection};
 use crate::metrics::{Direction, Metrics, Outcome};
 use crate::relay::{self, Counters, RelaySettings};
 use crate::routing::{self, Decision};
@@ -91,9 +89,7 @@ pub async fn handle(
     let elapsed = started.elapsed();
     services.metrics.connection_ended(name, outcome);
     if outcome == Outcome::Forwarded {
-        services
-            .metrics
-            .observe_association(name, elapsed.as_secs_f64());
+        services.metrics.observe_association(name, elapsed.as_secs_f64());
     }
     audit.emit(outcome, elapsed);
 }
@@ -121,8 +117,7 @@ async fn serve(
                 return Outcome::TlsError;
             }
             Err(_) => {
-                audit.detail =
-                    Some("TLS handshake not complete within the ACSE timeout".to_owned());
+                audit.detail = Some("TLS handshake not complete within the ACSE timeout".to_owned());
                 return Outcome::Timeout;
             }
         },
@@ -135,23 +130,14 @@ async fn serve(
             if let Some(reason) = e.abort_reason() {
                 send_and_close(&mut client, &provider_abort(reason), cfg).await;
             }
-            return if e.is_timeout() {
-                Outcome::Timeout
-            } else {
-                Outcome::ProtocolError
-            };
+            return if e.is_timeout() { Outcome::Timeout } else { Outcome::ProtocolError };
         }
     };
     let view = match associate::parse(&rq) {
         Ok(v) => v,
         Err(e) => {
             audit.detail = Some(format!("malformed A-ASSOCIATE-RQ: {e}"));
-            send_and_close(
-                &mut client,
-                &provider_abort(AbortReason::InvalidPduParameterValue),
-                cfg,
-            )
-            .await;
+            send_and_close(&mut client, &provider_abort(AbortReason::InvalidPduParameterValue), cfg).await;
             return Outcome::ProtocolError;
         }
     };
@@ -160,18 +146,13 @@ async fn serve(
     log_structured_view(&rq);
 
     if let Admission::OverLimit(_) = admission {
-        audit.detail = Some(format!(
-            "listener at max_connections ({})",
-            cfg.max_connections
-        ));
+        audit.detail = Some(format!("listener at max_connections ({})", cfg.max_connections));
         send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu(), cfg).await;
         return Outcome::Limit;
     }
 
     let (backend_name, called) = match routing::decide(&view, cfg) {
-        Decision::Forward {
-            backend, called, ..
-        } => (backend, called),
+        Decision::Forward { backend, called, .. } => (backend, called),
         Decision::Reject(refusal) => {
             audit.detail = Some(refusal.why);
             audit.association = Some(refusal.rejection.to_string());
@@ -208,10 +189,7 @@ async fn serve(
     }
     let answer_deadline = Instant::now() + cfg.timeouts.acse;
     let answer = match timeout_at(answer_deadline, write_flush(&mut upstream.stream, &rq)).await {
-        Ok(Ok(())) => {
-            read_associate_response(&mut upstream.stream, MAX_RESPONSE_LENGTH, answer_deadline)
-                .await
-        }
+        Ok(Ok(())) => read_associate_response(&mut upstream.stream, MAX_RESPONSE_LENGTH, answer_deadline).await,
         Ok(Err(e)) => Err(format!("cannot send the A-ASSOCIATE-RQ: {e}")),
         Err(_) => Err("cannot send the A-ASSOCIATE-RQ within the ACSE timeout".to_owned()),
     };
@@ -220,10 +198,7 @@ async fn serve(
         Err(why) => {
             audit.association = Some(format!("no valid answer from the SCP: {why}"));
             let abort = provider_abort(AbortReason::NotSpecified);
-            tokio::join!(
-                send_and_close(&mut client, &abort, cfg),
-                send_and_close(&mut upstream.stream, &abort, cfg)
-            );
+            tokio::join!(send_and_close(&mut client, &abort, cfg), send_and_close(&mut upstream.stream, &abort, cfg));
             return Outcome::Forwarded;
         }
     };
@@ -237,87 +212,50 @@ async fn serve(
             audit.association = Some("accepted".to_owned());
         }
         PduType::AssociateRj if response.len() == 10 => {
-            audit.association = Some(format!(
-                "rejected by the SCP: {}",
-                describe_rejection((response[7], response[8], response[9]))
-            ));
+            audit.association =
+                Some(format!("rejected by the SCP: {}", describe_rejection((response[7], response[8], response[9]))));
         }
         PduType::Abort if response.len() == 10 => {
-            audit.association = Some(format!(
-                "aborted by the SCP: {}",
-                describe_abort(response[8], response[9])
-            ));
+            audit.association = Some(format!("aborted by the SCP: {}", describe_abort(response[8], response[9])));
         }
         other => {
             audit.association = Some(format!("malformed {} from the SCP", other.name()));
             let abort = provider_abort(AbortReason::InvalidPduParameterValue);
-            tokio::join!(
-                send_and_close(&mut client, &abort, cfg),
-                send_and_close(&mut upstream.stream, &abort, cfg)
-            );
+            tokio::join!(send_and_close(&mut client, &abort, cfg), send_and_close(&mut upstream.stream, &abort, cfg));
             return Outcome::Forwarded;
         }
     }
     if pdu_type != PduType::AssociateAc {
-        tokio::join!(
-            send_and_close(&mut client, &response, cfg),
-            close(&mut upstream.stream, cfg)
-        );
+        tokio::join!(send_and_close(&mut client, &response, cfg), close(&mut upstream.stream, cfg));
         return Outcome::Forwarded;
     }
     if let Err(e) = timeout(cfg.timeouts.acse, write_flush(&mut client, &response))
         .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out",
-            ))
-        })
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")))
     {
         audit.end = Some("io_error".to_owned());
         audit.detail = Some(format!("cannot send the A-ASSOCIATE-AC to the client: {e}"));
-        send_and_close(
-            &mut upstream.stream,
-            &provider_abort(AbortReason::NotSpecified),
-            cfg,
-        )
-        .await;
+        send_and_close(&mut upstream.stream, &provider_abort(AbortReason::NotSpecified), cfg).await;
         return Outcome::Forwarded;
     }
 
-    let settings = RelaySettings {
-        idle: cfg.timeouts.dimse,
-        closing: cfg.timeouts.acse,
-        max_pdu_length: u32::MAX,
-    };
+    let settings = RelaySettings { idle: cfg.timeouts.dimse, closing: cfg.timeouts.acse, max_pdu_length: u32::MAX };
     let counters = Counters {
-        to_backend: services
-            .metrics
-            .bytes_counter(&cfg.name, Direction::ToBackend),
-        to_client: services
-            .metrics
-            .bytes_counter(&cfg.name, Direction::ToClient),
+        to_backend: services.metrics.bytes_counter(&cfg.name, Direction::ToBackend),
+        to_client: services.metrics.bytes_counter(&cfg.name, Direction::ToClient),
     };
-    let report = relay::relay(
-        client,
-        upstream.stream,
-        settings,
-        counters,
-        services.force_abort.clone(),
-    )
-    .await;
-    audit.bytes_to_backend = report.bytes_to_backend;
-    audit.bytes_to_client = report.bytes_to_client;
+    // The association PDUs count too: bytes are what crossed the gateway.
+    counters.to_backend.inc_by(rq.len() as u64);
+    counters.to_client.inc_by(response.len() as u64);
+    let report = relay::relay(client, upstream.stream, settings, counters, services.force_abort.clone()).await;
+    audit.bytes_to_backend = rq.len() as u64 + report.bytes_to_backend;
+    audit.bytes_to_client = response.len() as u64 + report.bytes_to_client;
     audit.end = Some(report.end.label().to_owned());
     audit.detail = match &report.end {
-        relay::RelayEnd::Aborted { by, source, reason } => Some(format!(
-            "A-ABORT from the {}: {}",
-            by.as_str(),
-            describe_abort(*source, *reason)
-        )),
-        relay::RelayEnd::ProtocolError { by, error } => {
-            Some(format!("{} sent {error}", by.as_str()))
+        relay::RelayEnd::Aborted { by, source, reason } => {
+            Some(format!("A-ABORT from the {}: {}", by.as_str(), describe_abort(*source, *reason)))
         }
+        relay::RelayEnd::ProtocolError { by, error } => Some(format!("{} sent {error}", by.as_str())),
         relay::RelayEnd::Io { side, error } => Some(format!("{}: {error}", side.as_str())),
         relay::RelayEnd::Closed { by } | relay::RelayEnd::Truncated { by } => {
             Some(format!("closed by the {}", by.as_str()))
@@ -336,11 +274,8 @@ fn log_structured_view(rq: &[u8]) {
     }
     match dicom_ul::pdu::read_pdu(rq, dicom_ul::pdu::MAXIMUM_PDU_SIZE, false) {
         Ok(Some(dicom_ul::pdu::Pdu::AssociationRQ(parsed))) => {
-            let syntaxes: Vec<&str> = parsed
-                .presentation_contexts
-                .iter()
-                .map(|pc| pc.abstract_syntax.as_str())
-                .collect();
+            let syntaxes: Vec<&str> =
+                parsed.presentation_contexts.iter().map(|pc| pc.abstract_syntax.as_str()).collect();
             tracing::debug!(abstract_syntaxes = ?syntaxes, "A-ASSOCIATE-RQ presentation contexts");
         }
         Ok(_) => tracing::debug!("dicom-ul read the A-ASSOCIATE-RQ as another PDU"),
@@ -357,11 +292,7 @@ async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std
 
 /// Sends a final PDU of our own, then closes (TLS close_notify included),
 /// each step bounded so a peer that stopped reading cannot hold the task.
-async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    pdu: &[u8],
-    cfg: &ListenerConfig,
-) {
+async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, pdu: &[u8], cfg: &ListenerConfig) {
     let _ = timeout(cfg.timeouts.acse, write_flush(stream, pdu)).await;
     close(stream, cfg).await;
 }

@@ -39,10 +39,7 @@ impl AeTitle {
 
     fn from_bytes(bytes: &[u8]) -> Result<AeTitle, AeTitleError> {
         let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
-        let end = bytes
-            .iter()
-            .rposition(|&b| b != b' ')
-            .map_or(start, |i| i + 1);
+        let end = bytes.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
         let trimmed = &bytes[start..end];
         if let Some(&b) = trimmed.iter().find(|&&b| !(0x20..=0x7E).contains(&b)) {
             return Err(AeTitleError::InvalidByte(b));
@@ -104,36 +101,21 @@ mod tests {
 
     #[test]
     fn trims_spaces_only() {
-        assert_eq!(
-            AeTitle::from_wire(&wire(b"  BUTTERFLY")).unwrap().as_str(),
-            "BUTTERFLY"
-        );
+        assert_eq!(AeTitle::from_wire(&wire(b"  BUTTERFLY")).unwrap().as_str(), "BUTTERFLY");
         assert_eq!(AeTitle::parse(" PACS ").unwrap().as_str(), "PACS");
         assert_eq!(AeTitle::parse("MY AE").unwrap().as_str(), "MY AE");
     }
 
     #[test]
     fn rejects_tab_nul_backslash_and_blank() {
-        assert_eq!(
-            AeTitle::from_wire(&wire(b"\tBUTTERFLY")),
-            Err(AeTitleError::InvalidByte(0x09))
-        );
+        assert_eq!(AeTitle::from_wire(&wire(b"\tBUTTERFLY")), Err(AeTitleError::InvalidByte(0x09)));
         let mut nul = [0u8; 16];
         nul[..4].copy_from_slice(b"PACS");
         assert_eq!(AeTitle::from_wire(&nul), Err(AeTitleError::InvalidByte(0)));
-        assert_eq!(
-            AeTitle::from_wire(&wire(b"A\\B")),
-            Err(AeTitleError::Backslash)
-        );
+        assert_eq!(AeTitle::from_wire(&wire(b"A\\B")), Err(AeTitleError::Backslash));
         assert_eq!(AeTitle::from_wire(&[b' '; 16]), Err(AeTitleError::Empty));
-        assert_eq!(
-            AeTitle::parse("BUTTERFLY CLOUD ONE"),
-            Err(AeTitleError::TooLong)
-        );
-        assert_eq!(
-            AeTitle::from_wire(&wire(&[0xC3, 0xA9])),
-            Err(AeTitleError::InvalidByte(0xC3))
-        );
+        assert_eq!(AeTitle::parse("BUTTERFLY CLOUD ONE"), Err(AeTitleError::TooLong));
+        assert_eq!(AeTitle::from_wire(&wire(&[0xC3, 0xA9])), Err(AeTitleError::InvalidByte(0xC3)));
     }
 
     #[test]
@@ -141,10 +123,7 @@ mod tests {
         let a = AeTitle::parse("Pacs").unwrap();
         assert_ne!(a, AeTitle::parse("PACS").unwrap());
         assert_eq!(AeTitle::from_wire(&a.to_wire()).unwrap(), a);
-        assert_eq!(
-            AeTitle::parse("0123456789ABCDEF").unwrap().to_wire(),
-            *b"0123456789ABCDEF"
-        );
+        assert_eq!(AeTitle::parse("0123456789ABCDEF").unwrap().to_wire(), *b"0123456789ABCDEF");
     }
 
     #[test]

@@ -27,17 +27,11 @@ pub enum MalformedAssociate {
     #[error("PDU of {0} bytes is shorter than the 74-byte fixed part of an A-ASSOCIATE PDU")]
     TooShort(usize),
     #[error("item 0x{item:02X} at offset {offset} claims {length} bytes, past the end of the PDU")]
-    ItemOverrun {
-        item: u8,
-        offset: usize,
-        length: usize,
-    },
-    #[error("user information sub-item 0x{item:02X} at offset {offset} claims {length} bytes, past the end of its item")]
-    SubItemOverrun {
-        item: u8,
-        offset: usize,
-        length: usize,
-    },
+    ItemOverrun { item: u8, offset: usize, length: usize },
+    #[error(
+        "user information sub-item 0x{item:02X} at offset {offset} claims {length} bytes, past the end of its item"
+    )]
+    SubItemOverrun { item: u8, offset: usize, length: usize },
     #[error("maximum length sub-item has length {0}, expected 4")]
     BadMaxLength(usize),
     #[error("no application context item")]
@@ -85,17 +79,14 @@ pub fn parse(pdu: &[u8]) -> Result<AssociateView, MalformedAssociate> {
     let mut application_context = false;
     let mut offset = ITEMS_START;
     while offset < pdu.len() {
-        let (item, body_start, body_end) =
-            item_at(pdu, offset, pdu.len()).ok_or(MalformedAssociate::ItemOverrun {
-                item: pdu[offset],
-                offset,
-                length: item_len(pdu, offset),
-            })?;
+        let (item, body_start, body_end) = item_at(pdu, offset, pdu.len()).ok_or(MalformedAssociate::ItemOverrun {
+            item: pdu[offset],
+            offset,
+            length: item_len(pdu, offset),
+        })?;
         match item {
             ITEM_APPLICATION_CONTEXT => application_context = true,
-            ITEM_PRESENTATION_CONTEXT_RQ | ITEM_PRESENTATION_CONTEXT_AC => {
-                view.presentation_contexts += 1
-            }
+            ITEM_PRESENTATION_CONTEXT_RQ | ITEM_PRESENTATION_CONTEXT_AC => view.presentation_contexts += 1,
             ITEM_USER_INFORMATION => parse_user_information(pdu, body_start, body_end, &mut view)?,
             _ => {} // PS3.8 §9.3.1: unrecognised items are ignored.
         }
@@ -118,26 +109,19 @@ fn parse_user_information(
 ) -> Result<(), MalformedAssociate> {
     let mut offset = start;
     while offset < end {
-        let (item, body_start, body_end) =
-            item_at(pdu, offset, end).ok_or(MalformedAssociate::SubItemOverrun {
-                item: pdu[offset],
-                offset,
-                length: item_len(pdu, offset),
-            })?;
+        let (item, body_start, body_end) = item_at(pdu, offset, end).ok_or(MalformedAssociate::SubItemOverrun {
+            item: pdu[offset],
+            offset,
+            length: item_len(pdu, offset),
+        })?;
         let body = &pdu[body_start..body_end];
         match item {
             SUB_ITEM_MAX_LENGTH => {
-                let value: [u8; 4] = body
-                    .try_into()
-                    .map_err(|_| MalformedAssociate::BadMaxLength(body.len()))?;
+                let value: [u8; 4] = body.try_into().map_err(|_| MalformedAssociate::BadMaxLength(body.len()))?;
                 view.max_length = Some((u32::from_be_bytes(value), body_start));
             }
-            SUB_ITEM_IMPLEMENTATION_CLASS_UID => {
-                view.implementation_class_uid = Some(printable(body))
-            }
-            SUB_ITEM_IMPLEMENTATION_VERSION_NAME => {
-                view.implementation_version_name = Some(printable(body))
-            }
+            SUB_ITEM_IMPLEMENTATION_CLASS_UID => view.implementation_class_uid = Some(printable(body)),
+            SUB_ITEM_IMPLEMENTATION_VERSION_NAME => view.implementation_version_name = Some(printable(body)),
             _ => {}
         }
         offset = body_end;
@@ -245,10 +229,7 @@ pub(crate) mod tests {
         let mut pdu = sample_rq(b"PACS            ", b"BUTTERFLY       ");
         // Claim more bytes for the application context item than there are.
         pdu[ITEMS_START + 2] = 0xFF;
-        assert!(matches!(
-            parse(&pdu),
-            Err(MalformedAssociate::ItemOverrun { .. })
-        ));
+        assert!(matches!(parse(&pdu), Err(MalformedAssociate::ItemOverrun { .. })));
         assert_eq!(parse(&pdu[..40]), Err(MalformedAssociate::TooShort(40)));
         let short = sample_rq(b"PACS            ", b"BUTTERFLY       ");
         assert!(parse(&short[..short.len() - 3]).is_err());

@@ -58,10 +58,7 @@ pub struct PduHeader {
 
 impl PduHeader {
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> PduHeader {
-        PduHeader {
-            type_byte: bytes[0],
-            length: u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]),
-        }
+        PduHeader { type_byte: bytes[0], length: u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) }
     }
 
     pub fn pdu_type(&self) -> Option<PduType> {
@@ -99,9 +96,7 @@ impl Rejection {
     /// The complete 10-byte A-ASSOCIATE-RJ PDU.
     pub fn to_pdu(self) -> [u8; 10] {
         let (result, source, reason) = self.triple();
-        [
-            0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, result, source, reason,
-        ]
+        [0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, result, source, reason]
     }
 }
 
@@ -185,18 +180,7 @@ impl AbortReason {
 /// The gateway's own A-ABORT: always source 2 (service-provider), since the
 /// gateway stands in the upper layer's place for both peers.
 pub fn provider_abort(reason: AbortReason) -> [u8; 10] {
-    [
-        0x07,
-        0x00,
-        0x00,
-        0x00,
-        0x00,
-        0x04,
-        0x00,
-        0x00,
-        0x02,
-        reason.byte(),
-    ]
+    [0x07, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x02, reason.byte()]
 }
 
 /// Words for an A-ABORT's source and reason bytes.
@@ -229,15 +213,9 @@ mod tests {
 
     #[test]
     fn rejections_match_the_design_table() {
-        assert_eq!(
-            Rejection::CallingAeNotRecognized.to_pdu(),
-            [3, 0, 0, 0, 0, 4, 0, 1, 1, 3]
-        );
+        assert_eq!(Rejection::CallingAeNotRecognized.to_pdu(), [3, 0, 0, 0, 0, 4, 0, 1, 1, 3]);
         assert_eq!(Rejection::CalledAeNotRecognized.to_pdu()[7..], [1, 1, 7]);
-        assert_eq!(
-            Rejection::ProtocolVersionNotSupported.to_pdu()[7..],
-            [1, 2, 2]
-        );
+        assert_eq!(Rejection::ProtocolVersionNotSupported.to_pdu()[7..], [1, 2, 2]);
         assert_eq!(Rejection::TemporaryCongestion.to_pdu()[7..], [2, 3, 1]);
         assert_eq!(Rejection::LocalLimitExceeded.to_pdu()[7..], [2, 3, 2]);
         assert_eq!(
@@ -256,13 +234,7 @@ mod tests {
 
     #[test]
     fn abort_bytes() {
-        assert_eq!(
-            provider_abort(AbortReason::UnexpectedPdu),
-            [7, 0, 0, 0, 0, 4, 0, 0, 2, 2]
-        );
-        assert_eq!(
-            describe_abort(2, 6),
-            "service-provider, invalid-PDU-parameter-value (2/6)"
-        );
+        assert_eq!(provider_abort(AbortReason::UnexpectedPdu), [7, 0, 0, 0, 0, 4, 0, 0, 2, 2]);
+        assert_eq!(describe_abort(2, 6), "service-provider, invalid-PDU-parameter-value (2/6)");
     }
 }

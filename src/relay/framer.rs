@@ -25,11 +25,7 @@ pub enum FrameError {
     #[error("unknown PDU type 0x{0:02X}")]
     UnknownType(u8),
     #[error("{pdu} of {length} bytes exceeds the limit of {limit} bytes")]
-    TooLong {
-        pdu: &'static str,
-        length: u32,
-        limit: u32,
-    },
+    TooLong { pdu: &'static str, length: u32, limit: u32 },
     #[error("{pdu} has a {length}-byte body, expected 4")]
     BadControlLength { pdu: &'static str, length: u32 },
     #[error("{0} is not allowed once the association is established")]
@@ -38,17 +34,8 @@ pub enum FrameError {
 
 #[derive(Debug)]
 enum State {
-    Header {
-        bytes: [u8; HEADER_LEN],
-        have: usize,
-    },
-    Body {
-        pdu_type: PduType,
-        length: u32,
-        remaining: u32,
-        control: [u8; CONTROL_BODY],
-        have: usize,
-    },
+    Header { bytes: [u8; HEADER_LEN], have: usize },
+    Body { pdu_type: PduType, length: u32, remaining: u32, control: [u8; CONTROL_BODY], have: usize },
 }
 
 #[derive(Debug)]
@@ -61,13 +48,7 @@ impl Framer {
     /// `max_pdu_length` bounds the declared length of P-DATA-TF PDUs (the
     /// body); control PDUs must have their fixed 4-byte bodies.
     pub fn new(max_pdu_length: u32) -> Framer {
-        Framer {
-            state: State::Header {
-                bytes: [0; HEADER_LEN],
-                have: 0,
-            },
-            max_pdu_length,
-        }
+        Framer { state: State::Header { bytes: [0; HEADER_LEN], have: 0 }, max_pdu_length }
     }
 
     /// True between PDUs: a PDU of our own (A-ABORT) can be sent here.
@@ -80,11 +61,7 @@ impl Framer {
     /// [`Framer::at_boundary`] tells whether the forwarded stream ended on a
     /// PDU boundary). Events for PDUs completed within `data` are appended to
     /// `events`.
-    pub fn feed(
-        &mut self,
-        data: &[u8],
-        events: &mut Vec<FrameEvent>,
-    ) -> Result<usize, (usize, FrameError)> {
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<FrameEvent>) -> Result<usize, (usize, FrameError)> {
         let mut pos = 0;
         while pos < data.len() {
             match &mut self.state {
@@ -102,10 +79,7 @@ impl Framer {
                         Err(e) if pos >= HEADER_LEN => {
                             // The whole header is in this chunk: the bytes before
                             // it end on a boundary, and nothing of it is forwarded.
-                            self.state = State::Header {
-                                bytes: [0; HEADER_LEN],
-                                have: 0,
-                            };
+                            self.state = State::Header { bytes: [0; HEADER_LEN], have: 0 };
                             return Err((pos - HEADER_LEN, e));
                         }
                         // Part of the header went out with the previous chunk:
@@ -113,14 +87,8 @@ impl Framer {
                         Err(e) => return Err((0, e)),
                     };
                     if header.length == 0 {
-                        events.push(FrameEvent::Pdu {
-                            pdu_type,
-                            length: 0,
-                        });
-                        self.state = State::Header {
-                            bytes: [0; HEADER_LEN],
-                            have: 0,
-                        };
+                        events.push(FrameEvent::Pdu { pdu_type, length: 0 });
+                        self.state = State::Header { bytes: [0; HEADER_LEN], have: 0 };
                     } else {
                         self.state = State::Body {
                             pdu_type,
@@ -131,13 +99,7 @@ impl Framer {
                         };
                     }
                 }
-                State::Body {
-                    pdu_type,
-                    length,
-                    remaining,
-                    control,
-                    have,
-                } => {
+                State::Body { pdu_type, length, remaining, control, have } => {
                     // `remaining` fits in usize on every supported target (>= 32 bits).
                     let take = (*remaining as usize).min(data.len() - pos);
                     if *pdu_type != PduType::PData {
@@ -149,20 +111,11 @@ impl Framer {
                     // take <= remaining, so this cannot underflow.
                     *remaining -= take as u32;
                     if *remaining == 0 {
-                        events.push(FrameEvent::Pdu {
-                            pdu_type: *pdu_type,
-                            length: *length,
-                        });
+                        events.push(FrameEvent::Pdu { pdu_type: *pdu_type, length: *length });
                         if *pdu_type == PduType::Abort {
-                            events.push(FrameEvent::Abort {
-                                source: control[2],
-                                reason: control[3],
-                            });
+                            events.push(FrameEvent::Abort { source: control[2], reason: control[3] });
                         }
-                        self.state = State::Header {
-                            bytes: [0; HEADER_LEN],
-                            have: 0,
-                        };
+                        self.state = State::Header { bytes: [0; HEADER_LEN], have: 0 };
                     }
                 }
             }
@@ -171,9 +124,7 @@ impl Framer {
     }
 
     fn check(&self, header: PduHeader) -> Result<PduType, FrameError> {
-        let pdu_type = header
-            .pdu_type()
-            .ok_or(FrameError::UnknownType(header.type_byte))?;
+        let pdu_type = header.pdu_type().ok_or(FrameError::UnknownType(header.type_byte))?;
         match pdu_type {
             PduType::PData => {
                 if header.length > self.max_pdu_length {
@@ -186,10 +137,7 @@ impl Framer {
             }
             PduType::ReleaseRq | PduType::ReleaseRp | PduType::Abort => {
                 if header.length != CONTROL_BODY as u32 {
-                    return Err(FrameError::BadControlLength {
-                        pdu: pdu_type.name(),
-                        length: header.length,
-                    });
+                    return Err(FrameError::BadControlLength { pdu: pdu_type.name(), length: header.length });
                 }
             }
             PduType::AssociateRq | PduType::AssociateAc | PduType::AssociateRj => {
@@ -231,9 +179,7 @@ mod tests {
         let mut i = 0;
         while pos < data.len() {
             let n = chunks[i % chunks.len()].max(1).min(data.len() - pos);
-            forwarded += f
-                .feed(&data[pos..pos + n], &mut events)
-                .expect("valid stream");
+            forwarded += f.feed(&data[pos..pos + n], &mut events).expect("valid stream");
             pos += n;
             i += 1;
         }
@@ -247,13 +193,7 @@ mod tests {
         let (reference, n) = run(&data, &[data.len()]);
         assert_eq!(n, data.len());
         assert_eq!(reference.len(), 6);
-        assert_eq!(
-            reference[5],
-            FrameEvent::Abort {
-                source: 2,
-                reason: 6
-            }
-        );
+        assert_eq!(reference[5], FrameEvent::Abort { source: 2, reason: 6 });
         for chunks in [&[1][..], &[2, 3, 5], &[6], &[7, 4096], &[16384, 1, 9]] {
             assert_eq!(run(&data, chunks).0, reference, "chunks {chunks:?}");
         }
@@ -271,32 +211,20 @@ mod tests {
         // Split across chunks: part of the bad header was already forwarded.
         let mut f = Framer::new(u32::MAX);
         assert_eq!(f.feed(&[0x16, 3], &mut Vec::new()), Ok(2));
-        assert_eq!(
-            f.feed(&[1, 0, 5, 0], &mut Vec::new()),
-            Err((0, FrameError::UnknownType(0x16)))
-        );
+        assert_eq!(f.feed(&[1, 0, 5, 0], &mut Vec::new()), Err((0, FrameError::UnknownType(0x16))));
         assert!(!f.at_boundary());
     }
 
     #[test]
     fn oversized_and_misplaced_pdus_are_refused() {
         let mut f = Framer::new(1000);
-        assert!(matches!(
-            f.feed(&pdata(1001), &mut Vec::new()),
-            Err((0, FrameError::TooLong { .. }))
-        ));
+        assert!(matches!(f.feed(&pdata(1001), &mut Vec::new()), Err((0, FrameError::TooLong { .. }))));
         let mut f = Framer::new(1000);
         let rq = [0x01, 0, 0, 0, 0, 10];
-        assert!(matches!(
-            f.feed(&rq, &mut Vec::new()),
-            Err((0, FrameError::Unexpected(_)))
-        ));
+        assert!(matches!(f.feed(&rq, &mut Vec::new()), Err((0, FrameError::Unexpected(_)))));
         let mut f = Framer::new(1000);
         let long_abort = [0x07, 0, 0, 0, 0, 5];
-        assert!(matches!(
-            f.feed(&long_abort, &mut Vec::new()),
-            Err((0, FrameError::BadControlLength { .. }))
-        ));
+        assert!(matches!(f.feed(&long_abort, &mut Vec::new()), Err((0, FrameError::BadControlLength { .. }))));
     }
 
     #[test]

@@ -127,22 +127,8 @@ where
     let cause = {
         let pumps = async {
             tokio::join!(
-                up.run(
-                    &mut client_rd,
-                    &mut backend_wr,
-                    &activity,
-                    &counters.to_backend,
-                    &stop,
-                    settings.closing
-                ),
-                down.run(
-                    &mut backend_rd,
-                    &mut client_wr,
-                    &activity,
-                    &counters.to_client,
-                    &stop,
-                    settings.closing
-                ),
+                up.run(&mut client_rd, &mut backend_wr, &activity, &counters.to_backend, &stop, settings.closing),
+                down.run(&mut backend_rd, &mut client_wr, &activity, &counters.to_client, &stop, settings.closing),
             )
         };
         tokio::pin!(pumps);
@@ -180,11 +166,7 @@ where
             timeout(settings.closing, backend_wr.shutdown()),
         );
     }
-    RelayReport {
-        end,
-        bytes_to_backend: up.bytes,
-        bytes_to_client: down.bytes,
-    }
+    RelayReport { end, bytes_to_backend: up.bytes, bytes_to_client: down.bytes }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,11 +183,7 @@ fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
     }
     for p in [up, down] {
         if let Some((source, reason)) = p.abort {
-            return RelayEnd::Aborted {
-                by: p.from,
-                source,
-                reason,
-            };
+            return RelayEnd::Aborted { by: p.from, source, reason };
         }
     }
     let first = match (up.ended_at, down.ended_at) {
@@ -217,16 +195,11 @@ fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
 
 fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
     // The pump that failed first explains the end; the other was cancelled.
-    let mut failed: Vec<&Pump> = [up, down]
-        .into_iter()
-        .filter(|p| p.end.as_ref().is_some_and(|e| e.is_failure()))
-        .collect();
+    let mut failed: Vec<&Pump> =
+        [up, down].into_iter().filter(|p| p.end.as_ref().is_some_and(|e| e.is_failure())).collect();
     failed.sort_by_key(|p| p.ended_at);
     let Some(p) = failed.first() else {
-        return RelayEnd::Io {
-            side: Side::Client,
-            error: "relay stopped".to_owned(),
-        };
+        return RelayEnd::Io { side: Side::Client, error: "relay stopped".to_owned() };
     };
     let to = match p.from {
         Side::Client => Side::Backend,
@@ -234,18 +207,9 @@ fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
     };
     match p.end.as_ref() {
         Some(PumpEnd::Truncated) => RelayEnd::Truncated { by: p.from },
-        Some(PumpEnd::Protocol(error)) => RelayEnd::ProtocolError {
-            by: p.from,
-            error: *error,
-        },
-        Some(PumpEnd::ReadError(e)) => RelayEnd::Io {
-            side: p.from,
-            error: e.clone(),
-        },
-        Some(PumpEnd::WriteError(e)) => RelayEnd::Io {
-            side: to,
-            error: e.clone(),
-        },
+        Some(PumpEnd::Protocol(error)) => RelayEnd::ProtocolError { by: p.from, error: *error },
+        Some(PumpEnd::ReadError(e)) => RelayEnd::Io { side: p.from, error: e.clone() },
+        Some(PumpEnd::WriteError(e)) => RelayEnd::Io { side: to, error: e.clone() },
         Some(PumpEnd::Eof) | None => RelayEnd::Closed { by: p.from },
     }
 }
@@ -356,10 +320,7 @@ impl Pump {
             }
             for event in events.drain(..) {
                 match event {
-                    FrameEvent::Pdu {
-                        pdu_type: PduType::ReleaseRp,
-                        ..
-                    } => {
+                    FrameEvent::Pdu { pdu_type: PduType::ReleaseRp, .. } => {
                         self.release_rp = true;
                         activity.closing.store(true, Ordering::Relaxed);
                     }
@@ -402,11 +363,7 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-        }
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), closing: AtomicBool::new(false) }
     }
 
     fn touch(&self) {
@@ -418,13 +375,8 @@ impl Activity {
     /// association is over).
     async fn expired(&self, settings: RelaySettings) {
         loop {
-            let limit = if self.closing.load(Ordering::Relaxed) {
-                settings.closing
-            } else {
-                settings.idle
-            };
-            let deadline =
-                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit;
+            let limit = if self.closing.load(Ordering::Relaxed) { settings.closing } else { settings.idle };
+            let deadline = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit;
             let now = Instant::now();
             if now >= deadline {
                 return;

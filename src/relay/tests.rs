@@ -13,11 +13,7 @@ fn pdata(len: usize, fill: u8) -> Vec<u8> {
 }
 
 fn settings() -> RelaySettings {
-    RelaySettings {
-        idle: Duration::from_secs(300),
-        closing: Duration::from_secs(5),
-        max_pdu_length: 1 << 20,
-    }
+    RelaySettings { idle: Duration::from_secs(300), closing: Duration::from_secs(5), max_pdu_length: 1 << 20 }
 }
 
 fn counters() -> Counters {
@@ -31,20 +27,10 @@ fn counters() -> Counters {
 fn start(
     settings: RelaySettings,
     force: CancellationToken,
-) -> (
-    DuplexStream,
-    DuplexStream,
-    tokio::task::JoinHandle<RelayReport>,
-) {
+) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<RelayReport>) {
     let (client_peer, client_side) = duplex(8192);
     let (backend_peer, backend_side) = duplex(8192);
-    let task = tokio::spawn(relay(
-        client_side,
-        backend_side,
-        settings,
-        counters(),
-        force,
-    ));
+    let task = tokio::spawn(relay(client_side, backend_side, settings, counters(), force));
     (client_peer, backend_peer, task)
 }
 
@@ -74,10 +60,7 @@ async fn release_passes_bytes_unchanged_and_is_recorded() {
     backend.read_exact(&mut got).await.unwrap();
     assert_eq!(got, sent);
     backend.write_all(&RELEASE_RP).await.unwrap();
-    assert!(
-        read_all(&mut backend).await.is_empty(),
-        "EOF after the client closed"
-    );
+    assert!(read_all(&mut backend).await.is_empty(), "EOF after the client closed");
     backend.shutdown().await.unwrap();
     assert!(writer.await.unwrap().is_empty());
     let report = task.await.unwrap();
@@ -100,10 +83,7 @@ async fn half_close_keeps_the_other_direction_flowing() {
     got = read_all(&mut client).await;
     writer.await.unwrap();
     assert_eq!(got, pdata(50_000, 2));
-    assert_eq!(
-        task.await.unwrap().end,
-        RelayEnd::Closed { by: Side::Client }
-    );
+    assert_eq!(task.await.unwrap().end, RelayEnd::Closed { by: Side::Client });
 }
 
 #[tokio::test]
@@ -116,14 +96,7 @@ async fn peer_abort_is_forwarded_not_doubled() {
     client.read_exact(&mut got).await.unwrap();
     assert_eq!(got, abort);
     client.shutdown().await.unwrap();
-    assert_eq!(
-        task.await.unwrap().end,
-        RelayEnd::Aborted {
-            by: Side::Backend,
-            source: 0,
-            reason: 0
-        }
-    );
+    assert_eq!(task.await.unwrap().end, RelayEnd::Aborted { by: Side::Backend, source: 0, reason: 0 });
     assert!(read_all(&mut client).await.is_empty());
 }
 
@@ -152,16 +125,7 @@ async fn unknown_pdu_type_aborts_both_sides() {
     assert_eq!(read_all(&mut backend).await, expect_backend);
     assert_eq!(read_all(&mut client).await, OUR_ABORT);
     let end = task.await.unwrap().end;
-    assert!(
-        matches!(
-            end,
-            RelayEnd::ProtocolError {
-                by: Side::Client,
-                ..
-            }
-        ),
-        "{end:?}"
-    );
+    assert!(matches!(end, RelayEnd::ProtocolError { by: Side::Client, .. }), "{end:?}");
 }
 
 #[tokio::test]
@@ -172,10 +136,7 @@ async fn truncated_pdu_closes_without_a_corrupting_abort() {
     client.shutdown().await.unwrap();
     // The backend gets the partial PDU and EOF, never an A-ABORT spliced into it.
     assert_eq!(read_all(&mut backend).await, p[..50].to_vec());
-    assert_eq!(
-        task.await.unwrap().end,
-        RelayEnd::Truncated { by: Side::Client }
-    );
+    assert_eq!(task.await.unwrap().end, RelayEnd::Truncated { by: Side::Client });
 }
 
 #[tokio::test]
