@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the external tools the test suite drives (real peers and checkers),
+# from Debian's packages, only when one is missing:
+#   dcmtk      echoscu, storescu, findscu, storescp, wlmscpfs, dump2dcm
+#   openssl    certificate checks, s_client
+#   prometheus promtool (metrics and alert-rule checks)
+#   systemd    systemd-analyze (unit verification and security exposure)
+set -euo pipefail
+
+need=()
+command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-test-deps: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "install-test-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
