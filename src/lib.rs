@@ -22,15 +22,21 @@
 //! - [`metrics`]: every metric name and label.
 //! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
+//! - [`check`]: `dicomgate check`, everything `run` would load, without running.
+//! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
+//! - [`admin`]: the admin HTTP endpoint (/metrics, /healthz, /readyz).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod dicom;
 pub mod echo;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -39,12 +39,20 @@ impl Limits {
     }
 }
 
-/// Accepts until `stop` is cancelled. The runtime snapshot is read per
-/// connection, so a reload applies to new connections only.
+/// What a reload publishes to a running accept loop.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub runtime: Arc<ListenerRuntime>,
+    /// Kept across reloads while `max_connections` is unchanged, so live
+    /// connections keep counting against the limit.
+    pub limits: Limits,
+}
+
+/// Accepts until `stop` is cancelled. The snapshot is read per connection,
+/// so a reload applies to new connections only.
 pub async fn accept_loop(
     listener: TcpListener,
-    runtime: watch::Receiver<Arc<ListenerRuntime>>,
-    limits: Limits,
+    snapshot: watch::Receiver<Snapshot>,
     services: Services,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -61,7 +69,7 @@ pub async fn accept_loop(
                 a
             }
             Err(e) => {
-                let name = runtime.borrow().config.name.clone();
+                let name = snapshot.borrow().runtime.config.name.clone();
                 tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -71,8 +79,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let rt = runtime.borrow().clone();
-        admit(tcp, peer, rt, &limits, &services, &tracker);
+        let current = snapshot.borrow().clone();
+        admit(tcp, peer, current.runtime, &current.limits, &services, &tracker);
     }
 }
 

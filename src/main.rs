@@ -4,10 +4,9 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use clap::Parser;
+use tokio::sync::mpsc;
 use dicomgate::cli::{exit, Cli, Command, RunArgs};
 use dicomgate::{Config, Gateway, Metrics};
 
@@ -15,7 +14,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run(&args),
-        Command::Check(args) => check(&args),
+        Command::Check(args) => dicomgate::check::check_command(&args),
         Command::Echo(args) => dicomgate::echo::echo_command(&args),
         Command::GenCert(args) => dicomgate::pki::gen_cert_command(&args),
     };
@@ -39,6 +38,14 @@ fn run(args: &RunArgs) -> u8 {
         }
     };
     runtime.block_on(async {
+        // Before binding: a SIGHUP's default action would kill the process.
+        let (shutdown, reload) = match signals() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return exit::FAILURE;
+            }
+        };
         let gateway = match Gateway::bind(config, Metrics::new()).await {
             Ok(g) => g,
             Err(e) => {
@@ -46,14 +53,7 @@ fn run(args: &RunArgs) -> u8 {
                 return exit::CONFIG;
             }
         };
-        let shutdown = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot install signal handlers: {e}");
-                return exit::FAILURE;
-            }
-        };
-        match gateway.run(shutdown).await {
+        match gateway.run_with_reload(shutdown, reload).await {
             Ok(()) => exit::OK,
             Err(e) => {
                 tracing::error!("{e}");
@@ -63,47 +63,38 @@ fn run(args: &RunArgs) -> u8 {
     })
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one ends the process
-/// at once (an admin who insists does not wait for the grace period).
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<i32>();
-    let seen = Arc::new(AtomicBool::new(false));
+/// SIGTERM/SIGINT: the returned future completes (graceful drain); a second
+/// one ends the process at once, for an admin who will not wait for the grace
+/// period. SIGHUP: a reload request (several pending ones coalesce).
+fn signals() -> std::io::Result<(impl std::future::Future<Output = ()> + Send + 'static, mpsc::Receiver<()>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<i32>();
+    let (reload_tx, reload_rx) = mpsc::channel(1);
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut tx = Some(tx);
+        let mut stop_tx = Some(stop_tx);
         for signal in signals.forever() {
-            if seen.swap(true, Ordering::SeqCst) {
-                eprintln!("dicomgate: second signal {signal}; exiting now");
-                std::process::exit(i32::from(exit::FAILURE));
+            if signal == SIGHUP {
+                // Full means a reload is already pending: it will read the
+                // file as it is now.
+                let _ = reload_tx.try_send(());
+                continue;
             }
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(signal);
+            match stop_tx.take() {
+                Some(tx) => {
+                    let _ = tx.send(signal);
+                }
+                None => {
+                    eprintln!("dicomgate: second stop signal ({signal}); exiting now without draining");
+                    std::process::exit(i32::from(exit::FAILURE));
+                }
             }
         }
     })?;
-    Ok(async move {
-        if let Ok(signal) = rx.await {
+    let stop = async move {
+        if let Ok(signal) = stop_rx.await {
             tracing::info!(signal, "shutdown requested");
         }
-    })
-}
-
-fn check(args: &dicomgate::cli::CheckArgs) -> u8 {
-    match Config::load(&args.config) {
-        Ok(config) => {
-            for (name, l) in &config.listeners {
-                let security = match &l.security {
-                    dicomgate::config::Security::Tls(_) => "Secured",
-                    dicomgate::config::Security::Plaintext => "UNSECURED",
-                };
-                println!("{name}: {} {security}", l.listen);
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            exit::CONFIG
-        }
-    }
+    };
+    Ok((stop, reload_rx))
 }

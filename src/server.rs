@@ -1,7 +1,12 @@
-//! The gateway as a whole: builds the runtime snapshot from a [`Config`]
-//! (generating and loading certificates), binds every listener, serves until
-//! shutdown, then drains: stop accepting, let live associations finish for
-//! the grace period, A-ABORT the rest.
+//! The gateway as a whole: builds the runtime from a [`Config`] (generating
+//! and loading certificates), binds every listener and the admin endpoint,
+//! serves, reloads on request, and on shutdown drains: stop accepting, let
+//! live associations finish for the grace period, A-ABORT the rest.
+//!
+//! Reload is all or nothing: the new configuration is read, every
+//! certificate loaded and every new address bound before anything changes;
+//! then each listener's snapshot is swapped atomically for new connections.
+//! Live associations keep the snapshot they started with.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,16 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::BackendRuntime;
-use crate::config::{Config, ListenerConfig, Security};
+use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
-use crate::listener::{accept_loop, Limits};
+use crate::lifecycle::{Lifecycle, State};
+use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
+use crate::pki::{self, CertificateInfo};
 use crate::tls::{self, ServerIdentity, TlsError};
 
 /// After the grace period and the A-ABORTs, how long closes may take.
@@ -39,51 +47,72 @@ pub enum ServeError {
         #[source]
         source: TlsError,
     },
-    #[error("listeners.{listener}.listen: cannot listen on {address}: {source}")]
+    #[error("{key}: cannot listen on {address}: {source}")]
     Bind {
-        listener: String,
+        key: String,
         address: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
+    NoConfigFile,
 }
 
-struct BoundListener {
+/// A listener's runtime plus what the banner and metrics show of it.
+struct Built {
+    runtime: Arc<ListenerRuntime>,
+    certificate: Option<CertificateInfo>,
+}
+
+struct Bound {
     name: String,
     address: SocketAddr,
     tcp: TcpListener,
-    runtime: Arc<ListenerRuntime>,
+    built: Built,
+}
+
+/// A running listener, as the reload logic sees it.
+struct Slot {
+    /// The configured `listen` address (may have port 0; `bound` is real).
+    configured: SocketAddr,
+    bound: SocketAddr,
+    publish: watch::Sender<Snapshot>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// A bound, ready-to-run gateway.
 pub struct Gateway {
     config: Config,
     metrics: Metrics,
-    listeners: Vec<BoundListener>,
+    lifecycle: Arc<Lifecycle>,
+    listeners: Vec<Bound>,
+    admin: Option<(SocketAddr, TcpListener)>,
 }
 
 impl Gateway {
     /// Generates missing certificates where asked, loads all TLS material and
-    /// binds every listener. On error nothing is left listening.
+    /// binds every listener and the admin endpoint. On error nothing is left
+    /// listening.
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
         let backends = build_backends(&config)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
-            let runtime = Arc::new(build_listener(lc, &backends)?);
-            let tcp = TcpListener::bind(lc.listen).await.map_err(|source| ServeError::Bind {
-                listener: name.clone(),
-                address: lc.listen,
-                source,
-            })?;
-            let address = tcp.local_addr().map_err(|source| ServeError::Bind {
-                listener: name.clone(),
-                address: lc.listen,
-                source,
-            })?;
+            let built = build_listener(lc, &backends)?;
+            let (tcp, address) = bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?;
             metrics.register_listener(name);
-            listeners.push(BoundListener { name: name.clone(), address, tcp, runtime });
+            listeners.push(Bound { name: name.clone(), address, tcp, built });
         }
-        Ok(Gateway { config, metrics, listeners })
+        let admin = match &config.admin {
+            Some(a) => {
+                let (tcp, address) = bind_addr("admin.listen", a.listen).await?;
+                Some((address, tcp))
+            }
+            None => None,
+        };
+        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin })
     }
 
     /// The bound address of a listener (useful with port 0).
@@ -91,53 +120,181 @@ impl Gateway {
         self.listeners.iter().find(|l| l.name == name).map(|l| l.address)
     }
 
+    /// The bound address of the admin endpoint.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and drains live
-    /// associations for `shutdown.grace_period` before aborting the rest.
+    /// Follows the lifecycle (`Starting` → `Ready` → … → `Stopped`).
+    pub fn lifecycle(&self) -> watch::Receiver<State> {
+        self.lifecycle.subscribe()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see [`Gateway::run_with_reload`]).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let (_never, reload) = mpsc::channel(1);
+        self.run_with_reload(shutdown, reload).await
+    }
+
+    /// Serves until `shutdown` completes; each message on `reload` re-reads
+    /// the configuration file (SIGHUP). Then stops accepting, lets live
+    /// associations finish for `shutdown.grace_period`, and A-ABORTs the rest.
+    pub async fn run_with_reload(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        mut reload: mpsc::Receiver<()>,
+    ) -> Result<(), ServeError> {
+        let Gateway { mut config, metrics, lifecycle, listeners, admin } = self;
         let tracker = TaskTracker::new();
-        let stop_accepting = CancellationToken::new();
-        let services = Services { metrics: self.metrics.clone(), force_abort: CancellationToken::new() };
-        let mut accept_loops = Vec::new();
-        for l in self.listeners {
-            banner(&l);
-            let limits = Limits::new(l.runtime.config.max_connections);
-            // The sender side is where a reload will publish new snapshots.
-            let (_publish, snapshot) = watch::channel(l.runtime);
-            accept_loops.push(tokio::spawn(accept_loop(
-                l.tcp,
-                snapshot,
-                limits,
-                services.clone(),
-                tracker.clone(),
-                stop_accepting.clone(),
-            )));
+        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new() };
+        let admin_stop = CancellationToken::new();
+        let admin_task = admin.map(|(address, tcp)| {
+            tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz)");
+            tokio::spawn(crate::admin::serve(tcp, metrics.clone(), lifecycle.subscribe(), admin_stop.clone()))
+        });
+
+        let mut slots = BTreeMap::new();
+        for b in listeners {
+            banner(&b.name, b.address, &b.built, &metrics);
+            let limits = Limits::new(b.built.runtime.config.max_connections);
+            let slot = start_listener(b, limits, &services, &tracker);
+            slots.insert(slot.0, slot.1);
         }
+        lifecycle.set(State::Ready);
         tracing::info!("dicomgate ready");
 
-        shutdown.await;
-        stop_accepting.cancel();
-        for task in accept_loops {
-            let _ = task.await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = reload.recv() => {
+                    lifecycle.set(State::Reloading);
+                    match reload_config(&config, &mut slots, &metrics, &services, &tracker).await {
+                        Ok(new) => {
+                            config = new;
+                            metrics.config_reload(true);
+                        }
+                        Err(e) => {
+                            metrics.config_reload(false);
+                            tracing::error!("reload failed, still serving the previous configuration:\n{e}");
+                        }
+                    }
+                    lifecycle.set(State::Ready);
+                }
+            }
+        }
+
+        lifecycle.set(State::Draining);
+        for slot in slots.values() {
+            slot.stop.cancel();
+        }
+        for (_, slot) in slots {
+            let _ = slot.task.await;
         }
         tracker.close();
-        let grace = self.config.shutdown.grace_period;
+        let grace = config.shutdown.grace_period;
         tracing::info!(live = tracker.len(), ?grace, "stopped accepting; draining live associations");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(live = tracker.len(), "grace period over; sending A-ABORT to the remaining associations");
             services.force_abort.cancel();
             let _ = tokio::time::timeout(FINAL_CLOSE, tracker.wait()).await;
         }
+        lifecycle.set(State::Stopped);
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         tracing::info!("dicomgate stopped");
         Ok(())
     }
 }
 
-fn banner(l: &BoundListener) {
-    let cfg = &l.runtime.config;
+async fn bind_addr(key: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind { key: key.to_owned(), address, source };
+    let tcp = TcpListener::bind(address).await.map_err(err)?;
+    let bound = tcp.local_addr().map_err(err)?;
+    Ok((tcp, bound))
+}
+
+fn start_listener(b: Bound, limits: Limits, services: &Services, tracker: &TaskTracker) -> (String, Slot) {
+    let configured = b.built.runtime.config.listen;
+    let (publish, snapshot) = watch::channel(Snapshot { runtime: b.built.runtime, limits });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(accept_loop(b.tcp, snapshot, services.clone(), tracker.clone(), stop.clone()));
+    (b.name, Slot { configured, bound: b.address, publish, stop, task })
+}
+
+/// Re-reads the file and applies it, or changes nothing.
+async fn reload_config(
+    current: &Config,
+    slots: &mut BTreeMap<String, Slot>,
+    metrics: &Metrics,
+    services: &Services,
+    tracker: &TaskTracker,
+) -> Result<Config, ServeError> {
+    let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
+    let new = Config::load(path)?;
+    let backends = build_backends(&new)?;
+
+    // Prepare everything that can fail before changing anything.
+    let mut prepared = Vec::new();
+    for (name, lc) in &new.listeners {
+        let built = build_listener(lc, &backends)?;
+        let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
+        let socket = if rebind { Some(bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?) } else { None };
+        prepared.push((name.clone(), built, socket));
+    }
+
+    let removed: Vec<String> = slots.keys().filter(|n| !new.listeners.contains_key(*n)).cloned().collect();
+    for name in &removed {
+        if let Some(slot) = slots.remove(name) {
+            slot.stop.cancel();
+            tracing::info!(listener = %name, "listener removed: no new connections; live ones continue");
+        }
+    }
+    for (name, built, socket) in prepared {
+        let max = built.runtime.config.max_connections;
+        match (socket, slots.get(&name)) {
+            (None, Some(slot)) => {
+                banner(&name, slot.bound, &built, metrics);
+                let limits = {
+                    let old = slot.publish.borrow();
+                    if old.runtime.config.max_connections == max { old.limits.clone() } else { Limits::new(max) }
+                };
+                slot.publish.send_replace(Snapshot { runtime: built.runtime, limits });
+            }
+            (Some((tcp, address)), existing) => {
+                if let Some(old) = existing {
+                    old.stop.cancel();
+                    tracing::info!(listener = %name, from = %old.bound, to = %address, "listener moved");
+                }
+                metrics.register_listener(&name);
+                banner(&name, address, &built, metrics);
+                let (name, slot) =
+                    start_listener(Bound { name, address, tcp, built }, Limits::new(max), services, tracker);
+                slots.insert(name, slot);
+            }
+            // An unchanged address always has a slot (see `rebind` above).
+            (None, None) => {}
+        }
+    }
+    if current.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+        tracing::warn!("admin.listen changed: takes effect at the next restart");
+    }
+    if current.log.level != new.log.level || current.log.format != new.log.format {
+        tracing::warn!("log settings changed: take effect at the next restart");
+    }
+    tracing::info!(file = %path.display(), listeners = new.listeners.len(), removed = removed.len(), "configuration reloaded");
+    Ok(new)
+}
+
+/// The startup banner line for one listener (also after each reload).
+fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
+    let cfg = &built.runtime.config;
     let routes: Vec<String> = cfg
         .routes
         .exact
@@ -146,14 +303,26 @@ fn banner(l: &BoundListener) {
         .chain(cfg.routes.fallback.iter().map(|b| format!("*→{b}")))
         .collect();
     let allow: Vec<String> = cfg.allow.iter().map(|n| n.to_string()).collect();
-    match &cfg.security {
-        Security::Tls(_) => tracing::info!(
-            listener = %l.name, address = %l.address, security = "Secured",
-            allow = %allow.join(","), routes = %routes.join(","), "listening"
-        ),
-        Security::Plaintext => tracing::warn!(
-            listener = %l.name, address = %l.address, security = "UNSECURED",
-            allow = %allow.join(","), routes = %routes.join(","),
+    let routes = routes.join(",");
+    let allow = allow.join(",");
+    match (&cfg.security, &built.certificate) {
+        (Security::Tls(t), Some(cert)) => {
+            metrics.set_certificate_expiry(name, cert.not_after.unix_timestamp());
+            let scu = if t.client_auth.required() { "Authenticated" } else { "Anonymous" };
+            tracing::info!(
+                listener = %name, %address, security = "Secured", %allow, %routes,
+                subject = %cert.subject, expires = %cert.not_after, days_left = cert.days_left(),
+                sha256 = %cert.fingerprint_sha256, scu, "listening"
+            );
+            if cert.days_left() < 30 {
+                tracing::warn!(listener = %name, days_left = cert.days_left(), "the listener's certificate expires within 30 days");
+            }
+        }
+        (Security::Tls(_), None) => {
+            tracing::info!(listener = %name, %address, security = "Secured", %allow, %routes, "listening")
+        }
+        (Security::Plaintext, _) => tracing::warn!(
+            listener = %name, %address, security = "UNSECURED", %allow, %routes,
             "listening WITHOUT TLS (insecure_plaintext): test data only, never patient data"
         ),
     }
@@ -173,12 +342,9 @@ fn build_backends(config: &Config) -> Result<BTreeMap<String, Arc<BackendRuntime
     Ok(out)
 }
 
-fn build_listener(
-    lc: &Arc<ListenerConfig>,
-    backends: &BTreeMap<String, Arc<BackendRuntime>>,
-) -> Result<ListenerRuntime, ServeError> {
-    let acceptor = match &lc.security {
-        Security::Plaintext => None,
+fn build_listener(lc: &Arc<ListenerConfig>, backends: &BTreeMap<String, Arc<BackendRuntime>>) -> Result<Built, ServeError> {
+    let (acceptor, certificate) = match &lc.security {
+        Security::Plaintext => (None, None),
         Security::Tls(t) => {
             let err = |source| ServeError::ListenerTls { listener: lc.name.clone(), source };
             if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
@@ -190,12 +356,13 @@ fn build_listener(
                 );
             }
             let identity = ServerIdentity::load(&t.certificate, &t.private_key).map_err(err)?;
+            let certificate = identity.chain.first().and_then(|c| pki::inspect_certificate(c).ok());
             let config = tls::server_config(t, &identity).map_err(err)?;
-            Some(TlsAcceptor::from(config))
+            (Some(TlsAcceptor::from(config)), certificate)
         }
     };
     // Only the backends this listener routes to.
     let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
     let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
-    Ok(ListenerRuntime { config: lc.clone(), acceptor, backends })
+    Ok(Built { runtime: Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends }), certificate })
 }

@@ -293,6 +293,7 @@ impl ClientCertVerifier for PinnedClientVerifier {
 
 /// DICOM-TLS towards a backend SCP.
 pub struct BackendTls {
+    pub config: Arc<rustls::ClientConfig>,
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: Option<ServerName<'static>>,
 }
@@ -323,7 +324,8 @@ pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
         Some(name) => ServerName::try_from(name.clone()).ok(),
         None => None,
     };
-    Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name })
+    let config = Arc::new(config);
+    Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(config.clone()), config, server_name })
 }
 
 /// Either leg of a relayed association: plain TCP or TLS (as server towards
