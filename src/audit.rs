@@ -23,6 +23,10 @@ pub struct AuditRecord {
     pub association: Option<String>,
     /// How the relayed association ended (`released`, `aborted`, …).
     pub end: Option<String>,
+    /// DIMSE operations seen, e.g. `C-STORE rq=20 success=20`.
+    pub dimse: Option<String>,
+    /// Milliseconds from forwarding the A-ASSOCIATE-RQ to the SCP's answer.
+    pub scp_answer_ms: Option<u64>,
     /// Why, in words, when something failed or was refused.
     pub detail: Option<String>,
     pub bytes_to_backend: u64,
@@ -54,6 +58,8 @@ impl AuditRecord {
             outcome = outcome.as_str(),
             association = self.association.as_deref().unwrap_or(dash),
             end = self.end.as_deref().unwrap_or(dash),
+            dimse = self.dimse.as_deref().unwrap_or(dash),
+            scp_answer_ms = self.scp_answer_ms.unwrap_or(0),
             detail = self.detail.as_deref().unwrap_or(dash),
             bytes_to_backend = self.bytes_to_backend,
             bytes_to_client = self.bytes_to_client,

@@ -84,6 +84,7 @@ struct Inner {
     association_duration_seconds: HistogramVec,
     backend_up: IntGaugeVec,
     dimse_operations_total: IntCounterVec,
+    backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
 }
@@ -149,6 +150,18 @@ impl Metrics {
                 "DIMSE responses relayed, by operation and status class.",
                 &["listener", "operation", "status"],
             ),
+            backend_association_response_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "dicomgate_backend_association_response_seconds",
+                        "Time from forwarding the A-ASSOCIATE-RQ to the SCP's AC/RJ/ABORT.",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
             tls_certificate_expiry_timestamp_seconds: gauge(
                 "dicomgate_tls_certificate_expiry_timestamp_seconds",
                 "Expiry (notAfter) of the listener's certificate, Unix seconds.",
@@ -203,6 +216,16 @@ impl Metrics {
 
     pub fn set_backend_up(&self, backend: &str, server: &str, up: bool) {
         self.inner.backend_up.with_label_values(&[backend, server]).set(i64::from(up));
+    }
+
+    /// The `dicomgate_dimse_operations_total` family, for the relay's hot path.
+    pub fn dimse_counter_vec(&self) -> IntCounterVec {
+        self.inner.dimse_operations_total.clone()
+    }
+
+    /// Records how long the SCP took to answer a forwarded A-ASSOCIATE-RQ.
+    pub fn observe_scp_answer(&self, listener: &str, seconds: f64) {
+        self.inner.backend_association_response_seconds.with_label_values(&[listener]).observe(seconds);
     }
 
     pub fn dimse_operation(&self, listener: &str, operation: &str, status: &str) {

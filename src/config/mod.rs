@@ -128,6 +128,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Bound on the declared length of the first PDU (the A-ASSOCIATE-RQ).
     pub max_associate_rq_length: u32,
+    /// Largest P-DATA-TF the relay accepts in either direction; the Maximum
+    /// Length sub-items forwarded are clamped to it (0 "unlimited" included).
+    pub max_pdu_length: u32,
+    pub relay_mode: crate::relay::RelayMode,
     pub timeouts: Timeouts,
 }
 

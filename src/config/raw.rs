@@ -76,6 +76,8 @@ pub struct RawListener {
     pub routes: Option<BTreeMap<String, String>>,
     pub max_connections: Option<u32>,
     pub max_associate_rq_length: Option<u32>,
+    pub max_pdu_length: Option<u32>,
+    pub relay_mode: Option<String>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -24,6 +24,12 @@ const DEFAULT_MAX_RQ_LENGTH: u32 = 64 * 1024;
 /// and a realistic one with a few presentation contexts needs a few hundred.
 const MIN_MAX_RQ_LENGTH: u32 = 1024;
 const MAX_MAX_RQ_LENGTH: u32 = 1024 * 1024;
+/// 4 MiB: above every common SCU/SCP setting (DCMTK 16 KiB–128 KiB,
+/// dcm4che 16 KiB–1 MiB), and the relay streams, so it costs no memory.
+const DEFAULT_MAX_PDU_LENGTH: u32 = 4 * 1024 * 1024;
+/// PS3.8 D.1: a receiver must accept at least this much... in practice SCUs
+/// refuse less than the fixed 4 KiB DCMTK minimum.
+const MIN_MAX_PDU_LENGTH: u32 = 4096;
 
 struct Validator<'a> {
     base: &'a Path,
@@ -381,6 +387,25 @@ fn validate_listener(
         );
     }
 
+    let max_pdu = raw.max_pdu_length.unwrap_or(DEFAULT_MAX_PDU_LENGTH);
+    if max_pdu < MIN_MAX_PDU_LENGTH {
+        v.issue(
+            format!("{key}.max_pdu_length"),
+            format!("{max_pdu} is too small: expected at least {MIN_MAX_PDU_LENGTH} bytes (default 4194304)"),
+        );
+    }
+    let relay_mode = match raw.relay_mode.as_deref() {
+        None | Some("dicom") => crate::relay::RelayMode::Dicom,
+        Some("bytes") => crate::relay::RelayMode::Bytes,
+        Some(other) => {
+            v.issue(
+                format!("{key}.relay_mode"),
+                format!("{other:?} is not a relay mode: expected dicom (default) or bytes (benchmark baseline only)"),
+            );
+            crate::relay::RelayMode::Dicom
+        }
+    };
+
     let t = raw.timeouts;
     let timeouts = Timeouts {
         acse: v.duration(&format!("{key}.timeouts.acse"), t.as_ref().and_then(|t| t.acse.as_ref()), DEFAULT_ACSE),
@@ -404,6 +429,8 @@ fn validate_listener(
         routes,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         max_associate_rq_length: max_rq,
+        max_pdu_length: max_pdu,
+        relay_mode,
         timeouts,
     })
 }

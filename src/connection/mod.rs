@@ -182,19 +182,28 @@ async fn serve(
 
     // Forward the client's bytes, patched only where the called AE title is
     // rewritten (same length; DESIGN.md "Forward the original RQ bytes").
+    // Clamp what we enforce (DESIGN.md): the backend learns the client's
+    // receive limit from the RQ; it must not promise more than the relay allows.
+    let max_to_client = clamp_max_length(&mut rq, view.max_length, cfg.max_pdu_length);
     let original_called = view.called_ae;
     let rewrite = backend.config.rewrite_called_ae_title && called != backend.config.ae_title;
     if rewrite {
         patch_called_ae(&mut rq, &backend.config.ae_title.to_wire());
     }
-    let answer_deadline = Instant::now() + cfg.timeouts.acse;
+    let asked = Instant::now();
+    let answer_deadline = asked + cfg.timeouts.acse;
     let answer = match timeout_at(answer_deadline, write_flush(&mut upstream.stream, &rq)).await {
         Ok(Ok(())) => read_associate_response(&mut upstream.stream, MAX_RESPONSE_LENGTH, answer_deadline).await,
         Ok(Err(e)) => Err(format!("cannot send the A-ASSOCIATE-RQ: {e}")),
         Err(_) => Err("cannot send the A-ASSOCIATE-RQ within the ACSE timeout".to_owned()),
     };
     let (pdu_type, mut response) = match answer {
-        Ok(a) => a,
+        Ok(a) => {
+            let waited = asked.elapsed();
+            audit.scp_answer_ms = Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+            services.metrics.observe_scp_answer(&cfg.name, waited.as_secs_f64());
+            a
+        }
         Err(why) => {
             audit.association = Some(format!("no valid answer from the SCP: {why}"));
             let abort = provider_abort(AbortReason::NotSpecified);
@@ -202,8 +211,19 @@ async fn serve(
             return Outcome::Forwarded;
         }
     };
+    let mut max_to_backend = cfg.max_pdu_length;
     match pdu_type {
         PduType::AssociateAc => {
+            let Ok(ac) = associate::parse(&response) else {
+                audit.association = Some("malformed A-ASSOCIATE-AC from the SCP".to_owned());
+                let abort = provider_abort(AbortReason::InvalidPduParameterValue);
+                tokio::join!(
+                    send_and_close(&mut client, &abort, cfg),
+                    send_and_close(&mut upstream.stream, &abort, cfg)
+                );
+                return Outcome::Forwarded;
+            };
+            max_to_backend = clamp_max_length(&mut response, ac.max_length, cfg.max_pdu_length);
             if rewrite {
                 // The client must see the AE titles it sent (PS3.8 §9.3.3:
                 // the AC echoes the RQ's fields).
@@ -239,10 +259,17 @@ async fn serve(
         return Outcome::Forwarded;
     }
 
-    let settings = RelaySettings { idle: cfg.timeouts.dimse, closing: cfg.timeouts.acse, max_pdu_length: u32::MAX };
+    let settings = RelaySettings {
+        idle: cfg.timeouts.dimse,
+        closing: cfg.timeouts.acse,
+        max_to_backend,
+        max_to_client,
+        mode: cfg.relay_mode,
+    };
     let counters = Counters {
         to_backend: services.metrics.bytes_counter(&cfg.name, Direction::ToBackend),
         to_client: services.metrics.bytes_counter(&cfg.name, Direction::ToClient),
+        dimse: Some((services.metrics.dimse_counter_vec(), cfg.name.clone())),
     };
     // The association PDUs count too: bytes are what crossed the gateway.
     counters.to_backend.inc_by(rq.len() as u64);
@@ -251,6 +278,9 @@ async fn serve(
     audit.bytes_to_backend = rq.len() as u64 + report.bytes_to_backend;
     audit.bytes_to_client = response.len() as u64 + report.bytes_to_client;
     audit.end = Some(report.end.label().to_owned());
+    if !report.operations.is_empty() {
+        audit.dimse = Some(relay::describe_operations(&report.operations));
+    }
     audit.detail = match &report.end {
         relay::RelayEnd::Aborted { by, source, reason } => {
             Some(format!("A-ABORT from the {}: {}", by.as_str(), describe_abort(*source, *reason)))
@@ -263,6 +293,24 @@ async fn serve(
         _ => None,
     };
     Outcome::Forwarded
+}
+
+/// Returns the P-DATA limit for traffic towards the peer that sent this
+/// A-ASSOCIATE PDU's Maximum Length, patching the value in place when it is 0
+/// (unlimited) or above `cap` (PS3.8 D.1; the PDU length does not change).
+fn clamp_max_length(pdu: &mut [u8], max_length: Option<(u32, usize)>, cap: u32) -> u32 {
+    match max_length {
+        Some((value, _)) if value != 0 && value <= cap => value,
+        Some((_, offset)) => {
+            // `offset` came from parsing this very PDU: in bounds.
+            if let Some(field) = pdu.get_mut(offset..offset + 4) {
+                field.copy_from_slice(&cap.to_be_bytes());
+            }
+            cap
+        }
+        // Mandatory in RQ and AC, but be lenient: enforce the cap silently.
+        None => cap,
+    }
 }
 
 /// dicom-ul's structured view of the request, for debugging interoperability

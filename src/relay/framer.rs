@@ -4,20 +4,24 @@
 //! tracks PDU boundaries (6-byte header, then `length` body bytes), checks each
 //! header, and keeps only the 4-byte bodies of the small control PDUs it must
 //! understand (A-ABORT's source and reason). P-DATA bodies pass straight
-//! through, so memory stays constant whatever a PDU claims.
+//! through — only their PDV headers and command fragments are looked at, by
+//! [`PdvWalker`] — so memory stays constant whatever a PDU claims.
 
+use super::dimse::{Command, PdvWalker};
 use crate::dicom::pdu::{PduHeader, PduType, HEADER_LEN};
 
 /// Bytes of a control PDU body kept for inspection (A-ASSOCIATE-RJ, A-RELEASE-*,
 /// A-ABORT all have 4-byte bodies, PS3.8 §9.3.4–9.3.8).
 const CONTROL_BODY: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameEvent {
     /// A complete PDU passed.
     Pdu { pdu_type: PduType, length: u32 },
     /// A complete A-ABORT passed, with its source and reason bytes.
     Abort { source: u8, reason: u8 },
+    /// A complete DIMSE command set passed (inside P-DATA-TF).
+    Command(Command),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -42,13 +46,21 @@ enum State {
 pub struct Framer {
     state: State,
     max_pdu_length: u32,
+    pdv: PdvWalker,
+    commands: Vec<Command>,
 }
 
 impl Framer {
     /// `max_pdu_length` bounds the declared length of P-DATA-TF PDUs (the
-    /// body); control PDUs must have their fixed 4-byte bodies.
+    /// variable field, as the Maximum Length sub-item counts it, PS3.8 D.1);
+    /// control PDUs must have their fixed 4-byte bodies.
     pub fn new(max_pdu_length: u32) -> Framer {
-        Framer { state: State::Header { bytes: [0; HEADER_LEN], have: 0 }, max_pdu_length }
+        Framer {
+            state: State::Header { bytes: [0; HEADER_LEN], have: 0 },
+            max_pdu_length,
+            pdv: PdvWalker::default(),
+            commands: Vec::new(),
+        }
     }
 
     /// True between PDUs: a PDU of our own (A-ABORT) can be sent here.
@@ -102,7 +114,10 @@ impl Framer {
                 State::Body { pdu_type, length, remaining, control, have } => {
                     // `remaining` fits in usize on every supported target (>= 32 bits).
                     let take = (*remaining as usize).min(data.len() - pos);
-                    if *pdu_type != PduType::PData {
+                    if *pdu_type == PduType::PData {
+                        self.pdv.feed(&data[pos..pos + take], &mut self.commands);
+                        events.extend(self.commands.drain(..).map(FrameEvent::Command));
+                    } else {
                         let keep = take.min(CONTROL_BODY - *have);
                         control[*have..*have + keep].copy_from_slice(&data[pos..pos + keep]);
                         *have += keep;
@@ -111,6 +126,9 @@ impl Framer {
                     // take <= remaining, so this cannot underflow.
                     *remaining -= take as u32;
                     if *remaining == 0 {
+                        if *pdu_type == PduType::PData {
+                            self.pdv.end_of_pdu();
+                        }
                         events.push(FrameEvent::Pdu { pdu_type: *pdu_type, length: *length });
                         if *pdu_type == PduType::Abort {
                             events.push(FrameEvent::Abort { source: control[2], reason: control[3] });

@@ -12,8 +12,10 @@
 //! Nothing is buffered beyond one read buffer per direction, and nothing read
 //! is logged: PDUs carry patient data.
 
+pub mod dimse;
 pub mod framer;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +25,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
+use dimse::StatusClass;
 use framer::{FrameError, FrameEvent, Framer};
 
 /// One read's worth: two TLS records.
@@ -35,8 +38,35 @@ pub struct RelaySettings {
     /// After A-RELEASE-RP or A-ABORT has passed, how long the peers may take
     /// to close; also bounds each close_notify/shutdown.
     pub closing: Duration,
-    /// Largest P-DATA-TF body accepted.
-    pub max_pdu_length: u32,
+    /// Largest P-DATA-TF variable field the client may send (the backend's
+    /// Maximum Length, clamped).
+    pub max_to_backend: u32,
+    /// Largest P-DATA-TF variable field the backend may send.
+    pub max_to_client: u32,
+    pub mode: RelayMode,
+}
+
+/// `Dicom`: PDU framing, checks and DIMSE accounting (the default).
+/// `Bytes`: a plain byte copy, kept as the baseline the benchmarks compare
+/// against; no PDU checks, no DIMSE metrics, no A-ABORT on idle (just close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    Dicom,
+    Bytes,
+}
+
+/// Per-association DIMSE counts: (operation, `None` for requests or the
+/// response's status class) → count.
+pub type Operations = BTreeMap<(&'static str, Option<StatusClass>), u64>;
+
+/// Renders [`Operations`] for the audit event: `C-STORE rq=20 success=20`.
+pub fn describe_operations(ops: &Operations) -> String {
+    let mut by_op: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((op, class), n) in ops {
+        let key = class.map_or("rq", StatusClass::as_str);
+        by_op.entry(op).or_default().push(format!("{key}={n}"));
+    }
+    by_op.iter().map(|(op, parts)| format!("{op} {}", parts.join(" "))).collect::<Vec<_>>().join(", ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,12 +126,23 @@ pub struct RelayReport {
     pub end: RelayEnd,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    pub operations: Operations,
 }
 
-/// Byte counters the pumps feed as they go (Prometheus handles).
+/// Counters the pumps feed as they go (Prometheus handles).
 pub struct Counters {
     pub to_backend: prometheus::IntCounter,
     pub to_client: prometheus::IntCounter,
+    /// `dicomgate_dimse_operations_total`, with the listener label to use.
+    pub dimse: Option<(prometheus::IntCounterVec, String)>,
+}
+
+impl Counters {
+    fn count(&self, op: &'static str, class: StatusClass) {
+        if let Some((vec, listener)) = &self.dimse {
+            vec.with_label_values(&[listener.as_str(), op, class.as_str()]).inc();
+        }
+    }
 }
 
 /// Relays until the association ends; `force_abort` ends it at once with
@@ -121,14 +162,14 @@ where
     let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
     let activity = Activity::new();
     let stop = CancellationToken::new();
-    let mut up = Pump::new(Side::Client, settings.max_pdu_length);
-    let mut down = Pump::new(Side::Backend, settings.max_pdu_length);
+    let mut up = Pump::new(Side::Client, settings.max_to_backend, settings.mode);
+    let mut down = Pump::new(Side::Backend, settings.max_to_client, settings.mode);
 
     let cause = {
         let pumps = async {
             tokio::join!(
-                up.run(&mut client_rd, &mut backend_wr, &activity, &counters.to_backend, &stop, settings.closing),
-                down.run(&mut backend_rd, &mut client_wr, &activity, &counters.to_client, &stop, settings.closing),
+                up.run(&mut client_rd, &mut backend_wr, &activity, &counters, &stop, settings.closing),
+                down.run(&mut backend_rd, &mut client_wr, &activity, &counters, &stop, settings.closing),
             )
         };
         tokio::pin!(pumps);
@@ -166,7 +207,11 @@ where
             timeout(settings.closing, backend_wr.shutdown()),
         );
     }
-    RelayReport { end, bytes_to_backend: up.bytes, bytes_to_client: down.bytes }
+    let mut operations = up.operations;
+    for (k, n) in down.operations {
+        *operations.entry(k).or_default() += n;
+    }
+    RelayReport { end, bytes_to_backend: up.bytes, bytes_to_client: down.bytes, operations }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +279,9 @@ impl PumpEnd {
 /// the future's cancellation.
 struct Pump {
     from: Side,
+    mode: RelayMode,
     framer: Framer,
+    operations: Operations,
     bytes: u64,
     /// The stream we write to ends on a PDU boundary: our own A-ABORT may go there.
     writer_clean: bool,
@@ -245,10 +292,12 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(from: Side, max_pdu_length: u32) -> Pump {
+    fn new(from: Side, max_pdu_length: u32, mode: RelayMode) -> Pump {
         Pump {
             from,
+            mode,
             framer: Framer::new(max_pdu_length),
+            operations: Operations::new(),
             bytes: 0,
             writer_clean: true,
             release_rp: false,
@@ -263,14 +312,17 @@ impl Pump {
         rd: &mut R,
         wr: &mut W,
         activity: &Activity,
-        counter: &prometheus::IntCounter,
+        counters: &Counters,
         stop: &CancellationToken,
         closing: Duration,
     ) where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let end = self.pump(rd, wr, activity, counter).await;
+        let end = match self.mode {
+            RelayMode::Dicom => self.pump(rd, wr, activity, counters).await,
+            RelayMode::Bytes => self.copy(rd, wr, activity, counters).await,
+        };
         self.ended_at = Some(Instant::now());
         let failure = end.is_failure();
         self.end = Some(end);
@@ -283,13 +335,7 @@ impl Pump {
         }
     }
 
-    async fn pump<R, W>(
-        &mut self,
-        rd: &mut R,
-        wr: &mut W,
-        activity: &Activity,
-        counter: &prometheus::IntCounter,
-    ) -> PumpEnd
+    async fn pump<R, W>(&mut self, rd: &mut R, wr: &mut W, activity: &Activity, counters: &Counters) -> PumpEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -316,7 +362,7 @@ impl Pump {
                 }
                 self.writer_clean = self.framer.at_boundary();
                 self.bytes += valid as u64;
-                counter.inc_by(valid as u64);
+                self.byte_counter(counters).inc_by(valid as u64);
             }
             for event in events.drain(..) {
                 match event {
@@ -328,12 +374,52 @@ impl Pump {
                         self.abort = Some((source, reason));
                         activity.closing.store(true, Ordering::Relaxed);
                     }
+                    FrameEvent::Command(cmd) => {
+                        let op = cmd.operation();
+                        let class = if cmd.is_response() { cmd.status_class() } else { None };
+                        if let Some(class) = class {
+                            counters.count(op, class);
+                        }
+                        *self.operations.entry((op, class)).or_default() += 1;
+                    }
                     FrameEvent::Pdu { .. } => {}
                 }
             }
             if let Some(e) = error {
                 return PumpEnd::Protocol(e);
             }
+        }
+    }
+
+    /// The benchmark baseline: copy bytes, look at nothing.
+    async fn copy<R, W>(&mut self, rd: &mut R, wr: &mut W, activity: &Activity, counters: &Counters) -> PumpEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut buf = vec![0u8; BUFFER_SIZE];
+        // Without framing the gateway cannot know where PDUs end.
+        self.writer_clean = false;
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) => return PumpEnd::Eof,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
+                Err(e) => return PumpEnd::ReadError(e.to_string()),
+            };
+            activity.touch();
+            if let Err(e) = write_flush(wr, &buf[..n]).await {
+                return PumpEnd::WriteError(e.to_string());
+            }
+            self.bytes += n as u64;
+            self.byte_counter(counters).inc_by(n as u64);
+        }
+    }
+
+    fn byte_counter<'c>(&self, counters: &'c Counters) -> &'c prometheus::IntCounter {
+        match self.from {
+            Side::Client => &counters.to_backend,
+            Side::Backend => &counters.to_client,
         }
     }
 

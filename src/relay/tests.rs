@@ -13,13 +13,20 @@ fn pdata(len: usize, fill: u8) -> Vec<u8> {
 }
 
 fn settings() -> RelaySettings {
-    RelaySettings { idle: Duration::from_secs(300), closing: Duration::from_secs(5), max_pdu_length: 1 << 20 }
+    RelaySettings {
+        idle: Duration::from_secs(300),
+        closing: Duration::from_secs(5),
+        max_to_backend: 1 << 20,
+        max_to_client: 1 << 20,
+        mode: RelayMode::Dicom,
+    }
 }
 
 fn counters() -> Counters {
     Counters {
         to_backend: prometheus::IntCounter::new("b", "b").unwrap(),
         to_client: prometheus::IntCounter::new("c", "c").unwrap(),
+        dimse: None,
     }
 }
 
