@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -26,30 +25,17 @@ use crate::pki;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: not a PEM certificate file: {reason}")]
-    BadCertificate { path: PathBuf, reason: String },
-    #[error("{path}: no private key found (expected PEM PKCS#8, PKCS#1 RSA or SEC1 EC)")]
-    NoPrivateKey { path: PathBuf },
-    #[error("{path}: the private key is not usable: {reason}")]
-    BadPrivateKey { path: PathBuf, reason: String },
-    #[error("{key} does not belong to the certificate in {certificate}")]
+    /// Reading or parsing a PEM file (the message names the file).
+    #[error(transparent)]
+    Pem(#[from] pki::PkiError),
+    #[error("the private key in {key} does not belong to the certificate in {certificate} (their public keys differ)")]
     KeyMismatch { certificate: PathBuf, key: PathBuf },
+    #[error("{path}: the private key is not usable for TLS: {reason}")]
+    BadPrivateKey { path: PathBuf, reason: String },
     #[error("{path}: no usable CA certificate: {reason}")]
     BadCa { path: PathBuf, reason: String },
-    #[error(
-        "{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)"
-    )]
+    #[error("{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)")]
     HalfPair { certificate: PathBuf, missing: PathBuf },
-    #[error("cannot generate the certificate for generate_if_missing: {0}")]
-    Generate(#[from] pki::PkiError),
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -61,28 +47,12 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a PEM file of one or more certificates (a chain: leaf first).
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e, false))?;
-    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e, false))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_owned() });
-    }
-    Ok(certs)
+    Ok(pki::load_certificate_chain(path)?)
 }
 
 /// Reads a PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e, true))
-}
-
-fn pem_error(path: &Path, e: rustls::pki_types::pem::Error, key: bool) -> TlsError {
-    use rustls::pki_types::pem::Error as E;
-    match e {
-        E::Io(source) => TlsError::Read { path: path.to_owned(), source },
-        E::NoItemsFound if key => TlsError::NoPrivateKey { path: path.to_owned() },
-        E::NoItemsFound => TlsError::NoCertificate { path: path.to_owned() },
-        other if key => TlsError::BadPrivateKey { path: path.to_owned(), reason: other.to_string() },
-        other => TlsError::BadCertificate { path: path.to_owned(), reason: other.to_string() },
-    }
+    Ok(pki::load_private_key(path)?)
 }
 
 /// The certificate a listener presents, loaded and checked against its key.
