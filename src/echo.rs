@@ -118,11 +118,7 @@ pub enum EchoError {
     #[error("association rejected: A-ASSOCIATE-RJ {}", describe_rejection((*.result, *.origin, *.reason)))]
     Rejected { result: u8, origin: u8, reason: u8 },
     #[error("association aborted during the {phase}: A-ABORT {}", describe_abort(*.origin, *.reason))]
-    Aborted {
-        phase: Phase,
-        origin: u8,
-        reason: u8,
-    },
+    Aborted { phase: Phase, origin: u8, reason: u8 },
     #[error("the SCP {how} the connection during the {phase} without a DICOM answer{hint}")]
     Closed {
         phase: Phase,
@@ -164,9 +160,7 @@ impl EchoError {
             | EchoError::Protocol { .. } => exit::ECHO_ABORTED,
             EchoError::Tls { .. } => exit::ECHO_TLS,
             EchoError::Timeout { .. } => exit::ECHO_TIMEOUT,
-            EchoError::Resolve { .. } | EchoError::Refused { .. } | EchoError::Connect { .. } => {
-                exit::ECHO_UNREACHABLE
-            }
+            EchoError::Resolve { .. } | EchoError::Refused { .. } | EchoError::Connect { .. } => exit::ECHO_UNREACHABLE,
             EchoError::ContextRefused { .. } | EchoError::Status { .. } => exit::ECHO_FAILED,
             EchoError::Internal { .. } => exit::FAILURE,
         }
@@ -178,10 +172,7 @@ impl EchoError {
     /// delivers after the handshake).
     fn from_io(phase: Phase, e: io::Error) -> EchoError {
         if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            return EchoError::Tls {
-                phase,
-                reason: describe_tls_error(tls),
-            };
+            return EchoError::Tls { phase, reason: describe_tls_error(tls) };
         }
         let how = match e.kind() {
             io::ErrorKind::UnexpectedEof => "closed",
@@ -192,16 +183,10 @@ impl EchoError {
         if phase == Phase::TlsHandshake {
             return EchoError::Tls {
                 phase,
-                reason: format!(
-                    "the SCP {how} the connection (is this a plain DICOM port? try without --tls)"
-                ),
+                reason: format!("the SCP {how} the connection (is this a plain DICOM port? try without --tls)"),
             };
         }
-        EchoError::Closed {
-            phase,
-            how,
-            hint: "",
-        }
+        EchoError::Closed { phase, how, hint: "" }
     }
 }
 
@@ -212,29 +197,20 @@ pub async fn c_echo(request: &EchoRequest) -> Result<Accepted, EchoError> {
     let tcp = connect(&request.host, request.port, deadline).await?;
     // Small PDUs, one request at a time: do not wait for Nagle.
     let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().map_err(|source| EchoError::Io {
-        phase: Phase::Connect,
-        source,
-    })?;
+    let peer = tcp.peer_addr().map_err(|source| EchoError::Io { phase: Phase::Connect, source })?;
     let (mut stream, tls): (Box<dyn association::Stream>, _) = match &request.tls {
         None => (Box::new(tcp), None),
         Some(t) => {
             let connector = tokio_rustls::TlsConnector::from(t.config.clone());
             let phase = Phase::TlsHandshake;
-            let s = match timeout_at(deadline, connector.connect(t.server_name.clone(), tcp)).await
-            {
+            let s = match timeout_at(deadline, connector.connect(t.server_name.clone(), tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(EchoError::from_io(phase, e)),
                 Err(_) => return Err(EchoError::Timeout { phase }),
             };
             let (_, conn) = s.get_ref();
-            let version = conn
-                .protocol_version()
-                .map_or("TLS".to_owned(), tls_version_text);
-            let suite = conn
-                .negotiated_cipher_suite()
-                .map(|s| format!(" {:?}", s.suite()))
-                .unwrap_or_default();
+            let version = conn.protocol_version().map_or("TLS".to_owned(), tls_version_text);
+            let suite = conn.negotiated_cipher_suite().map(|s| format!(" {:?}", s.suite())).unwrap_or_default();
             (Box::new(s), Some(format!("{version}{suite}")))
         }
     };
@@ -249,11 +225,7 @@ pub async fn c_echo(request: &EchoRequest) -> Result<Accepted, EchoError> {
         Err(EchoError::Closed { phase, how, .. }) if request.tls.is_none() => {
             // A TLS port drops a plain A-ASSOCIATE-RQ exactly like this; a
             // DICOM SCP that refuses us would say so with an A-ASSOCIATE-RJ.
-            return Err(EchoError::Closed {
-                phase,
-                how,
-                hint: " (is this a DICOM-TLS port? try --tls)",
-            });
+            return Err(EchoError::Closed { phase, how, hint: " (is this a DICOM-TLS port? try --tls)" });
         }
         Err(e) => return Err(e),
     }
@@ -264,12 +236,7 @@ pub async fn c_echo(request: &EchoRequest) -> Result<Accepted, EchoError> {
     if status != 0x0000 {
         return Err(EchoError::Status { status });
     }
-    Ok(Accepted {
-        peer,
-        tls,
-        elapsed: started.elapsed(),
-        release_problem,
-    })
+    Ok(Accepted { peer, tls, elapsed: started.elapsed(), release_problem })
 }
 
 fn tls_version_text(v: rustls::ProtocolVersion) -> String {
@@ -282,21 +249,11 @@ fn tls_version_text(v: rustls::ProtocolVersion) -> String {
 
 /// Resolves and connects, trying each address in turn (IPv6 and IPv4).
 async fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, EchoError> {
-    let addrs: Vec<SocketAddr> =
-        match timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(source)) => {
-                return Err(EchoError::Resolve {
-                    host: host.to_owned(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(EchoError::Timeout {
-                    phase: Phase::Resolve,
-                })
-            }
-        };
+    let addrs: Vec<SocketAddr> = match timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(a)) => a.collect(),
+        Ok(Err(source)) => return Err(EchoError::Resolve { host: host.to_owned(), source }),
+        Err(_) => return Err(EchoError::Timeout { phase: Phase::Resolve }),
+    };
     let mut last = None;
     for addr in addrs {
         match timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -305,11 +262,7 @@ async fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, 
                 last = Some(EchoError::Refused { addr })
             }
             Ok(Err(source)) => last = Some(EchoError::Connect { addr, source }),
-            Err(_) => {
-                return Err(EchoError::Timeout {
-                    phase: Phase::Connect,
-                })
-            }
+            Err(_) => return Err(EchoError::Timeout { phase: Phase::Connect }),
         }
     }
     Err(last.unwrap_or_else(|| EchoError::Resolve {
@@ -330,20 +283,13 @@ pub fn echo_command(args: &EchoArgs) -> u8 {
         }
     };
     if tokio::runtime::Handle::try_current().is_ok() {
-        return std::thread::scope(|s| {
-            s.spawn(|| run_and_report(&request))
-                .join()
-                .unwrap_or(exit::FAILURE)
-        });
+        return std::thread::scope(|s| s.spawn(|| run_and_report(&request)).join().unwrap_or(exit::FAILURE));
     }
     run_and_report(&request)
 }
 
 fn run_and_report(request: &EchoRequest) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dicomgate echo: cannot start the async runtime: {e}");
@@ -380,31 +326,11 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_per_kind() {
         let codes = [
-            EchoError::Rejected {
-                result: 1,
-                origin: 1,
-                reason: 3,
-            }
-            .exit_code(),
-            EchoError::Aborted {
-                phase: Phase::Echo,
-                origin: 2,
-                reason: 0,
-            }
-            .exit_code(),
-            EchoError::Tls {
-                phase: Phase::TlsHandshake,
-                reason: String::new(),
-            }
-            .exit_code(),
-            EchoError::Timeout {
-                phase: Phase::Associate,
-            }
-            .exit_code(),
-            EchoError::Refused {
-                addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            }
-            .exit_code(),
+            EchoError::Rejected { result: 1, origin: 1, reason: 3 }.exit_code(),
+            EchoError::Aborted { phase: Phase::Echo, origin: 2, reason: 0 }.exit_code(),
+            EchoError::Tls { phase: Phase::TlsHandshake, reason: String::new() }.exit_code(),
+            EchoError::Timeout { phase: Phase::Associate }.exit_code(),
+            EchoError::Refused { addr: SocketAddr::from(([127, 0, 0, 1], 1)) }.exit_code(),
             EchoError::Status { status: 0x0110 }.exit_code(),
         ];
         assert_eq!(codes, [3, 4, 5, 6, 7, 8]);
@@ -412,19 +338,12 @@ mod tests {
 
     #[test]
     fn rejection_is_told_in_words() {
-        let e = EchoError::Rejected {
-            result: 1,
-            origin: 1,
-            reason: 3,
-        };
+        let e = EchoError::Rejected { result: 1, origin: 1, reason: 3 };
         assert_eq!(
             e.to_string(),
             "association rejected: A-ASSOCIATE-RJ rejected-permanent, service-user, calling-AE-title-not-recognized (1/1/3)"
         );
-        let a = EchoError::NotDicom {
-            phase: Phase::Associate,
-            first_byte: 0x15,
-        };
+        let a = EchoError::NotDicom { phase: Phase::Associate, first_byte: 0x15 };
         assert!(a.to_string().ends_with("add --tls"), "{a}");
     }
 }

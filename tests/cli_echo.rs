@@ -17,28 +17,14 @@ const UNREACHABLE: i32 = 7;
 const CONFIG: i32 = 64;
 
 fn echo(target: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "echo",
-        target,
-        "--calling-ae",
-        "BUTTERFLY",
-        "--called-ae",
-        "PACS",
-        "--timeout",
-        "20s",
-    ];
+    let mut args = vec!["echo", target, "--calling-ae", "BUTTERFLY", "--called-ae", "PACS", "--timeout", "20s"];
     args.extend_from_slice(extra);
     dicomgate(&args)
 }
 
 fn assert_accepted(out: &std::process::Output) {
     assert_eq!(code(out), ACCEPTED, "{}", text(out));
-    assert_eq!(
-        stdout(out).lines().next(),
-        Some("Accepted"),
-        "{}",
-        text(out)
-    );
+    assert_eq!(stdout(out).lines().next(), Some("Accepted"), "{}", text(out));
 }
 
 #[test]
@@ -48,11 +34,7 @@ fn issue4_echo_plain_storescp_is_accepted() {
     let (_scp, port) = storescp(dir.path(), &[]);
     let out = echo(&format!("127.0.0.1:{port}"), &[]);
     assert_accepted(&out);
-    assert!(
-        stdout(&out).contains("plain TCP, unsecured"),
-        "{}",
-        text(&out)
-    );
+    assert!(stdout(&out).contains("plain TCP, unsecured"), "{}", text(&out));
 }
 
 #[test]
@@ -60,12 +42,7 @@ fn issue4_echo_tls_storescp_with_gen_cert_pair_is_accepted() {
     require_tool!("storescp", "--version", "dcmtk");
     let dir = tempfile::tempdir().expect("tempdir");
     // The default RSA pair, served by DCMTK (OpenSSL), pinned by echo --ca.
-    let (cert, key) = gen_cert(
-        &dir.path().join("scp"),
-        "pacs-gw",
-        "rsa2048",
-        &["--san", "localhost"],
-    );
+    let (cert, key) = gen_cert(&dir.path().join("scp"), "pacs-gw", "rsa2048", &["--san", "localhost"]);
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
     let (_scp, port) = storescp(dir.path(), &["+tls", &key_s, &cert_s, "-ic"]);
     let out = echo(&format!("127.0.0.1:{port}"), &["--tls", "--ca", &cert_s]);
@@ -84,38 +61,15 @@ fn issue4_echo_tls_client_certificate_from_gen_cert() {
     let (client_cert, client_key) = gen_cert(&dir.path().join("scu"), "cloud", "ecdsa-p256", &[]);
     let s = |p: &std::path::Path| p.display().to_string();
     // storescp requires a client certificate and trusts exactly ours.
-    let (scp, port) = storescp(
-        dir.path(),
-        &["+tls", &s(&key), &s(&cert), "+cf", &s(&client_cert), "-rc"],
-    );
+    let (scp, port) = storescp(dir.path(), &["+tls", &s(&key), &s(&cert), "+cf", &s(&client_cert), "-rc"]);
     let target = format!("127.0.0.1:{port}");
 
     let anonymous = echo(&target, &["--tls", "--ca", &s(&cert)]);
-    assert_eq!(
-        code(&anonymous),
-        TLS,
-        "{}\n{}",
-        text(&anonymous),
-        scp.log_text()
-    );
-    assert!(
-        stderr(&anonymous).contains("refused our client certificate"),
-        "{}",
-        text(&anonymous)
-    );
+    assert_eq!(code(&anonymous), TLS, "{}\n{}", text(&anonymous), scp.log_text());
+    assert!(stderr(&anonymous).contains("refused our client certificate"), "{}", text(&anonymous));
 
-    let authenticated = echo(
-        &target,
-        &[
-            "--tls",
-            "--ca",
-            &s(&cert),
-            "--cert",
-            &s(&client_cert),
-            "--key",
-            &s(&client_key),
-        ],
-    );
+    let authenticated =
+        echo(&target, &["--tls", "--ca", &s(&cert), "--cert", &s(&client_cert), "--key", &s(&client_key)]);
     assert_accepted(&authenticated);
 }
 
@@ -125,19 +79,8 @@ fn issue4_echo_tls_untrusted_certificate_names_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = gen_cert(&dir.path().join("scp"), "pacs-gw", "ecdsa-p256", &[]);
     let (other, _) = gen_cert(&dir.path().join("other"), "someone-else", "ecdsa-p256", &[]);
-    let (_scp, port) = storescp(
-        dir.path(),
-        &[
-            "+tls",
-            &key.display().to_string(),
-            &cert.display().to_string(),
-            "-ic",
-        ],
-    );
-    let out = echo(
-        &format!("127.0.0.1:{port}"),
-        &["--tls", "--ca", &other.display().to_string()],
-    );
+    let (_scp, port) = storescp(dir.path(), &["+tls", &key.display().to_string(), &cert.display().to_string(), "-ic"]);
+    let out = echo(&format!("127.0.0.1:{port}"), &["--tls", "--ca", &other.display().to_string()]);
     assert_eq!(code(&out), TLS, "{}", text(&out));
     assert!(stderr(&out).contains("UnknownIssuer"), "{}", text(&out));
     // Plain DICOM to a TLS port: said so, not mistaken for a rejection.
@@ -154,8 +97,7 @@ fn issue4_echo_storescp_refusal_is_told_in_words() {
     let out = echo(&format!("127.0.0.1:{port}"), &[]);
     assert_eq!(code(&out), REJECTED, "{}", text(&out));
     assert!(
-        stderr(&out)
-            .contains("A-ASSOCIATE-RJ rejected-permanent, service-user, no-reason-given (1/1/1)"),
+        stderr(&out).contains("A-ASSOCIATE-RJ rejected-permanent, service-user, no-reason-given (1/1/1)"),
         "{}",
         text(&out)
     );
@@ -165,36 +107,17 @@ fn issue4_echo_storescp_refusal_is_told_in_words() {
 #[test]
 fn issue4_echo_prints_each_rejection_of_the_design_table() {
     for (triple, words) in [
-        (
-            (1, 1, 3),
-            "rejected-permanent, service-user, calling-AE-title-not-recognized (1/1/3)",
-        ),
-        (
-            (1, 1, 7),
-            "rejected-permanent, service-user, called-AE-title-not-recognized (1/1/7)",
-        ),
-        (
-            (1, 2, 2),
-            "rejected-permanent, service-provider (ACSE), protocol-version-not-supported (1/2/2)",
-        ),
-        (
-            (2, 3, 1),
-            "rejected-transient, service-provider (presentation), temporary-congestion (2/3/1)",
-        ),
-        (
-            (2, 3, 2),
-            "rejected-transient, service-provider (presentation), local-limit-exceeded (2/3/2)",
-        ),
+        ((1, 1, 3), "rejected-permanent, service-user, calling-AE-title-not-recognized (1/1/3)"),
+        ((1, 1, 7), "rejected-permanent, service-user, called-AE-title-not-recognized (1/1/7)"),
+        ((1, 2, 2), "rejected-permanent, service-provider (ACSE), protocol-version-not-supported (1/2/2)"),
+        ((2, 3, 1), "rejected-transient, service-provider (presentation), temporary-congestion (2/3/1)"),
+        ((2, 3, 2), "rejected-transient, service-provider (presentation), local-limit-exceeded (2/3/2)"),
     ] {
         let (result, source, reason) = triple;
         let addr = one_shot_scp(vec![0x03, 0, 0, 0, 0, 4, 0, result, source, reason]);
         let out = echo(&addr.to_string(), &[]);
         assert_eq!(code(&out), REJECTED, "{}", text(&out));
-        assert!(
-            stderr(&out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")),
-            "{}",
-            text(&out)
-        );
+        assert!(stderr(&out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")), "{}", text(&out));
     }
 }
 
@@ -203,11 +126,7 @@ fn issue4_echo_prints_abort_source_and_reason() {
     let addr = one_shot_scp(vec![0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6]);
     let out = echo(&addr.to_string(), &[]);
     assert_eq!(code(&out), ABORTED, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("A-ABORT service-provider, invalid-PDU-parameter-value (2/6)"),
-        "{}",
-        text(&out)
-    );
+    assert!(stderr(&out).contains("A-ABORT service-provider, invalid-PDU-parameter-value (2/6)"), "{}", text(&out));
 }
 
 #[test]
@@ -215,14 +134,12 @@ fn issue4_echo_closed_port_is_connection_refused() {
     let port = support_pki::free_port();
     let out = echo(&format!("127.0.0.1:{port}"), &[]);
     assert_eq!(code(&out), UNREACHABLE, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("connection refused"),
-        "{}",
-        text(&out)
-    );
+    assert!(stderr(&out).contains("connection refused"), "{}", text(&out));
 }
 
 #[test]
+// Times a child process from a plain (non-tokio) test: the std clock is right.
+#[allow(clippy::disallowed_methods)]
 fn issue4_echo_silent_listener_times_out_naming_the_phase() {
     // The kernel completes the TCP handshake from the backlog; nobody ever
     // answers the A-ASSOCIATE-RQ.
@@ -231,11 +148,7 @@ fn issue4_echo_silent_listener_times_out_naming_the_phase() {
     let started = std::time::Instant::now();
     let out = dicomgate(&["echo", &addr, "--timeout", "1s"]);
     assert_eq!(code(&out), TIMEOUT, "{}", text(&out));
-    assert!(
-        stderr(&out).contains("timed out during the association request (A-ASSOCIATE)"),
-        "{}",
-        text(&out)
-    );
+    assert!(stderr(&out).contains("timed out during the association request (A-ASSOCIATE)"), "{}", text(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     drop(listener);
 }
@@ -257,20 +170,7 @@ fn issue4_echo_usage_and_file_errors_send_nothing() {
     let (cert, _) = gen_cert(&dir.path().join("a"), "a", "ecdsa-p256", &[]);
     let (_, other_key) = gen_cert(&dir.path().join("b"), "b", "ecdsa-p256", &[]);
     let (c, k) = (cert.display().to_string(), other_key.display().to_string());
-    let mismatch = dicomgate(&[
-        "echo",
-        "127.0.0.1:9",
-        "--tls",
-        "--insecure",
-        "--cert",
-        &c,
-        "--key",
-        &k,
-    ]);
+    let mismatch = dicomgate(&["echo", "127.0.0.1:9", "--tls", "--insecure", "--cert", &c, "--key", &k]);
     assert_eq!(code(&mismatch), CONFIG, "{}", text(&mismatch));
-    assert!(
-        stderr(&mismatch).contains(&c) && stderr(&mismatch).contains(&k),
-        "{}",
-        text(&mismatch)
-    );
+    assert!(stderr(&mismatch).contains(&c) && stderr(&mismatch).contains(&k), "{}", text(&mismatch));
 }

@@ -11,18 +11,8 @@ use support_pki::{code, dicomgate, gen_cert, mode, openssl, stderr, stdout, text
 
 /// Fingerprint as `openssl x509 -fingerprint -sha256` prints it.
 fn openssl_fingerprint(cert: &Path) -> String {
-    let out = openssl(&[
-        "x509",
-        "-in",
-        &cert.display().to_string(),
-        "-noout",
-        "-fingerprint",
-        "-sha256",
-    ]);
-    out.trim()
-        .rsplit_once('=')
-        .map(|(_, fp)| fp.to_owned())
-        .expect("fingerprint line")
+    let out = openssl(&["x509", "-in", &cert.display().to_string(), "-noout", "-fingerprint", "-sha256"]);
+    out.trim().rsplit_once('=').map(|(_, fp)| fp.to_owned()).expect("fingerprint line")
 }
 
 #[test]
@@ -47,13 +37,7 @@ fn issue4_gen_cert_rsa_default_is_a_leaf_openssl_reads() {
     let cert = dir.path().join("scp_cert.pem");
     let key = dir.path().join("scp_key.pem");
 
-    let x509 = openssl(&[
-        "x509",
-        "-in",
-        &cert.display().to_string(),
-        "-noout",
-        "-text",
-    ]);
+    let x509 = openssl(&["x509", "-in", &cert.display().to_string(), "-noout", "-text"]);
     for expected in [
         "Subject: CN = gw.hospital.example",
         "Issuer: CN = gw.hospital.example",
@@ -70,14 +54,7 @@ fn issue4_gen_cert_rsa_default_is_a_leaf_openssl_reads() {
     let rsa = openssl(&["rsa", "-in", &key.display().to_string(), "-check", "-noout"]);
     assert!(rsa.contains("RSA key ok"), "{rsa}");
     // ~3650 days: valid now and in 3649 days, not in 3651.
-    openssl(&[
-        "x509",
-        "-in",
-        &cert.display().to_string(),
-        "-noout",
-        "-checkend",
-        &(3649 * 86400).to_string(),
-    ]);
+    openssl(&["x509", "-in", &cert.display().to_string(), "-noout", "-checkend", &(3649 * 86400).to_string()]);
 
     assert_eq!(mode(&key), 0o600, "private key mode");
     assert_eq!(mode(&cert), 0o644, "certificate mode");
@@ -96,19 +73,8 @@ fn issue4_gen_cert_ecdsa_p256_passes_openssl_ec_check() {
     let (cert, key) = gen_cert(dir.path(), "pacs-gw", "ecdsa-p256", &["--san", "localhost"]);
     let ec = openssl(&["ec", "-in", &key.display().to_string(), "-check", "-noout"]);
     assert!(ec.contains("EC Key valid"), "{ec}");
-    let x509 = openssl(&[
-        "x509",
-        "-in",
-        &cert.display().to_string(),
-        "-noout",
-        "-text",
-    ]);
-    for expected in [
-        "Subject: CN = pacs-gw",
-        "prime256v1",
-        "DNS:localhost",
-        "CA:FALSE",
-    ] {
+    let x509 = openssl(&["x509", "-in", &cert.display().to_string(), "-noout", "-text"]);
+    for expected in ["Subject: CN = pacs-gw", "prime256v1", "DNS:localhost", "CA:FALSE"] {
         assert!(x509.contains(expected), "missing {expected:?} in:\n{x509}");
     }
     assert_eq!(mode(&key), 0o600);
@@ -125,24 +91,11 @@ fn issue4_gen_cert_pkcs12_opens_with_openssl_3() {
         dir.path(),
         "qpath",
         "ecdsa-p256",
-        &[
-            "--pkcs12",
-            &pfx.display().to_string(),
-            "--password-file",
-            &password.display().to_string(),
-        ],
+        &["--pkcs12", &pfx.display().to_string(), "--password-file", &password.display().to_string()],
     );
     assert_eq!(mode(&pfx), 0o600, "the .pfx holds the key");
     let pass = format!("file:{}", password.display());
-    let info = openssl(&[
-        "pkcs12",
-        "-info",
-        "-in",
-        &pfx.display().to_string(),
-        "-passin",
-        &pass,
-        "-noout",
-    ]);
+    let info = openssl(&["pkcs12", "-info", "-in", &pfx.display().to_string(), "-passin", &pass, "-noout"]);
     assert!(info.contains("AES-256-CBC"), "{info}");
     assert!(info.contains("MAC: sha256"), "{info}");
     // The bundle holds the same certificate.
@@ -174,26 +127,14 @@ fn issue4_gen_cert_never_overwrites_without_force() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display().to_string();
     let (cert, key) = gen_cert(dir.path(), "first", "ecdsa-p256", &[]);
-    let before = (
-        std::fs::read(&cert).expect("cert"),
-        std::fs::read(&key).expect("key"),
-    );
+    let before = (std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key"));
 
     let again = dicomgate(&["gen-cert", "--dir", &d, "--key-type", "ecdsa-p256"]);
     assert_eq!(code(&again), 1, "{}", text(&again));
     let err = stderr(&again);
-    assert!(
-        err.contains("scp_cert.pem") && err.contains("scp_key.pem"),
-        "{err}"
-    );
+    assert!(err.contains("scp_cert.pem") && err.contains("scp_key.pem"), "{err}");
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(
-        (
-            std::fs::read(&cert).expect("cert"),
-            std::fs::read(&key).expect("key")
-        ),
-        before
-    );
+    assert_eq!((std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key")), before);
 
     // Every target is checked before any is written: an existing .pfx alone
     // stops the run, and no key or certificate appears.
@@ -220,14 +161,7 @@ fn issue4_gen_cert_never_overwrites_without_force() {
     assert_eq!(std::fs::read(&pfx).expect("pfx"), b"not mine");
 
     // --force replaces the pair.
-    let forced = dicomgate(&[
-        "gen-cert",
-        "--dir",
-        &d,
-        "--key-type",
-        "ecdsa-p256",
-        "--force",
-    ]);
+    let forced = dicomgate(&["gen-cert", "--dir", &d, "--key-type", "ecdsa-p256", "--force"]);
     assert_eq!(code(&forced), 0, "{}", text(&forced));
     assert_ne!(std::fs::read(&cert).expect("cert"), before.0);
     assert_eq!(mode(&key), 0o600);
@@ -239,11 +173,7 @@ fn issue4_gen_cert_bad_input_is_a_usage_error_and_writes_nothing() {
     let d = dir.path().display().to_string();
     let bad_san = dicomgate(&["gen-cert", "--dir", &d, "--san", "not a name"]);
     assert_eq!(code(&bad_san), 2, "{}", text(&bad_san));
-    assert!(
-        stderr(&bad_san).contains("\"not a name\""),
-        "{}",
-        text(&bad_san)
-    );
+    assert!(stderr(&bad_san).contains("\"not a name\""), "{}", text(&bad_san));
     let empty_pw = dir.path().join("empty");
     std::fs::write(&empty_pw, "").expect("pw");
     let no_pw = dicomgate(&[
@@ -256,11 +186,7 @@ fn issue4_gen_cert_bad_input_is_a_usage_error_and_writes_nothing() {
         &empty_pw.display().to_string(),
     ]);
     assert_eq!(code(&no_pw), 2, "{}", text(&no_pw));
-    assert!(
-        stderr(&no_pw).contains("password file is empty"),
-        "{}",
-        text(&no_pw)
-    );
+    assert!(stderr(&no_pw).contains("password file is empty"), "{}", text(&no_pw));
     assert!(!dir.path().join("scp_key.pem").exists());
 }
 

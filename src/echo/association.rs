@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use dicom_ul::pdu::{
-    AssociationRQ, PDataValue, PDataValueType, Pdu, PresentationContextProposed,
-    PresentationContextResultReason, UserVariableItem,
+    AssociationRQ, PDataValue, PDataValueType, Pdu, PresentationContextProposed, PresentationContextResultReason,
+    UserVariableItem,
 };
 
 use super::dimse;
@@ -72,11 +72,7 @@ pub async fn associate(
         Some(PduType::AssociateRj) => {
             // PS3.8 §9.3.4: reserved, result, source, reason.
             return match pdu.get(HEADER_LEN + 1..HEADER_LEN + 4) {
-                Some(&[result, origin, reason]) => Err(EchoError::Rejected {
-                    result,
-                    origin,
-                    reason,
-                }),
+                Some(&[result, origin, reason]) => Err(EchoError::Rejected { result, origin, reason }),
                 _ => Err(malformed(phase, "A-ASSOCIATE-RJ shorter than 10 bytes")),
             };
         }
@@ -85,25 +81,12 @@ pub async fn associate(
     let ac = match dicom_ul::read_pdu(&pdu[..], MAX_CONTROL_PDU, false) {
         Ok(Some(Pdu::AssociationAC(ac))) => ac,
         Ok(_) => return Err(malformed(phase, "incomplete A-ASSOCIATE-AC")),
-        Err(e) => {
-            return Err(malformed(
-                phase,
-                &format!("cannot parse the A-ASSOCIATE-AC: {e}"),
-            ))
-        }
+        Err(e) => return Err(malformed(phase, &format!("cannot parse the A-ASSOCIATE-AC: {e}"))),
     };
-    match ac
-        .presentation_contexts
-        .iter()
-        .find(|pc| pc.id == CONTEXT_ID)
-    {
+    match ac.presentation_contexts.iter().find(|pc| pc.id == CONTEXT_ID) {
         Some(pc) if pc.reason == PresentationContextResultReason::Acceptance => Ok(()),
-        Some(pc) => Err(EchoError::ContextRefused {
-            reason: pc.reason.to_string(),
-        }),
-        None => Err(EchoError::ContextRefused {
-            reason: "no answer for the proposed presentation context".to_owned(),
-        }),
+        Some(pc) => Err(EchoError::ContextRefused { reason: pc.reason.to_string() }),
+        None => Err(EchoError::ContextRefused { reason: "no answer for the proposed presentation context".to_owned() }),
     }
 }
 
@@ -155,23 +138,20 @@ pub async fn echo(stream: &mut dyn Stream, deadline: Instant) -> Result<u16, Ech
 
 fn read_status(command: &[u8]) -> Result<u16, EchoError> {
     let phase = Phase::Echo;
-    let rsp = dimse::parse_response(command)
-        .ok_or_else(|| malformed(phase, "unreadable C-ECHO-RSP command set"))?;
+    let rsp = dimse::parse_response(command).ok_or_else(|| malformed(phase, "unreadable C-ECHO-RSP command set"))?;
     if rsp.command_field != Some(dimse::C_ECHO_RSP) {
         return Err(malformed(
             phase,
             &format!(
                 "expected a C-ECHO-RSP, got command field {}",
-                rsp.command_field
-                    .map_or("(none)".to_owned(), |c| format!("0x{c:04X}"))
+                rsp.command_field.map_or("(none)".to_owned(), |c| format!("0x{c:04X}"))
             ),
         ));
     }
     if rsp.message_id_being_responded_to != Some(MESSAGE_ID) {
         return Err(malformed(phase, "C-ECHO-RSP answers another message ID"));
     }
-    rsp.status
-        .ok_or_else(|| malformed(phase, "C-ECHO-RSP without a status"))
+    rsp.status.ok_or_else(|| malformed(phase, "C-ECHO-RSP without a status"))
 }
 
 /// A-RELEASE-RQ → A-RELEASE-RP (PS3.8 §9.3.6, §9.3.7).
@@ -185,16 +165,10 @@ pub async fn release(stream: &mut dyn Stream, deadline: Instant) -> Result<(), E
     }
 }
 
-async fn send(
-    stream: &mut dyn Stream,
-    pdu: &Pdu,
-    phase: Phase,
-    deadline: Instant,
-) -> Result<(), EchoError> {
+async fn send(stream: &mut dyn Stream, pdu: &Pdu, phase: Phase, deadline: Instant) -> Result<(), EchoError> {
     let mut bytes = Vec::new();
-    dicom_ul::pdu::write_pdu(&mut bytes, pdu).map_err(|e| EchoError::Internal {
-        what: format!("cannot encode the {}: {e}", pdu.short_description()),
-    })?;
+    dicom_ul::pdu::write_pdu(&mut bytes, pdu)
+        .map_err(|e| EchoError::Internal { what: format!("cannot encode the {}: {e}", pdu.short_description()) })?;
     let write = async {
         stream.write_all(&bytes).await?;
         stream.flush().await
@@ -221,19 +195,12 @@ async fn read_pdu(
     }
     let header = PduHeader::parse(&head);
     let Some(pdu_type) = header.pdu_type() else {
-        return Err(EchoError::NotDicom {
-            phase,
-            first_byte: header.type_byte,
-        });
+        return Err(EchoError::NotDicom { phase, first_byte: header.type_byte });
     };
     if header.length > max {
         return Err(malformed(
             phase,
-            &format!(
-                "{} of {} bytes exceeds the {max}-byte limit",
-                pdu_type.name(),
-                header.length
-            ),
+            &format!("{} of {} bytes exceeds the {max}-byte limit", pdu_type.name(), header.length),
         ));
     }
     let mut pdu = head.to_vec();
@@ -251,24 +218,14 @@ fn unexpected(phase: Phase, header: PduHeader, pdu_type: Option<PduType>, pdu: &
     match pdu_type {
         Some(PduType::Abort) => match pdu.get(HEADER_LEN + 2..HEADER_LEN + 4) {
             // PS3.8 §9.3.8: reserved (2), source, reason/diag.
-            Some(&[origin, reason]) => EchoError::Aborted {
-                phase,
-                origin,
-                reason,
-            },
+            Some(&[origin, reason]) => EchoError::Aborted { phase, origin, reason },
             _ => malformed(phase, "A-ABORT shorter than 10 bytes"),
         },
         Some(t) => malformed(phase, &format!("unexpected {}", t.name())),
-        None => EchoError::NotDicom {
-            phase,
-            first_byte: header.type_byte,
-        },
+        None => EchoError::NotDicom { phase, first_byte: header.type_byte },
     }
 }
 
 fn malformed(phase: Phase, what: &str) -> EchoError {
-    EchoError::Protocol {
-        phase,
-        what: what.to_owned(),
-    }
+    EchoError::Protocol { phase, what: what.to_owned() }
 }

@@ -51,9 +51,7 @@ pub fn client_config(
             pki::inspect_pair(cert, key)?;
             let chain = pki::load_certificate_chain(cert)?;
             let key = pki::load_private_key(key)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(SetupError::Rustls)?
+            builder.with_client_auth_cert(chain, key).map_err(SetupError::Rustls)?
         }
     };
     Ok(Arc::new(config))
@@ -71,37 +69,21 @@ struct Verifier {
 impl Verifier {
     fn new(trust: &Trust, provider: Arc<CryptoProvider>) -> Result<Verifier, SetupError> {
         match trust {
-            Trust::Insecure => Ok(Verifier {
-                pinned: Vec::new(),
-                webpki: None,
-                insecure: true,
-                provider,
-            }),
+            Trust::Insecure => Ok(Verifier { pinned: Vec::new(), webpki: None, insecure: true, provider }),
             Trust::CaFile(path) => {
                 let pinned = pki::load_certificate_chain(path)?;
                 let mut roots = RootCertStore::empty();
                 let (added, _ignored) = roots.add_parsable_certificates(pinned.iter().cloned());
                 let webpki = if added > 0 {
                     Some(
-                        WebPkiServerVerifier::builder_with_provider(
-                            Arc::new(roots),
-                            provider.clone(),
-                        )
-                        .build()
-                        .map_err(|e| SetupError::CaFile {
-                            path: path.clone(),
-                            reason: e.to_string(),
-                        })?,
+                        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                            .build()
+                            .map_err(|e| SetupError::CaFile { path: path.clone(), reason: e.to_string() })?,
                     )
                 } else {
                     None
                 };
-                Ok(Verifier {
-                    pinned,
-                    webpki,
-                    insecure: false,
-                    provider,
-                })
+                Ok(Verifier { pinned, webpki, insecure: false, provider })
             }
         }
     }
@@ -116,21 +98,12 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure
-            || self
-                .pinned
-                .iter()
-                .any(|p| p.as_ref() == end_entity.as_ref())
-        {
+        if self.insecure || self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
-            Some(v) => {
-                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            }
-            None => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
         }
     }
 
@@ -140,12 +113,7 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -154,18 +122,11 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -173,15 +134,15 @@ impl ServerCertVerifier for Verifier {
 pub fn describe_tls_error(e: &rustls::Error) -> String {
     use rustls::AlertDescription as A;
     let hint = match e {
-        rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => "; pass --ca with the SCP's certificate or the CA that issued it (or --insecure to test)",
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "; pass --ca with the SCP's certificate or the CA that issued it (or --insecure to test)"
+        }
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => "; use --server-name with a name in the certificate's SANs, or pin the certificate itself with --ca",
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "; the SCP's certificate has expired",
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "; the SCP's certificate has expired"
+        }
         rustls::Error::AlertReceived(
             A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::CertificateUnknown,
         ) => "; the SCP refused our client certificate (pass --cert/--key with one it trusts)",

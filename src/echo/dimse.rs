@@ -35,11 +35,7 @@ pub fn c_echo_rq(message_id: u16) -> Vec<u8> {
     let mut set = Vec::with_capacity(body.len() + 12);
     // The group length counts the bytes after its own element. The command
     // set is a few dozen bytes, so the cast cannot truncate.
-    element(
-        &mut set,
-        COMMAND_GROUP_LENGTH,
-        &(body.len() as u32).to_le_bytes(),
-    );
+    element(&mut set, COMMAND_GROUP_LENGTH, &(body.len() as u32).to_le_bytes());
     set.extend_from_slice(&body);
     set
 }
@@ -132,20 +128,13 @@ mod tests {
         let r = parse_response(&rsp).expect("walk");
         assert_eq!(
             r,
-            Response {
-                command_field: Some(C_ECHO_RSP),
-                message_id_being_responded_to: Some(7),
-                status: Some(0x0110),
-            }
+            Response { command_field: Some(C_ECHO_RSP), message_id_being_responded_to: Some(7), status: Some(0x0110) }
         );
         let mut overrun = rsp.clone();
         overrun[4] = 0xFF;
         assert_eq!(parse_response(&overrun), None);
         assert_eq!(parse_response(&rsp[..5]), None);
         assert_eq!(parse_response(&[0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]), None);
-        assert_eq!(
-            describe_status(0x0110),
-            "0x0110 (failure: processing failure)"
-        );
+        assert_eq!(describe_status(0x0110), "0x0110 (failure: processing failure)");
     }
 }

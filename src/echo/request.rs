@@ -16,12 +16,10 @@ pub enum SetupError {
     #[error("{value:?} is not a valid HOST:PORT: {why}")]
     Address { value: String, why: &'static str },
     #[error("{flag} {value:?} {source}")]
-    AeTitle {
-        flag: &'static str,
-        value: String,
-        source: AeTitleError,
-    },
-    #[error("--tls needs --ca FILE (the SCP's certificate, or the CA that issued it) or --insecure (no check, for testing)")]
+    AeTitle { flag: &'static str, value: String, source: AeTitleError },
+    #[error(
+        "--tls needs --ca FILE (the SCP's certificate, or the CA that issued it) or --insecure (no check, for testing)"
+    )]
     TlsNeedsTrust,
     #[error("--server-name {0:?} is not a valid DNS name or IP address")]
     ServerName(String),
@@ -49,11 +47,7 @@ impl EchoRequest {
     pub fn from_args(args: &EchoArgs) -> Result<EchoRequest, SetupError> {
         let (host, port) = parse_address(&args.address)?;
         let ae = |flag: &'static str, value: &str| {
-            AeTitle::parse(value).map_err(|source| SetupError::AeTitle {
-                flag,
-                value: value.to_owned(),
-                source,
-            })
+            AeTitle::parse(value).map_err(|source| SetupError::AeTitle { flag, value: value.to_owned(), source })
         };
         let calling_ae = ae("--calling-ae", &args.calling_ae)?;
         let called_ae = ae("--called-ae", &args.called_ae)?;
@@ -67,50 +61,32 @@ impl EchoRequest {
                 (None, false) => return Err(SetupError::TlsNeedsTrust),
             };
             let name = args.server_name.clone().unwrap_or_else(|| host.clone());
-            let server_name =
-                ServerName::try_from(name.clone()).map_err(|_| SetupError::ServerName(name))?;
+            let server_name = ServerName::try_from(name.clone()).map_err(|_| SetupError::ServerName(name))?;
             let identity = match (&args.cert, &args.key) {
                 (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
                 _ => None,
             };
-            Some(EchoTls {
-                config: client_config(&trust, identity)?,
-                server_name,
-            })
+            Some(EchoTls { config: client_config(&trust, identity)?, server_name })
         } else {
             None
         };
-        Ok(EchoRequest {
-            host,
-            port,
-            calling_ae,
-            called_ae,
-            tls,
-            timeout: args.timeout,
-        })
+        Ok(EchoRequest { host, port, calling_ae, called_ae, tls, timeout: args.timeout })
     }
 }
 
 /// `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`.
 fn parse_address(value: &str) -> Result<(String, u16), SetupError> {
-    let bad = |why| SetupError::Address {
-        value: value.to_owned(),
-        why,
-    };
+    let bad = |why| SetupError::Address { value: value.to_owned(), why };
     let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no :PORT"))?;
     let host = match host.strip_prefix('[') {
-        Some(inner) => inner
-            .strip_suffix(']')
-            .ok_or_else(|| bad("unbalanced [ ]"))?,
+        Some(inner) => inner.strip_suffix(']').ok_or_else(|| bad("unbalanced [ ]"))?,
         None if host.contains(':') => return Err(bad("write IPv6 addresses as [ADDRESS]:PORT")),
         None => host,
     };
     if host.is_empty() {
         return Err(bad("empty host"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
     if port == 0 {
         return Err(bad("the port is not a number from 1 to 65535"));
     }
@@ -123,23 +99,9 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(
-            parse_address("pacs.local:104").expect("ok"),
-            ("pacs.local".to_owned(), 104)
-        );
-        assert_eq!(
-            parse_address("[::1]:2762").expect("ok"),
-            ("::1".to_owned(), 2762)
-        );
-        for bad in [
-            "pacs",
-            "pacs:",
-            "pacs:0",
-            "pacs:65536",
-            ":104",
-            "::1:104",
-            "[::1:104",
-        ] {
+        assert_eq!(parse_address("pacs.local:104").expect("ok"), ("pacs.local".to_owned(), 104));
+        assert_eq!(parse_address("[::1]:2762").expect("ok"), ("::1".to_owned(), 2762));
+        for bad in ["pacs", "pacs:", "pacs:0", "pacs:65536", ":104", "::1:104", "[::1:104"] {
             assert!(parse_address(bad).is_err(), "{bad:?} accepted");
         }
     }

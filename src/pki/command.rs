@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{
-    generate_self_signed, inspect_certificate, pkcs12_bundle, read_password_file,
-    write_file_atomic, CertSpec, CertificateInfo, PkiError,
+    generate_self_signed, inspect_certificate, pkcs12_bundle, read_password_file, write_file_atomic, CertSpec,
+    CertificateInfo, PkiError,
 };
 use crate::cli::{exit, GenCertArgs, KeyType};
 
@@ -45,9 +45,7 @@ pub fn gen_cert_command(args: &GenCertArgs) -> u8 {
         Err(e) => {
             eprintln!("dicomgate gen-cert: {e}");
             match e {
-                PkiError::InvalidSan(_)
-                | PkiError::InvalidDays
-                | PkiError::EmptyPassword { .. } => exit::USAGE,
+                PkiError::InvalidSan(_) | PkiError::InvalidDays | PkiError::EmptyPassword { .. } => exit::USAGE,
                 _ => exit::FAILURE,
             }
         }
@@ -90,38 +88,17 @@ pub fn gen_cert(args: &GenCertArgs) -> Result<GenCertOutcome, PkiError> {
     let info = inspect_certificate(&pair.certificate_der)?;
     // Built before writing, so a PKCS#12 failure writes nothing.
     let pfx = match (&args.pkcs12, &password) {
-        (Some(path), Some(password)) => Some((
-            path,
-            pkcs12_bundle(
-                &pair.private_key_der,
-                &[&pair.certificate_der],
-                &args.cn,
-                password,
-            )?,
-        )),
+        (Some(path), Some(password)) => {
+            Some((path, pkcs12_bundle(&pair.private_key_der, &[&pair.certificate_der], &args.cn, password)?))
+        }
         _ => None,
     };
-    write_file_atomic(
-        &private_key,
-        pair.private_key_pem.as_bytes(),
-        KEY_MODE,
-        args.force,
-    )?;
-    write_file_atomic(
-        &certificate,
-        pair.certificate_pem.as_bytes(),
-        CERTIFICATE_MODE,
-        args.force,
-    )?;
+    write_file_atomic(&private_key, pair.private_key_pem.as_bytes(), KEY_MODE, args.force)?;
+    write_file_atomic(&certificate, pair.certificate_pem.as_bytes(), CERTIFICATE_MODE, args.force)?;
     if let Some((path, bytes)) = &pfx {
         write_file_atomic(path, bytes, KEY_MODE, args.force)?;
     }
-    Ok(GenCertOutcome {
-        certificate,
-        private_key,
-        pkcs12: args.pkcs12.clone(),
-        info,
-    })
+    Ok(GenCertOutcome { certificate, private_key, pkcs12: args.pkcs12.clone(), info })
 }
 
 /// `--san` as given; without any, the CN when it is a valid DNS name or IP
@@ -138,11 +115,7 @@ fn subject_alt_names(args: &GenCertArgs) -> Vec<String> {
     }
 }
 
-fn print_outcome(
-    out: &mut impl Write,
-    args: &GenCertArgs,
-    outcome: &GenCertOutcome,
-) -> std::io::Result<()> {
+fn print_outcome(out: &mut impl Write, args: &GenCertArgs, outcome: &GenCertOutcome) -> std::io::Result<()> {
     let info = &outcome.info;
     let key = match args.key_type {
         KeyType::Rsa2048 => "RSA 2048",
@@ -156,26 +129,16 @@ fn print_outcome(
     )?;
     writeln!(out, "  certificate  {}", outcome.certificate.display())?;
     if let Some(pfx) = &outcome.pkcs12 {
-        writeln!(
-            out,
-            "  PKCS#12      {}  (key + certificate for Telexy QPath-E; mode 0600)",
-            pfx.display()
-        )?;
+        writeln!(out, "  PKCS#12      {}  (key + certificate for Telexy QPath-E; mode 0600)", pfx.display())?;
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "Upload to the cloud (Butterfly Cloud: DICOM > PACS/MWL > Edit > TLS Active > SCP > Upload):"
-    )?;
+    writeln!(out, "Upload to the cloud (Butterfly Cloud: DICOM > PACS/MWL > Edit > TLS Active > SCP > Upload):")?;
     writeln!(out, "  {}", outcome.certificate.display())?;
     writeln!(out)?;
     let (from, to) = info.validity_text();
     writeln!(out, "  subject   {}", info.subject)?;
     if info.subject_alt_names.is_empty() {
-        writeln!(
-            out,
-            "  SANs      none (add --san with the host name or IP address clients connect to)"
-        )?;
+        writeln!(out, "  SANs      none (add --san with the host name or IP address clients connect to)")?;
     } else {
         writeln!(out, "  SANs      {}", info.subject_alt_names.join(", "))?;
     }

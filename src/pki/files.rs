@@ -9,30 +9,17 @@ use super::PkiError;
 /// Writes `contents` to `path` through a temporary file in the same directory
 /// and a rename, so a crash never leaves a half-written key. `mode` applies
 /// from creation (the key is never world-readable, not even briefly).
-pub fn write_file_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    overwrite: bool,
-) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    };
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: path.to_owned(), source };
     if !overwrite && path.exists() {
-        return Err(PkiError::Exists {
-            path: path.to_owned(),
-        });
+        return Err(PkiError::Exists { path: path.to_owned() });
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(io)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -75,18 +62,10 @@ mod tests {
         write_file_atomic(&path, b"secret", 0o600, false).expect("write");
         let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(
-            write_file_atomic(&path, b"other", 0o600, false),
-            Err(PkiError::Exists { .. })
-        ));
+        assert!(matches!(write_file_atomic(&path, b"other", 0o600, false), Err(PkiError::Exists { .. })));
         write_file_atomic(&path, b"other", 0o600, true).expect("overwrite");
         assert_eq!(fs::read(&path).expect("read"), b"other");
         // No temporary file is left behind.
-        assert_eq!(
-            fs::read_dir(path.parent().expect("dir"))
-                .expect("ls")
-                .count(),
-            1
-        );
+        assert_eq!(fs::read_dir(path.parent().expect("dir")).expect("ls").count(), 1);
     }
 }

@@ -3,8 +3,7 @@
 //! instead of its `basicConstraints = CA:true` configuration.
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use super::{sha256_fingerprint, PkiError};
@@ -50,15 +49,9 @@ pub fn generate_self_signed(spec: &CertSpec) -> Result<GeneratedPair, PkiError> 
         return Err(PkiError::InvalidDays);
     }
     // Parse every SAN before the (slow, for RSA) key generation.
-    let sans = spec
-        .subject_alt_names
-        .iter()
-        .map(|s| parse_san(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sans = spec.subject_alt_names.iter().map(|s| parse_san(s)).collect::<Result<Vec<_>, _>>()?;
     let key = match spec.key_type {
-        KeyType::Rsa2048 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?
-        }
+        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?,
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
     };
     let mut params = CertificateParams::default();
@@ -70,14 +63,8 @@ pub fn generate_self_signed(spec: &CertSpec) -> Result<GeneratedPair, PkiError> 
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(spec.days));
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = false;
     let cert = params.self_signed(&key)?;
     Ok(GeneratedPair {
@@ -108,10 +95,7 @@ pub(crate) fn parse_san(san: &str) -> Result<SanType, PkiError> {
     if !ok {
         return Err(PkiError::InvalidSan(san.to_owned()));
     }
-    let name = san
-        .to_owned()
-        .try_into()
-        .map_err(|_| PkiError::InvalidSan(san.to_owned()))?;
+    let name = san.to_owned().try_into().map_err(|_| PkiError::InvalidSan(san.to_owned()))?;
     Ok(SanType::DnsName(name))
 }
 
@@ -128,9 +112,7 @@ mod tests {
             key_type: KeyType::EcdsaP256,
         })
         .expect("generate");
-        assert!(pair
-            .certificate_pem
-            .starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(pair.certificate_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(pair.private_key_pem.contains("PRIVATE KEY"));
         let info = crate::pki::inspect_certificate(&pair.certificate_der).expect("inspect");
         assert_eq!(info.subject, "CN=test");
@@ -141,33 +123,17 @@ mod tests {
     #[test]
     fn sans_are_checked() {
         for bad in ["bad name", "", "a..b", "-a.example", "a*.example", "*.com"] {
-            assert!(
-                matches!(parse_san(bad), Err(PkiError::InvalidSan(_))),
-                "{bad:?} accepted"
-            );
+            assert!(matches!(parse_san(bad), Err(PkiError::InvalidSan(_))), "{bad:?} accepted");
         }
-        for good in [
-            "pacs",
-            "gw.hospital.example",
-            "*.hospital.example",
-            "::1",
-            "10.0.0.1",
-        ] {
+        for good in ["pacs", "gw.hospital.example", "*.hospital.example", "::1", "10.0.0.1"] {
             assert!(parse_san(good).is_ok(), "{good:?} refused");
         }
     }
 
     #[test]
     fn zero_days_is_refused() {
-        let spec = CertSpec {
-            common_name: "x".into(),
-            subject_alt_names: vec![],
-            days: 0,
-            key_type: KeyType::EcdsaP256,
-        };
-        assert!(matches!(
-            generate_self_signed(&spec),
-            Err(PkiError::InvalidDays)
-        ));
+        let spec =
+            CertSpec { common_name: "x".into(), subject_alt_names: vec![], days: 0, key_type: KeyType::EcdsaP256 };
+        assert!(matches!(generate_self_signed(&spec), Err(PkiError::InvalidDays)));
     }
 }

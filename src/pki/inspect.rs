@@ -84,11 +84,7 @@ impl CertificateInfo {
 impl fmt::Display for CertificateInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let days = self.days_left();
-        let left = if days < 0 {
-            format!("EXPIRED {} days ago", -days)
-        } else {
-            format!("{days} days left")
-        };
+        let left = if days < 0 { format!("EXPIRED {} days ago", -days) } else { format!("{days} days left") };
         write!(
             f,
             "{}, {}, expires {} ({left}), SHA-256 {}",
@@ -119,28 +115,17 @@ pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo, PkiError> {
 }
 
 fn describe(der: &[u8], what: &str) -> Result<CertificateInfo, PkiError> {
-    let invalid = |reason: String| PkiError::InvalidCertificate {
-        what: what.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| PkiError::InvalidCertificate { what: what.to_owned(), reason };
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| invalid(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(invalid(format!(
-            "{} bytes after the certificate",
-            rest.len()
-        )));
+        return Err(invalid(format!("{} bytes after the certificate", rest.len())));
     }
     let time = |t: &x509_parser::time::ASN1Time| {
         OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| invalid(e.to_string()))
     };
     let validity = cert.validity();
     let subject_alt_names = match cert.subject_alternative_name() {
-        Ok(Some(ext)) => ext
-            .value
-            .general_names
-            .iter()
-            .filter_map(general_name_text)
-            .collect(),
+        Ok(Some(ext)) => ext.value.general_names.iter().filter_map(general_name_text).collect(),
         Ok(None) => Vec::new(),
         Err(e) => return Err(invalid(format!("subject alternative names: {e}"))),
     };
@@ -166,12 +151,8 @@ fn general_name_text(name: &GeneralName<'_>) -> Option<String> {
     match name {
         GeneralName::DNSName(d) => Some((*d).to_owned()),
         GeneralName::IPAddress(b) => match b.len() {
-            4 => <[u8; 4]>::try_from(*b)
-                .ok()
-                .map(|a| std::net::Ipv4Addr::from(a).to_string()),
-            16 => <[u8; 16]>::try_from(*b)
-                .ok()
-                .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+            4 => <[u8; 4]>::try_from(*b).ok().map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::Ipv6Addr::from(a).to_string()),
             _ => None,
         },
         GeneralName::RFC822Name(m) => Some(format!("email:{m}")),
@@ -189,23 +170,14 @@ fn key_info(cert: &X509Certificate<'_>) -> KeyInfo {
     let spki = cert.public_key();
     let algorithm = spki.algorithm.algorithm.to_id_string();
     match spki.parsed() {
-        Ok(PublicKey::RSA(rsa)) => KeyInfo::Rsa {
-            bits: rsa.key_size(),
-        },
+        Ok(PublicKey::RSA(rsa)) => KeyInfo::Rsa { bits: rsa.key_size() },
         Ok(PublicKey::EC(_)) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|oid| oid.to_id_string());
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|oid| oid.to_id_string());
             match curve.as_deref() {
                 Some(P256) => KeyInfo::Ecdsa { curve: "P-256" },
                 Some(P384) => KeyInfo::Ecdsa { curve: "P-384" },
                 Some(P521) => KeyInfo::Ecdsa { curve: "P-521" },
-                other => KeyInfo::Other {
-                    algorithm: format!("EC on curve {}", other.unwrap_or("(none)")),
-                },
+                other => KeyInfo::Other { algorithm: format!("EC on curve {}", other.unwrap_or("(none)")) },
             }
         }
         _ if algorithm == ED25519 => KeyInfo::Ed25519,
@@ -218,9 +190,7 @@ fn key_info(cert: &X509Certificate<'_>) -> KeyInfo {
 pub fn inspect_pair(certificate_path: &Path, key_path: &Path) -> Result<CertificateInfo, PkiError> {
     let chain = load_certificate_chain(certificate_path)?;
     let key = load_private_key(key_path)?;
-    let leaf = chain.first().ok_or_else(|| PkiError::NoCertificate {
-        path: certificate_path.to_owned(),
-    })?;
+    let leaf = chain.first().ok_or_else(|| PkiError::NoCertificate { path: certificate_path.to_owned() })?;
     let info = describe(leaf, &certificate_path.display().to_string())?;
     check_key_matches(leaf, certificate_path, &key, key_path)?;
     Ok(info)
@@ -239,19 +209,15 @@ fn check_key_matches(
     let signing_key = provider
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|e| PkiError::UnsupportedKey {
-            path: key_path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| PkiError::UnsupportedKey { path: key_path.to_owned(), reason: e.to_string() })?;
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| PkiError::InvalidCertificate {
         what: certificate_path.display().to_string(),
         reason: e.to_string(),
     })?;
     match signing_key.public_key() {
-        Some(spki) if spki.as_ref() != cert.public_key().raw => Err(PkiError::KeyMismatch {
-            certificate: certificate_path.to_owned(),
-            key: key_path.to_owned(),
-        }),
+        Some(spki) if spki.as_ref() != cert.public_key().raw => {
+            Err(PkiError::KeyMismatch { certificate: certificate_path.to_owned(), key: key_path.to_owned() })
+        }
         // Equal, or a key type whose public half the provider cannot derive
         // (none of the types it loads): the TLS handshake would still fail
         // on a mismatch.
@@ -262,23 +228,15 @@ fn check_key_matches(
 /// Reads a PEM file of one or more certificates (a chain: leaf first).
 pub fn load_certificate_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certificate_error = |e: pem::Error| match e {
-        pem::Error::Io(source) => PkiError::Io {
-            path: path.to_owned(),
-            source,
-        },
-        other => PkiError::CertificateFile {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
+        pem::Error::Io(source) => PkiError::Io { path: path.to_owned(), source },
+        other => PkiError::CertificateFile { path: path.to_owned(), reason: other.to_string() },
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(certificate_error)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(certificate_error)?;
     if certs.is_empty() {
-        return Err(PkiError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(PkiError::NoCertificate { path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -286,20 +244,10 @@ pub fn load_certificate_chain(path: &Path) -> Result<Vec<CertificateDer<'static>
 /// Reads a PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        pem::Error::Io(source) => PkiError::Io {
-            path: path.to_owned(),
-            source,
-        },
-        pem::Error::NoItemsFound if looks_encrypted(path) => PkiError::EncryptedPrivateKey {
-            path: path.to_owned(),
-        },
-        pem::Error::NoItemsFound => PkiError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        other => PkiError::PrivateKeyFile {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
+        pem::Error::Io(source) => PkiError::Io { path: path.to_owned(), source },
+        pem::Error::NoItemsFound if looks_encrypted(path) => PkiError::EncryptedPrivateKey { path: path.to_owned() },
+        pem::Error::NoItemsFound => PkiError::NoPrivateKey { path: path.to_owned() },
+        other => PkiError::PrivateKeyFile { path: path.to_owned(), reason: other.to_string() },
     })
 }
 
@@ -308,8 +256,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError>
 fn looks_encrypted(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| {
         let text = String::from_utf8_lossy(&bytes);
-        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-            || text.contains("Proc-Type: 4,ENCRYPTED")
+        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED")
     })
 }
 
@@ -346,10 +293,7 @@ mod tests {
         assert_eq!(info.key, KeyInfo::Ecdsa { curve: "P-256" });
         assert_eq!(info.subject_alt_names, ["gw.example", "::1"]);
         assert!((29..=30).contains(&info.days_left()));
-        assert_eq!(
-            info.fingerprint_sha256,
-            sha256_fingerprint(&p.certificate_der)
-        );
+        assert_eq!(info.fingerprint_sha256, sha256_fingerprint(&p.certificate_der));
         let line = info.to_string();
         assert!(line.starts_with("CN=gw, ECDSA P-256, expires "), "{line}");
         assert!(line.contains("days left), SHA-256 "), "{line}");
@@ -367,39 +311,24 @@ mod tests {
         let err = inspect_pair(&cert, &key_b).expect_err("mismatch");
         assert!(matches!(err, PkiError::KeyMismatch { .. }));
         let text = err.to_string();
-        assert!(
-            text.contains("a_cert.pem") && text.contains("b_key.pem"),
-            "{text}"
-        );
+        assert!(text.contains("a_cert.pem") && text.contains("b_key.pem"), "{text}");
     }
 
     #[test]
     fn file_errors_say_what_was_expected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let empty = write(dir.path(), "empty.pem", "nothing here\n");
-        assert!(matches!(
-            load_certificate_chain(&empty),
-            Err(PkiError::NoCertificate { .. })
-        ));
-        assert!(matches!(
-            load_private_key(&empty),
-            Err(PkiError::NoPrivateKey { .. })
-        ));
+        assert!(matches!(load_certificate_chain(&empty), Err(PkiError::NoCertificate { .. })));
+        assert!(matches!(load_private_key(&empty), Err(PkiError::NoPrivateKey { .. })));
         let encrypted = write(
             dir.path(),
             "enc.pem",
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
         );
-        assert!(matches!(
-            load_private_key(&encrypted),
-            Err(PkiError::EncryptedPrivateKey { .. })
-        ));
+        assert!(matches!(load_private_key(&encrypted), Err(PkiError::EncryptedPrivateKey { .. })));
         let missing = dir.path().join("missing.pem");
         let err = load_certificate_chain(&missing).expect_err("missing");
         assert!(err.to_string().contains("missing.pem"), "{err}");
-        assert!(matches!(
-            inspect_certificate(b"\x30\x03\x02\x01\x00"),
-            Err(PkiError::InvalidCertificate { .. })
-        ));
+        assert!(matches!(inspect_certificate(b"\x30\x03\x02\x01\x00"), Err(PkiError::InvalidCertificate { .. })));
     }
 }

@@ -26,8 +26,7 @@ pub use command::{gen_cert, gen_cert_command, GenCertOutcome};
 pub use files::write_file_atomic;
 pub use generate::{generate_self_signed, CertSpec, GeneratedPair};
 pub use inspect::{
-    inspect_certificate, inspect_pair, load_certificate_chain, load_private_key, CertificateInfo,
-    KeyInfo,
+    inspect_certificate, inspect_pair, load_certificate_chain, load_private_key, CertificateInfo, KeyInfo,
 };
 pub use pkcs12::{pkcs12_bundle, read_password_file};
 
@@ -63,7 +62,9 @@ pub enum PkiError {
     EncryptedPrivateKey { path: PathBuf },
     #[error("{path}: not a readable PEM private key: {reason}")]
     PrivateKeyFile { path: PathBuf, reason: String },
-    #[error("{path}: the private key is not usable for TLS (RSA, ECDSA P-256/P-384/P-521 or Ed25519 expected): {reason}")]
+    #[error(
+        "{path}: the private key is not usable for TLS (RSA, ECDSA P-256/P-384/P-521 or Ed25519 expected): {reason}"
+    )]
     UnsupportedKey { path: PathBuf, reason: String },
     #[error("the private key in {key} does not belong to the certificate in {certificate} (their public keys differ)")]
     KeyMismatch { certificate: PathBuf, key: PathBuf },
@@ -74,23 +75,14 @@ pub enum PkiError {
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// SHA-256 over the DER certificate, as colon-separated upper-case hex (the
 /// form `openssl x509 -fingerprint -sha256` prints and admins compare).
 pub fn sha256_fingerprint(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]
@@ -108,9 +100,7 @@ mod tests {
 
     #[test]
     fn would_overwrite_lists_every_file() {
-        let e = PkiError::WouldOverwrite {
-            paths: vec!["a/scp_cert.pem".into(), "a/scp_key.pem".into()],
-        };
+        let e = PkiError::WouldOverwrite { paths: vec!["a/scp_cert.pem".into(), "a/scp_key.pem".into()] };
         assert_eq!(
             e.to_string(),
             "a/scp_cert.pem, a/scp_key.pem already exist; nothing was written (pass --force to overwrite)"

@@ -25,10 +25,7 @@ pub fn pkcs12_bundle(
     friendly_name: &str,
     password: &str,
 ) -> Result<Vec<u8>, PkiError> {
-    let certs = chain_der
-        .iter()
-        .map(|der| Certificate::from_der(der))
-        .collect::<Result<Vec<_>, _>>()?;
+    let certs = chain_der.iter().map(|der| Certificate::from_der(der)).collect::<Result<Vec<_>, _>>()?;
     let Some(leaf) = chain_der.first() else {
         return Err(PkiError::InvalidCertificate {
             what: "PKCS#12 bundle".to_owned(),
@@ -37,9 +34,7 @@ pub fn pkcs12_bundle(
     };
     // localKeyId ties the key bag to the leaf's certificate bag; OpenSSL
     // uses a SHA-1 of the certificate, any stable bytes will do.
-    let local_key_id = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf)
-        .as_ref()
-        .to_vec();
+    let local_key_id = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref().to_vec();
     let chain = PrivateKeyChain::new(local_key_id, PrivateKey::from_der(key_pkcs8_der)?, certs);
     let mut store = KeyStore::new();
     store.add_entry(friendly_name, KeyStoreEntry::PrivateKeyChain(chain));
@@ -56,15 +51,10 @@ pub fn pkcs12_bundle(
 /// Reads the PKCS#12 password: the first line of `path`, without its line
 /// ending (so `echo secret > pw.txt` works, and a Windows editor's CRLF too).
 pub fn read_password_file(path: &Path) -> Result<String, PkiError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })?;
     let first = text.lines().next().unwrap_or("");
     if first.is_empty() {
-        return Err(PkiError::EmptyPassword {
-            path: path.to_owned(),
-        });
+        return Err(PkiError::EmptyPassword { path: path.to_owned() });
     }
     Ok(first.to_owned())
 }
@@ -84,23 +74,13 @@ mod tests {
             key_type: KeyType::EcdsaP256,
         })
         .expect("generate");
-        let pfx = pkcs12_bundle(
-            &pair.private_key_der,
-            &[&pair.certificate_der],
-            "qpath",
-            "s3cret",
-        )
-        .expect("bundle");
+        let pfx = pkcs12_bundle(&pair.private_key_der, &[&pair.certificate_der], "qpath", "s3cret").expect("bundle");
         let store =
-            KeyStore::from_pkcs12(&pfx, "s3cret", p12_keystore::Pkcs12ImportPolicy::default())
-                .expect("read back");
+            KeyStore::from_pkcs12(&pfx, "s3cret", p12_keystore::Pkcs12ImportPolicy::default()).expect("read back");
         let (_, chain) = store.private_key_chain().expect("key chain");
         assert_eq!(chain.key().as_der(), pair.private_key_der.as_slice());
         assert_eq!(chain.certs()[0].as_der(), pair.certificate_der.as_slice());
-        assert!(
-            KeyStore::from_pkcs12(&pfx, "wrong", p12_keystore::Pkcs12ImportPolicy::default())
-                .is_err()
-        );
+        assert!(KeyStore::from_pkcs12(&pfx, "wrong", p12_keystore::Pkcs12ImportPolicy::default()).is_err());
     }
 
     #[test]
@@ -110,9 +90,6 @@ mod tests {
         std::fs::write(&path, "pass word\r\nignored\n").expect("write");
         assert_eq!(read_password_file(&path).expect("read"), "pass word");
         std::fs::write(&path, "\n").expect("write");
-        assert!(matches!(
-            read_password_file(&path),
-            Err(PkiError::EmptyPassword { .. })
-        ));
+        assert!(matches!(read_password_file(&path), Err(PkiError::EmptyPassword { .. })));
     }
 }

@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub fn dicomgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dicomgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run dicomgate")
+    Command::new(env!("CARGO_BIN_EXE_dicomgate")).args(args).stdin(Stdio::null()).output().expect("run dicomgate")
 }
 
 /// Exit code of a finished process (`-1` when killed by a signal).
@@ -36,12 +32,7 @@ pub fn stderr(out: &Output) -> String {
 
 /// Everything a process said, for assertion messages.
 pub fn text(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    )
+    format!("exit: {}\n--- stdout\n{}--- stderr\n{}", out.status, stdout(out), stderr(out))
 }
 
 /// Whether this is a CI run, where a missing tool fails instead of skipping.
@@ -51,12 +42,7 @@ pub fn in_ci() -> bool {
 
 /// Whether `tool` runs (`tool version_arg` exits 0).
 pub fn tool_available(tool: &str, version_arg: &str) -> bool {
-    Command::new(tool)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new(tool).arg(version_arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Returns from the test when `$tool` is missing (printing why), except
@@ -66,10 +52,7 @@ macro_rules! require_tool {
     ($tool:expr, $version_arg:expr, $package:expr) => {
         if !$crate::support_pki::tool_available($tool, $version_arg) {
             if $crate::support_pki::in_ci() {
-                panic!(
-                    "{} is required in CI (apt-get install -y {})",
-                    $tool, $package
-                );
+                panic!("{} is required in CI (apt-get install -y {})", $tool, $package);
             }
             eprintln!("skipped: {} missing", $tool);
             return;
@@ -79,45 +62,27 @@ macro_rules! require_tool {
 
 /// Runs `openssl args…`; panics with its output when it fails.
 pub fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
+    let out = Command::new("openssl").args(args).output().expect("run openssl");
     assert!(out.status.success(), "openssl {args:?}:\n{}", text(&out));
     format!("{}{}", stdout(&out), stderr(&out))
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to 0, released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Unix permission bits of a file.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
 /// Runs `dicomgate gen-cert --dir DIR --cn CN --key-type … [extra…]` and
 /// returns (certificate, key) paths.
 pub fn gen_cert(dir: &Path, cn: &str, key_type: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let dir_text = dir.display().to_string();
-    let mut args = vec![
-        "gen-cert",
-        "--dir",
-        &dir_text,
-        "--cn",
-        cn,
-        "--key-type",
-        key_type,
-    ];
+    let mut args = vec!["gen-cert", "--dir", &dir_text, "--cn", cn, "--key-type", key_type];
     args.extend_from_slice(extra);
     let out = dicomgate(&args);
     assert_eq!(code(&out), 0, "gen-cert:\n{}", text(&out));
@@ -164,16 +129,19 @@ pub fn storescp(dir: &Path, args: &[&str]) -> (ChildGuard, u16) {
         .spawn()
         .expect("spawn storescp");
     let mut guard = ChildGuard { child, log };
+    // Synchronous test helper, outside any tokio runtime: the std clock and
+    // sleep are right here.
+    #[allow(clippy::disallowed_methods)]
     let deadline = Instant::now() + Duration::from_secs(10);
     while !is_listening(port) {
         if let Ok(Some(status)) = guard.child.try_wait() {
             panic!("storescp exited ({status}):\n{}", guard.log_text());
         }
-        assert!(
-            Instant::now() < deadline,
-            "storescp did not listen on {port} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        #[allow(clippy::disallowed_methods)]
+        {
+            assert!(Instant::now() < deadline, "storescp did not listen on {port} within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     (guard, port)
 }
