@@ -180,10 +180,10 @@ async fn serve(
     };
     audit.server = Some(upstream.server.to_string());
 
-    // Forward the client's bytes, patched only where the called AE title is
-    // rewritten (same length; DESIGN.md "Forward the original RQ bytes").
-    // Clamp what we enforce (DESIGN.md): the backend learns the client's
-    // receive limit from the RQ; it must not promise more than the relay allows.
+    // Forward the client's bytes, patched in place only where needed (same
+    // length; DESIGN.md "Forward the original RQ bytes"). Clamp what we
+    // enforce: the backend learns the client's receive limit from the RQ and
+    // must not be promised more than the relay passes.
     let max_to_client = clamp_max_length(&mut rq, view.max_length, cfg.max_pdu_length);
     let original_called = view.called_ae;
     let rewrite = backend.config.rewrite_called_ae_title && called != backend.config.ae_title;
