@@ -6,9 +6,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::sync::mpsc;
 use dicomgate::cli::{exit, Cli, Command, RunArgs};
 use dicomgate::{Config, Gateway, Metrics};
+use tokio::sync::mpsc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -263,7 +263,11 @@ async fn reload_config(
                 banner(&name, slot.bound, &built, metrics);
                 let limits = {
                     let old = slot.publish.borrow();
-                    if old.runtime.config.max_connections == max { old.limits.clone() } else { Limits::new(max) }
+                    if old.runtime.config.max_connections == max {
+                        old.limits.clone()
+                    } else {
+                        Limits::new(max)
+                    }
                 };
                 slot.publish.send_replace(Snapshot { runtime: built.runtime, limits });
             }
@@ -342,7 +346,10 @@ fn build_backends(config: &Config) -> Result<BTreeMap<String, Arc<BackendRuntime
     Ok(out)
 }
 
-fn build_listener(lc: &Arc<ListenerConfig>, backends: &BTreeMap<String, Arc<BackendRuntime>>) -> Result<Built, ServeError> {
+fn build_listener(
+    lc: &Arc<ListenerConfig>,
+    backends: &BTreeMap<String, Arc<BackendRuntime>>,
+) -> Result<Built, ServeError> {
     let (acceptor, certificate) = match &lc.security {
         Security::Plaintext => (None, None),
         Security::Tls(t) => {

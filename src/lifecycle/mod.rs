@@ -41,7 +41,11 @@ impl State {
         use State::*;
         matches!(
             (self, next),
-            (Starting, Ready) | (Ready, Reloading) | (Reloading, Ready) | (Starting | Ready | Reloading, Draining) | (_, Stopped)
+            (Starting, Ready)
+                | (Ready, Reloading)
+                | (Reloading, Ready)
+                | (Starting | Ready | Reloading, Draining)
+                | (_, Stopped)
         )
     }
 }
