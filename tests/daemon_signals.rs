@@ -24,11 +24,10 @@ struct Daemon {
     child: Child,
     log: PathBuf,
     admin: u16,
-    store: u16,
 }
 
 impl Daemon {
-    async fn start(config: &Path, dir: &Path, admin: u16, store: u16) -> Daemon {
+    async fn start(config: &Path, dir: &Path, admin: u16) -> Daemon {
         let log = dir.join("dicomgate.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dicomgate"))
@@ -41,7 +40,7 @@ impl Daemon {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn dicomgate");
-        let daemon = Daemon { child, log, admin, store };
+        let daemon = Daemon { child, log, admin };
         daemon.wait_for_log("dicomgate ready", READY).await;
         daemon
     }
@@ -188,7 +187,7 @@ async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
     write_identity(dir.path(), &first.cert_pem, &first.key_pem);
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, config_text(store, admin, pacs.addr.port(), false)).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin, store).await;
+    let daemon = Daemon::start(&config, dir.path(), admin).await;
     assert_eq!(presented_certificate(store).await, first.cert_der.to_vec());
 
     let files = images(&dir.path().join("images"), 4, 512);
@@ -237,7 +236,7 @@ async fn invalid_reload_keeps_serving_and_names_the_key() {
     let config = dir.path().join("config.yaml");
     let good = config_text(store, admin, port, false);
     std::fs::write(&config, &good).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin, store).await;
+    let daemon = Daemon::start(&config, dir.path(), admin).await;
 
     std::fs::write(&config, good.replace("allow: [127.0.0.0/8]", "allow: [127.0.0.0/33]")).expect("broken config");
     daemon.signal("HUP");
@@ -260,7 +259,7 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
     write_identity(dir.path(), &pki().server.cert_pem, &pki().server.key_pem);
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, config_text(store, admin, pacs.addr.port(), false)).expect("config");
-    let mut daemon = Daemon::start(&config, dir.path(), admin, store).await;
+    let mut daemon = Daemon::start(&config, dir.path(), admin).await;
     assert_eq!(daemon.get("/readyz").await.0, 200);
 
     let files = images(&dir.path().join("images"), 3, 256);
@@ -298,7 +297,7 @@ async fn json_logs_carry_one_audit_object_per_connection() {
     write_identity(dir.path(), &pki().server.cert_pem, &pki().server.key_pem);
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, config_text(store, admin, port, true)).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin, store).await;
+    let daemon = Daemon::start(&config, dir.path(), admin).await;
 
     for calling in ["BUTTERFLY", "INTRUDER"] {
         let echo = args(&["+tla", "-ic", "-aet", calling, "-aec", "STORESCP", "127.0.0.1", &store.to_string()]);
