@@ -20,9 +20,7 @@ async fn source_address_not_allowed_is_closed_before_tls() {
     let gw = GatewaySpec::store(&[scp.addr]).start().await; // allow: 127.0.0.1/32
     let denied = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-    let mut tcp = raw::connect_from(denied, gw.addr())
-        .await
-        .expect("connect from 127.0.0.2");
+    let mut tcp = raw::connect_from(denied, gw.addr()).await.expect("connect from 127.0.0.2");
     // A real ClientHello; the gateway must not answer it (no ServerHello,
     // no alert): the connection is closed with zero bytes back.
     let _ = raw::send(&mut tcp, &raw::client_hello(pki().client_config(None))).await;
@@ -30,7 +28,9 @@ async fn source_address_not_allowed_is_closed_before_tls() {
         Next::Closed { partial } => {
             assert!(
                 partial.is_empty(),
-                "denied peer received bytes: {partial:02X?}"
+                "denied peer received {} bytes, starting {:02X?}",
+                partial.len(),
+                &partial[..partial.len().min(16)]
             )
         }
         other => panic!("denied peer: expected a close with no bytes, got {other:?}"),
@@ -48,9 +48,7 @@ async fn source_address_not_allowed_is_closed_before_tls() {
     scp.assert_untouched();
 
     // The allowed address is still served.
-    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("allowed source");
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("allowed source");
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
 }
 
@@ -73,34 +71,20 @@ async fn allow_list_admits_other_listed_networks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_connections_is_rejected_2_3_2() {
     let mut scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| l.max_connections = Some(1))
-        .start()
-        .await;
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.max_connections = Some(1)).start().await;
 
     // Hold one association open.
-    let mut held = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("first association");
-    assert!(matches!(
-        scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated { .. }
-    ));
+    let mut held =
+        scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("first association");
+    assert!(matches!(scp.next_association_event(PROMPT).await, ScpEvent::Associated { .. }));
     wait_for_active(&gw.metrics, "store", 1).await;
 
     // The second gets a real A-ASSOCIATE-RJ 2/3/2 after TLS and its RQ.
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS for the overflow connection");
-    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE))
-        .await
-        .expect("send RQ");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS for the overflow connection");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.expect("send RQ");
     raw::expect_rejection(&mut s, LOCAL_LIMIT_EXCEEDED).await;
     wait_for_count(&gw.metrics, "store", Outcome::Limit, 1).await;
-    assert!(
-        scp.drain().iter().all(|e| *e != ScpEvent::Connected),
-        "the overflow connection reached the backend"
-    );
+    assert!(scp.drain().iter().all(|e| *e != ScpEvent::Connected), "the overflow connection reached the backend");
 
     // The held association still works, and once released the slot is free.
     assert_eq!(scu::echo(&mut held, 5).await, Ok(0));
@@ -119,13 +103,9 @@ async fn overflow_beyond_the_bounded_rejections_is_closed() {
     // the bounded number the gateway is willing to answer, a plain close.
     // None may reach the backend, hang, or take the held association down.
     let mut scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| l.max_connections = Some(1))
-        .start()
-        .await;
-    let mut held = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("first association");
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.max_connections = Some(1)).start().await;
+    let mut held =
+        scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("first association");
     wait_for_active(&gw.metrics, "store", 1).await;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -136,17 +116,12 @@ async fn overflow_beyond_the_bounded_rejections_is_closed() {
             let Ok(mut s) = raw::tls_over(tcp, pki().client_config(None)).await else {
                 return "closed";
             };
-            if raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE))
-                .await
-                .is_err()
-            {
+            if raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.is_err() {
                 return "closed";
             }
             match raw::read_pdu(&mut s, PROMPT).await {
                 Next::Pdu(p) if p.rejection() == Some(LOCAL_LIMIT_EXCEEDED) => "rejected",
-                Next::Closed { partial } | Next::Failed { partial, .. } if partial.is_empty() => {
-                    "closed"
-                }
+                Next::Closed { partial } | Next::Failed { partial, .. } if partial.is_empty() => "closed",
                 other => panic!("overflow connection: {other:?}"),
             }
         });
@@ -159,10 +134,7 @@ async fn overflow_beyond_the_bounded_rejections_is_closed() {
     }
     assert!(rejected >= 1, "no overflow connection got RJ 2/3/2");
     assert_eq!(
-        scp.drain()
-            .iter()
-            .filter(|e| **e == ScpEvent::Connected)
-            .count(),
+        scp.drain().iter().filter(|e| **e == ScpEvent::Connected).count(),
         1,
         "only the held association may reach the backend"
     );

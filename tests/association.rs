@@ -21,18 +21,10 @@ async fn echo_through_tls_gateway_reaches_plain_scp() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
 
-    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("C-ECHO through the gateway");
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("C-ECHO through the gateway");
 
     assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Connected);
-    assert_eq!(
-        scp.next_event(PROMPT).await,
-        ScpEvent::Associated {
-            calling: CLOUD_AE.into(),
-            called: PACS_AE.into()
-        }
-    );
+    assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Associated { calling: CLOUD_AE.into(), called: PACS_AE.into() });
     assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Echo);
     assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Released);
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
@@ -44,26 +36,16 @@ async fn echo_through_tls_gateway_reaches_plain_scp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_through_plaintext_listener() {
     let mut scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| *l = ListenerSpec::plaintext("store"))
-        .start()
-        .await;
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| *l = ListenerSpec::plaintext("store")).start().await;
 
-    scu::echo_plain(gw.addr(), CLOUD_AE, PACS_AE)
-        .await
-        .expect("C-ECHO through the plaintext listener");
+    scu::echo_plain(gw.addr(), CLOUD_AE, PACS_AE).await.expect("C-ECHO through the plaintext listener");
 
-    assert!(matches!(
-        scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated { .. }
-    ));
+    assert!(matches!(scp.next_association_event(PROMPT).await, ScpEvent::Associated { .. }));
     assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Echo);
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
 
     // A TLS ClientHello on a plaintext listener is not a PDU: no TLS answer.
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
     let _ = raw::send(&mut tcp, &raw::client_hello(pki().client_config(None))).await;
     raw::expect_closed(&mut tcp, PROMPT).await;
     wait_for_count(&gw.metrics, "store", Outcome::ProtocolError, 1).await;
@@ -74,21 +56,13 @@ async fn calling_ae_not_allowed_is_rejected_1_1_3() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
 
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
-    raw::send(&mut s, &raw::associate_rq(PACS_AE, "INTRUDER"))
-        .await
-        .expect("send RQ");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, "INTRUDER")).await.expect("send RQ");
     raw::expect_rejection(&mut s, CALLING_AE_NOT_RECOGNIZED).await;
 
     // Case sensitive: "cloud" is not "CLOUD".
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
-    raw::send(&mut s, &raw::associate_rq(PACS_AE, "cloud"))
-        .await
-        .expect("send RQ");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, "cloud")).await.expect("send RQ");
     raw::expect_rejection(&mut s, CALLING_AE_NOT_RECOGNIZED).await;
 
     wait_for_count(&gw.metrics, "store", Outcome::RejectedCallingAe, 2).await;
@@ -101,12 +75,8 @@ async fn unknown_called_ae_is_rejected_1_1_7() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
 
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
-    raw::send(&mut s, &raw::associate_rq("NOWHERE", CLOUD_AE))
-        .await
-        .expect("send RQ");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq("NOWHERE", CLOUD_AE)).await.expect("send RQ");
     raw::expect_rejection(&mut s, CALLED_AE_NOT_RECOGNIZED).await;
 
     wait_for_count(&gw.metrics, "store", Outcome::RejectedCalledAe, 1).await;
@@ -120,19 +90,14 @@ async fn padded_ae_titles_are_accepted_after_trimming_spaces() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
 
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
     let rq = raw::associate_rq_with(ae("  PACS"), ae("   CLOUD"), 0x0001);
     raw::send(&mut s, &rq).await.expect("send RQ");
     match raw::read_pdu(&mut s, PROMPT).await {
         raw::Next::Pdu(pdu) => assert_eq!(pdu.pdu_type, 0x02, "expected A-ASSOCIATE-AC: {pdu:?}"),
         other => panic!("expected A-ASSOCIATE-AC, got {other:?}"),
     }
-    assert!(matches!(
-        scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated { .. }
-    ));
+    assert!(matches!(scp.next_association_event(PROMPT).await, ScpEvent::Associated { .. }));
     support::wait_for_active(&gw.metrics, "store", 1).await;
     drop(s);
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
@@ -144,9 +109,7 @@ async fn protocol_version_without_bit_0_is_rejected_1_2_2() {
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
 
     for version in [0x0000u16, 0x0002] {
-        let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-            .await
-            .expect("TLS");
+        let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
         let rq = raw::associate_rq_with(ae(PACS_AE), ae(CLOUD_AE), version);
         raw::send(&mut s, &rq).await.expect("send RQ");
         raw::expect_rejection(&mut s, PROTOCOL_VERSION_NOT_SUPPORTED).await;
@@ -193,25 +156,15 @@ async fn malformed_calling_ae_fields_are_rejected_1_1_3() {
             .await;
         let cases = malformed_fields(CLOUD_AE);
         for (what, field) in &cases {
-            let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-                .await
-                .expect("TLS");
+            let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
             let rq = raw::associate_rq_with(ae(PACS_AE), *field, 0x0001);
             raw::send(&mut s, &rq).await.expect("send RQ");
             match raw::read_pdu(&mut s, PROMPT).await {
                 raw::Next::Pdu(pdu) if pdu.rejection() == Some(CALLING_AE_NOT_RECOGNIZED) => {}
-                other => panic!(
-                    "calling AE with {what} (list: {with_list}): expected RJ 1/1/3, got {other:?}"
-                ),
+                other => panic!("calling AE with {what} (list: {with_list}): expected RJ 1/1/3, got {other:?}"),
             }
         }
-        wait_for_count(
-            &gw.metrics,
-            "store",
-            Outcome::RejectedCallingAe,
-            cases.len() as u64,
-        )
-        .await;
+        wait_for_count(&gw.metrics, "store", Outcome::RejectedCallingAe, cases.len() as u64).await;
         scp.assert_untouched();
     }
 }
@@ -232,25 +185,15 @@ async fn malformed_called_ae_fields_are_rejected_1_1_7() {
             .await;
         let cases = malformed_fields(PACS_AE);
         for (what, field) in &cases {
-            let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-                .await
-                .expect("TLS");
+            let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
             let rq = raw::associate_rq_with(*field, ae(CLOUD_AE), 0x0001);
             raw::send(&mut s, &rq).await.expect("send RQ");
             match raw::read_pdu(&mut s, PROMPT).await {
                 raw::Next::Pdu(pdu) if pdu.rejection() == Some(CALLED_AE_NOT_RECOGNIZED) => {}
-                other => panic!(
-                    "called AE with {what} (wildcard: {wildcard}): expected RJ 1/1/7, got {other:?}"
-                ),
+                other => panic!("called AE with {what} (wildcard: {wildcard}): expected RJ 1/1/7, got {other:?}"),
             }
         }
-        wait_for_count(
-            &gw.metrics,
-            "store",
-            Outcome::RejectedCalledAe,
-            cases.len() as u64,
-        )
-        .await;
+        wait_for_count(&gw.metrics, "store", Outcome::RejectedCalledAe, cases.len() as u64).await;
         scp.assert_untouched();
     }
 }
@@ -258,19 +201,11 @@ async fn malformed_called_ae_fields_are_rejected_1_1_7() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_route_forwards_any_valid_called_ae_unchanged() {
     let mut scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| l.routes = vec![("*".into(), "pacs".into())])
-        .start()
-        .await;
-    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, "ANY_SCP")
-        .await
-        .expect("C-ECHO via the * route");
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.routes = vec![("*".into(), "pacs".into())]).start().await;
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, "ANY_SCP").await.expect("C-ECHO via the * route");
     assert_eq!(
         scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated {
-            calling: CLOUD_AE.into(),
-            called: "ANY_SCP".into()
-        }
+        ScpEvent::Associated { calling: CLOUD_AE.into(), called: "ANY_SCP".into() }
     );
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
 }

@@ -18,12 +18,8 @@ async fn all_backend_servers_down_is_rejected_2_3_1() {
     let down2 = raw::closed_port().await;
     let gw = GatewaySpec::store(&[down1, down2]).start().await;
 
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
-    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE))
-        .await
-        .expect("send RQ");
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.expect("send RQ");
     raw::expect_rejection(&mut s, TEMPORARY_CONGESTION).await;
     wait_for_count(&gw.metrics, "store", Outcome::BackendUnavailable, 1).await;
     support::assert_only_outcomes(&gw.metrics, "store", &[Outcome::BackendUnavailable]);
@@ -46,11 +42,7 @@ async fn first_server_down_second_up_succeeds() {
             .expect("C-ECHO via the second server");
     }
     let events = scp.drain();
-    assert_eq!(
-        events.iter().filter(|e| **e == ScpEvent::Echo).count(),
-        2,
-        "{events:?}"
-    );
+    assert_eq!(events.iter().filter(|e| **e == ScpEvent::Echo).count(), 2, "{events:?}");
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 2).await;
     support::assert_only_outcomes(&gw.metrics, "store", &[Outcome::Forwarded]);
 }
@@ -60,9 +52,7 @@ async fn first_server_up_is_preferred() {
     let mut first = TestScp::spawn(PACS_AE).await;
     let mut second = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[first.addr, second.addr]).start().await;
-    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("C-ECHO");
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("C-ECHO");
     assert_eq!(first.next_event(PROMPT).await, ScpEvent::Connected);
     second.assert_untouched();
 }

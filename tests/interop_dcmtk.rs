@@ -37,19 +37,7 @@ async fn setup(with_worklist: bool, store_security: Security) -> Setup {
     let store_port = dcmtk::free_port();
     let storescp = ScpProcess::spawn(
         "storescp",
-        &args(&[
-            "-aet",
-            PACS_AE,
-            "+B",
-            "-od",
-            "received",
-            "-ta",
-            "10",
-            "-td",
-            "20",
-            "-dhl",
-            &store_port.to_string(),
-        ]),
+        &args(&["-aet", PACS_AE, "+B", "-od", "received", "-ta", "10", "-td", "20", "-dhl", &store_port.to_string()]),
         store_port,
         dir,
     )
@@ -66,26 +54,12 @@ async fn setup(with_worklist: bool, store_security: Security) -> Setup {
         let port = dcmtk::free_port();
         let p = ScpProcess::spawn(
             "wlmscpfs",
-            &args(&[
-                "-s",
-                "-dfp",
-                "worklist",
-                "-ta",
-                "10",
-                "-td",
-                "20",
-                "-dhl",
-                &port.to_string(),
-            ]),
+            &args(&["-s", "-dfp", "worklist", "-ta", "10", "-td", "20", "-dhl", &port.to_string()]),
             port,
             dir,
         )
         .await;
-        spec.backends.push(BackendSpec {
-            name: "worklist".into(),
-            ae_title: MWL_AE.into(),
-            servers: vec![p.addr],
-        });
+        spec.backends.push(BackendSpec { name: "worklist".into(), ae_title: MWL_AE.into(), servers: vec![p.addr] });
         let mut l = ListenerSpec::tls("worklist").route(MWL_AE, "worklist");
         l.acse = "10s".into();
         l.dimse = "20s".into();
@@ -93,12 +67,7 @@ async fn setup(with_worklist: bool, store_security: Security) -> Setup {
         wlmscpfs = Some(p);
     }
     let gw = spec.start().await;
-    Setup {
-        gw,
-        storescp,
-        wlmscpfs,
-        work,
-    }
+    Setup { gw, storescp, wlmscpfs, work }
 }
 
 /// TLS arguments for a DCMTK SCU: anonymous, trusting the test CA.
@@ -138,20 +107,13 @@ async fn echoscu_tls_through_gateway_to_storescp() {
     require_dcmtk!();
     let mut s = setup(false, tls_default()).await;
     let out = echoscu(&s, tls_anonymous(&s.gw)).await;
-    assert!(
-        out.status.success(),
-        "echoscu failed:\n{}",
-        output_text(&out)
-    );
+    assert!(out.status.success(), "echoscu failed:\n{}", output_text(&out));
     wait_for_count(&s.gw.metrics, "store", Outcome::Forwarded, 1).await;
     s.storescp.assert_running();
 }
 
 fn tls_default() -> Security {
-    Security::Tls {
-        client_ca: None,
-        client_certificates: Vec::new(),
-    }
+    Security::Tls { client_ca: None, client_certificates: Vec::new() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,25 +121,14 @@ async fn echoscu_with_pinned_guide_style_certificate() {
     // The guide's "SCU authentication: Authenticated": the cloud presents its
     // self-signed CA:true certificate, pinned at the gateway.
     require_dcmtk!();
-    let pinned = Security::Tls {
-        client_ca: None,
-        client_certificates: vec!["cloud.pem".into()],
-    };
+    let pinned = Security::Tls { client_ca: None, client_certificates: vec!["cloud.pem".into()] };
     let s = setup(false, pinned).await;
     let out = echoscu(&s, tls_with_identity(&s.gw, "cloud")).await;
-    assert!(
-        out.status.success(),
-        "pinned echoscu failed:\n{}",
-        output_text(&out)
-    );
+    assert!(out.status.success(), "pinned echoscu failed:\n{}", output_text(&out));
     wait_for_count(&s.gw.metrics, "store", Outcome::Forwarded, 1).await;
 
     let out = echoscu(&s, tls_with_identity(&s.gw, "client")).await;
-    assert!(
-        !out.status.success(),
-        "a certificate that is not pinned was accepted:\n{}",
-        output_text(&out)
-    );
+    assert!(!out.status.success(), "a certificate that is not pinned was accepted:\n{}", output_text(&out));
     wait_for_count(&s.gw.metrics, "store", Outcome::TlsError, 1).await;
 }
 
@@ -222,11 +173,7 @@ async fn storescu_tls_twenty_files_arrive_bit_identical() {
     a.extend(target(s.gw.addr_of("store")));
     a.extend(files);
     let out = run_scu("storescu", &a, dir, SCU_DEADLINE).await;
-    assert!(
-        out.status.success(),
-        "storescu failed:\n{}",
-        output_text(&out)
-    );
+    assert!(out.status.success(), "storescu failed:\n{}", output_text(&out));
 
     let received = received_datasets(&dir.join("received"));
     assert_eq!(
@@ -238,23 +185,13 @@ async fn storescu_tls_twenty_files_arrive_bit_identical() {
         s.storescp.log_text()
     );
     for (uid, dataset) in &sent {
-        let got = received
-            .get(uid)
-            .unwrap_or_else(|| panic!("instance {uid} not received"));
-        assert!(
-            got == dataset,
-            "instance {uid}: received data set differs ({} vs {} bytes)",
-            got.len(),
-            dataset.len()
-        );
+        let got = received.get(uid).unwrap_or_else(|| panic!("instance {uid} not received"));
+        assert!(got == dataset, "instance {uid}: received data set differs ({} vs {} bytes)", got.len(), dataset.len());
     }
     wait_for_count(&s.gw.metrics, "store", Outcome::Forwarded, 1).await;
     s.storescp.assert_running();
     let metrics = s.gw.metrics.render();
-    assert!(
-        metrics.contains("C-STORE"),
-        "no C-STORE counted in dicomgate_dimse_operations_total:\n{metrics}"
-    );
+    assert!(metrics.contains("C-STORE"), "no C-STORE counted in dicomgate_dimse_operations_total:\n{metrics}");
 }
 
 /// SOP Instance UID → data set bytes of every file storescp wrote.
@@ -263,8 +200,7 @@ fn received_datasets(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for entry in std::fs::read_dir(dir).expect("read received dir") {
         let path = entry.expect("entry").path();
         let bytes = std::fs::read(&path).expect("read received file");
-        let p = read_part10(&bytes)
-            .unwrap_or_else(|e| panic!("{}: not a Part-10 file: {e}", path.display()));
+        let p = read_part10(&bytes).unwrap_or_else(|e| panic!("{}: not a Part-10 file: {e}", path.display()));
         assert_eq!(
             p.transfer_syntax,
             support::dicom_file::EXPLICIT_VR_LE,
@@ -340,27 +276,14 @@ async fn findscu_worklist_through_gateway_to_wlmscpfs() {
     ]));
     a.extend(target(s.gw.addr_of("worklist")));
     let out = run_scu("findscu", &a, dir, SCU_DEADLINE).await;
-    assert!(
-        out.status.success(),
-        "findscu failed:\n{}",
-        output_text(&out)
-    );
+    assert!(out.status.success(), "findscu failed:\n{}", output_text(&out));
 
     let responses: Vec<Vec<u8>> = std::fs::read_dir(dir.join("responses"))
         .expect("responses dir")
         .map(|e| std::fs::read(e.expect("entry").path()).expect("read response"))
         .collect();
-    let wl = s
-        .wlmscpfs
-        .as_mut()
-        .map(|p| p.log_text())
-        .unwrap_or_default();
-    assert_eq!(
-        responses.len(),
-        1,
-        "expected one worklist item:\n{}\n{wl}",
-        output_text(&out)
-    );
+    let wl = s.wlmscpfs.as_mut().map(|p| p.log_text()).unwrap_or_default();
+    assert_eq!(responses.len(), 1, "expected one worklist item:\n{}\n{wl}", output_text(&out));
     let r = &responses[0];
     for expected in ["Gateway^Worklist", "PID-MWL-1", "BUTTERFLY"] {
         assert!(
@@ -375,23 +298,11 @@ async fn findscu_worklist_through_gateway_to_wlmscpfs() {
     std::fs::create_dir_all(dir.join("responses")).expect("mkdir");
     let a: Vec<String> = a
         .into_iter()
-        .map(|x| {
-            if x == "(0040,0100)[0].(0008,0060)=US" {
-                "(0040,0100)[0].(0008,0060)=MR".to_owned()
-            } else {
-                x
-            }
-        })
+        .map(|x| if x == "(0040,0100)[0].(0008,0060)=US" { "(0040,0100)[0].(0008,0060)=MR".to_owned() } else { x })
         .collect();
     let out = run_scu("findscu", &a, dir, SCU_DEADLINE).await;
-    assert!(
-        out.status.success(),
-        "findscu (MR) failed:\n{}",
-        output_text(&out)
-    );
-    let n = std::fs::read_dir(dir.join("responses"))
-        .expect("responses")
-        .count();
+    assert!(out.status.success(), "findscu (MR) failed:\n{}", output_text(&out));
+    let n = std::fs::read_dir(dir.join("responses")).expect("responses").count();
     assert_eq!(n, 0, "an MR query matched the US worklist item");
     if let Some(p) = s.wlmscpfs.as_mut() {
         p.assert_running();

@@ -3,7 +3,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dicom_ul::Pdu;
 use support::gateway::GatewaySpec;
@@ -19,17 +21,11 @@ const GRACE: Duration = Duration::from_secs(1);
 async fn shutdown_with_nothing_live_returns_promptly() {
     let scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
-    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("C-ECHO");
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("C-ECHO");
     wait_for_active(&gw.metrics, "store", 0).await;
     let started = Instant::now();
     gw.stop().await;
-    assert!(
-        started.elapsed() < GRACE,
-        "idle gateway took {:?} to stop",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < GRACE, "idle gateway took {:?} to stop", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,13 +33,8 @@ async fn shutdown_drains_for_the_grace_period_then_aborts() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let mut gw = GatewaySpec::store(&[scp.addr]).start().await;
     let addr = gw.addr();
-    let mut a = scu::associate_tls(addr, pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("associate");
-    assert!(matches!(
-        scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated { .. }
-    ));
+    let mut a = scu::associate_tls(addr, pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("associate");
+    assert!(matches!(scp.next_association_event(PROMPT).await, ScpEvent::Associated { .. }));
     wait_for_active(&gw.metrics, "store", 1).await;
 
     gw.signal_shutdown();
@@ -56,19 +47,12 @@ async fn shutdown_drains_for_the_grace_period_then_aborts() {
         raw::tls_over(tcp, pki().client_config(None)).await
     })
     .await;
-    assert!(
-        !matches!(new, Ok(Ok(_))),
-        "a new TLS session was accepted after shutdown was signalled"
-    );
+    assert!(!matches!(new, Ok(Ok(_))), "a new TLS session was accepted after shutdown was signalled");
 
     // After the grace period, the rest is aborted.
-    let pdu = support::within(
-        GRACE + PROMPT,
-        "A-ABORT after the grace period",
-        a.receive(),
-    )
-    .await
-    .expect("the client should receive an A-ABORT");
+    let pdu = support::within(GRACE + PROMPT, "A-ABORT after the grace period", a.receive())
+        .await
+        .expect("the client should receive an A-ABORT");
     assert!(matches!(pdu, Pdu::AbortRQ { .. }), "got {pdu:?}");
     assert!(
         signalled.elapsed() >= GRACE - Duration::from_millis(300),

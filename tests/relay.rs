@@ -3,7 +3,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource};
 use dicom_ul::Pdu;
@@ -19,18 +21,16 @@ const DIMSE: Duration = Duration::from_secs(1);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
     let mut scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| l.dimse = "1s".into())
-        .start()
-        .await;
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.dimse = "1s".into()).start().await;
 
-    let mut a = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("associate");
-    // Traffic resets the idle clock: echo three times, each under the timeout.
+    let mut a = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("associate");
+    // Traffic resets the idle clock: three echoes with idle gaps of half the
+    // timeout (deliberate gaps, not synchronisation) span more than DIMSE.
     for id in 1..=3 {
-        assert_eq!(scu::echo(&mut a, id).await, Ok(0));
-        tokio::time::sleep(DIMSE / 2).await; // deliberate idle gap, not synchronisation
+        if id > 1 {
+            tokio::time::sleep(DIMSE / 2).await;
+        }
+        assert_eq!(scu::echo(&mut a, id).await, Ok(0), "echo {id}");
     }
     let idle_from = Instant::now();
     let pdu = support::within(DIMSE + PROMPT, "A-ABORT at the client", a.receive())
@@ -39,17 +39,10 @@ async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
     let waited = idle_from.elapsed();
     assert_eq!(
         pdu,
-        Pdu::AbortRQ {
-            source: AbortRQSource::ServiceProvider(
-                AbortRQServiceProviderReason::ReasonNotSpecified
-            )
-        },
+        Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::ReasonNotSpecified) },
         "client side"
     );
-    assert!(
-        waited >= DIMSE - Duration::from_millis(300),
-        "aborted after {waited:?} idle, before the DIMSE timeout"
-    );
+    assert!(waited >= DIMSE - Duration::from_millis(300), "aborted after {waited:?} idle, before the DIMSE timeout");
 
     let mut seen = Vec::new();
     loop {
@@ -57,9 +50,7 @@ async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
             ScpEvent::Aborted(source) => {
                 assert_eq!(
                     source,
-                    AbortRQSource::ServiceProvider(
-                        AbortRQServiceProviderReason::ReasonNotSpecified
-                    ),
+                    AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::ReasonNotSpecified),
                     "backend side"
                 );
                 break;
@@ -77,47 +68,38 @@ async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
 async fn idle_abort_bytes_are_exact() {
     // The same over a raw socket: `07 00 00000004 00 00 02 00`.
     let scp = TestScp::spawn(PACS_AE).await;
-    let gw = GatewaySpec::store(&[scp.addr])
-        .listener(|l| l.dimse = "1s".into())
-        .start()
-        .await;
-    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None))
-        .await
-        .expect("TLS");
-    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE))
-        .await
-        .expect("RQ");
+    let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.dimse = "1s".into()).start().await;
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.expect("RQ");
     match raw::read_pdu(&mut s, PROMPT).await {
         Next::Pdu(p) if p.pdu_type == 0x02 => {}
         other => panic!("expected A-ASSOCIATE-AC, got {other:?}"),
     }
     match raw::read_pdu(&mut s, DIMSE + PROMPT).await {
-        Next::Pdu(p) => assert_eq!(
-            (p.pdu_type, p.body.as_slice()),
-            (0x07, [0x00, 0x00, 0x02, 0x00].as_slice()),
-            "idle A-ABORT"
-        ),
+        Next::Pdu(p) => {
+            assert_eq!((p.pdu_type, p.body.as_slice()), (0x07, [0x00, 0x00, 0x02, 0x00].as_slice()), "idle A-ABORT")
+        }
         other => panic!("expected A-ABORT, got {other:?}"),
     }
     raw::expect_closed(&mut s, PROMPT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_abort_is_relayed_to_the_backend() {
+async fn client_abort_is_relayed_to_the_backend_unchanged() {
+    // Raw client: dicom-ul's own abort() claims to be the service provider.
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
-    let a = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("associate");
-    assert!(matches!(
-        scp.next_association_event(PROMPT).await,
-        ScpEvent::Associated { .. }
-    ));
-    a.abort().await.expect("abort");
-    assert_eq!(
-        scp.next_event(PROMPT).await,
-        ScpEvent::Aborted(AbortRQSource::ServiceUser)
-    );
+    let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
+    raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.expect("RQ");
+    match raw::read_pdu(&mut s, PROMPT).await {
+        Next::Pdu(p) if p.pdu_type == 0x02 => {}
+        other => panic!("expected A-ASSOCIATE-AC, got {other:?}"),
+    }
+    assert!(matches!(scp.next_association_event(PROMPT).await, ScpEvent::Associated { .. }));
+    // A-ABORT, source 0 (service-user), and keep the socket open.
+    raw::send(&mut s, &[0x07, 0x00, 0, 0, 0, 4, 0x00, 0x00, 0x00, 0x00]).await.expect("A-ABORT");
+    assert_eq!(scp.next_event(PROMPT).await, ScpEvent::Aborted(AbortRQSource::ServiceUser));
+    raw::expect_closed(&mut s, PROMPT).await;
     wait_for_active(&gw.metrics, "store", 0).await;
 }
 
@@ -125,19 +107,13 @@ async fn client_abort_is_relayed_to_the_backend() {
 async fn many_echoes_on_one_association() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
-    let mut a = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE)
-        .await
-        .expect("associate");
+    let mut a = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("associate");
     for id in 1..=50 {
         assert_eq!(scu::echo(&mut a, id).await, Ok(0), "echo {id}");
     }
     a.release().await.expect("release");
     let events = scp.drain();
-    assert_eq!(
-        events.iter().filter(|e| **e == ScpEvent::Echo).count(),
-        50,
-        "{events:?}"
-    );
+    assert_eq!(events.iter().filter(|e| **e == ScpEvent::Echo).count(), 50, "{events:?}");
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
     let text = gw.metrics.render();
     assert!(

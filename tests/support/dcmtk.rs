@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// The DCMTK programs the interop suite runs.
-pub const TOOLS: [&str; 6] = [
-    "echoscu", "storescu", "findscu", "storescp", "wlmscpfs", "dump2dcm",
-];
+pub const TOOLS: [&str; 6] = ["echoscu", "storescu", "findscu", "storescp", "wlmscpfs", "dump2dcm"];
 
 /// Whether every tool in [`TOOLS`] runs (`--version` exits 0).
 pub fn dcmtk_available() -> bool {
@@ -40,10 +38,7 @@ macro_rules! require_dcmtk {
     () => {
         if !$crate::support::dcmtk::dcmtk_available() {
             if $crate::support::dcmtk::in_ci() {
-                panic!(
-                    "DCMTK tools {:?} are required in CI (apt-get install -y dcmtk)",
-                    $crate::support::dcmtk::TOOLS
-                );
+                panic!("DCMTK tools {:?} are required in CI (apt-get install -y dcmtk)", $crate::support::dcmtk::TOOLS);
             }
             eprintln!("skipped: dcmtk missing");
             return;
@@ -53,19 +48,12 @@ macro_rules! require_dcmtk {
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to 0, released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 fn command(program: &str, args: &[String], dir: &Path) -> Command {
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .env("TCP_NODELAY", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args(args).current_dir(dir).env("TCP_NODELAY", "1").stdin(Stdio::null()).kill_on_drop(true);
     cmd
 }
 
@@ -103,12 +91,7 @@ impl ScpProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        ScpProcess {
-            name: program.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            child,
-        }
+        ScpProcess { name: program.to_owned(), addr: SocketAddr::from(([127, 0, 0, 1], port)), log, child }
     }
 
     pub fn log_text(&self) -> String {
@@ -146,9 +129,7 @@ fn is_listening(port: u16) -> bool {
 pub async fn run_scu(program: &str, args: &[String], dir: &Path, deadline: Duration) -> Output {
     let mut cmd = command(program, args, dir);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     match tokio::time::timeout(deadline, child.wait_with_output()).await {
         Ok(out) => out.unwrap_or_else(|e| panic!("{program}: {e}")),
         // Dropping the future drops the child: kill_on_drop ends it.

@@ -12,10 +12,7 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// A fresh UID under the UUID-derived root 2.25 (PS3.5 §B.2).
 pub fn new_uid() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let value = (nanos << 24) ^ (u128::from(std::process::id()) << 8) ^ u128::from(n);
     format!("2.25.{}", value % 10u128.pow(37))
@@ -90,13 +87,7 @@ impl ScImage {
     pub fn dataset(&self) -> Vec<u8> {
         let mut d = Vec::new();
         element(&mut d, 0x0008, 0x0016, b"UI", SECONDARY_CAPTURE.as_bytes());
-        element(
-            &mut d,
-            0x0008,
-            0x0018,
-            b"UI",
-            self.sop_instance_uid.as_bytes(),
-        );
+        element(&mut d, 0x0008, 0x0018, b"UI", self.sop_instance_uid.as_bytes());
         element(&mut d, 0x0008, 0x0020, b"DA", b"20240102");
         element(&mut d, 0x0008, 0x0030, b"TM", b"101500");
         element(&mut d, 0x0008, 0x0050, b"SH", b"ACC-DG-1");
@@ -130,38 +121,14 @@ impl ScImage {
     pub fn file_bytes(&self) -> Vec<u8> {
         let mut meta = Vec::new();
         element(&mut meta, 0x0002, 0x0001, b"OB", &[0x00, 0x01]);
-        element(
-            &mut meta,
-            0x0002,
-            0x0002,
-            b"UI",
-            SECONDARY_CAPTURE.as_bytes(),
-        );
-        element(
-            &mut meta,
-            0x0002,
-            0x0003,
-            b"UI",
-            self.sop_instance_uid.as_bytes(),
-        );
+        element(&mut meta, 0x0002, 0x0002, b"UI", SECONDARY_CAPTURE.as_bytes());
+        element(&mut meta, 0x0002, 0x0003, b"UI", self.sop_instance_uid.as_bytes());
         element(&mut meta, 0x0002, 0x0010, b"UI", EXPLICIT_VR_LE.as_bytes());
-        element(
-            &mut meta,
-            0x0002,
-            0x0012,
-            b"UI",
-            b"2.25.1234567890123456789",
-        );
+        element(&mut meta, 0x0002, 0x0012, b"UI", b"2.25.1234567890123456789");
         element(&mut meta, 0x0002, 0x0013, b"SH", b"DICOMGATE_TEST");
         let mut out = vec![0u8; 128];
         out.extend_from_slice(b"DICM");
-        element(
-            &mut out,
-            0x0002,
-            0x0000,
-            b"UL",
-            &(meta.len() as u32).to_le_bytes(),
-        );
+        element(&mut out, 0x0002, 0x0000, b"UL", &(meta.len() as u32).to_le_bytes());
         out.extend_from_slice(&meta);
         out.extend_from_slice(&self.dataset());
         out
@@ -181,9 +148,7 @@ pub struct Part10 {
 }
 
 fn trim_uid(v: &[u8]) -> String {
-    String::from_utf8_lossy(v)
-        .trim_end_matches(['\0', ' '])
-        .to_owned()
+    String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_owned()
 }
 
 /// Parses preamble + meta group (Explicit VR LE, as PS3.10 requires);
@@ -206,14 +171,9 @@ pub fn read_part10(bytes: &[u8]) -> Result<Part10, String> {
             let b = bytes.get(pos + 8..pos + 12).ok_or("truncated meta")?;
             (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
         } else {
-            (
-                usize::from(u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]])),
-                8,
-            )
+            (usize::from(u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]])), 8)
         };
-        let value = bytes
-            .get(pos + header..pos + header + len)
-            .ok_or("truncated meta element")?;
+        let value = bytes.get(pos + header..pos + header + len).ok_or("truncated meta element")?;
         match elem {
             0x0003 => sop = Some(trim_uid(value)),
             0x0010 => ts = Some(trim_uid(value)),

@@ -25,10 +25,7 @@ pub enum Security {
         client_certificates: Vec<String>,
     },
     /// `tls:` with `generate_if_missing: true` and these (absent) file names.
-    Generate {
-        certificate: String,
-        private_key: String,
-    },
+    Generate { certificate: String, private_key: String },
     /// `insecure_plaintext: true`.
     Plaintext,
 }
@@ -53,10 +50,7 @@ impl ListenerSpec {
     pub fn tls(name: &str) -> ListenerSpec {
         ListenerSpec {
             name: name.to_owned(),
-            security: Security::Tls {
-                client_ca: None,
-                client_certificates: Vec::new(),
-            },
+            security: Security::Tls { client_ca: None, client_certificates: Vec::new() },
             allow: vec!["127.0.0.1/32".into()],
             calling_ae_titles: Some(vec![super::CLOUD_AE.into()]),
             routes: vec![(super::PACS_AE.into(), "pacs".into())],
@@ -68,10 +62,7 @@ impl ListenerSpec {
     }
 
     pub fn plaintext(name: &str) -> ListenerSpec {
-        ListenerSpec {
-            security: Security::Plaintext,
-            ..ListenerSpec::tls(name)
-        }
+        ListenerSpec { security: Security::Plaintext, ..ListenerSpec::tls(name) }
     }
 
     pub fn route(mut self, called: &str, backend: &str) -> Self {
@@ -131,13 +122,8 @@ impl GatewaySpec {
             let _ = writeln!(y, "  {}:", l.name);
             y.push_str("    listen: 127.0.0.1:0\n");
             match &l.security {
-                Security::Tls {
-                    client_ca,
-                    client_certificates,
-                } => {
-                    y.push_str(
-                        "    tls:\n      certificate: server.pem\n      private_key: server.key\n",
-                    );
+                Security::Tls { client_ca, client_certificates } => {
+                    y.push_str("    tls:\n      certificate: server.pem\n      private_key: server.key\n");
                     if let Some(ca) = client_ca {
                         let _ = writeln!(y, "      client_ca: {}", q(ca));
                     }
@@ -146,10 +132,7 @@ impl GatewaySpec {
                         let _ = writeln!(y, "      client_certificates: [{}]", list.join(", "));
                     }
                 }
-                Security::Generate {
-                    certificate,
-                    private_key,
-                } => {
+                Security::Generate { certificate, private_key } => {
                     let _ = writeln!(y, "    tls:\n      certificate: {}", q(certificate));
                     let _ = writeln!(y, "      private_key: {}", q(private_key));
                     y.push_str("      generate_if_missing: true\n");
@@ -169,11 +152,7 @@ impl GatewaySpec {
             if let Some(max) = l.max_connections {
                 let _ = writeln!(y, "    max_connections: {max}");
             }
-            let _ = writeln!(
-                y,
-                "    timeouts: {{acse: {}, dimse: {}, connect: {}}}",
-                l.acse, l.dimse, l.connect
-            );
+            let _ = writeln!(y, "    timeouts: {{acse: {}, dimse: {}, connect: {}}}", l.acse, l.dimse, l.connect);
         }
         y
     }
@@ -196,9 +175,8 @@ impl GatewaySpec {
             .listeners
             .iter()
             .map(|l| {
-                let addr = gateway
-                    .listener_addr(&l.name)
-                    .unwrap_or_else(|| panic!("listener_addr({:?}) is None", l.name));
+                let addr =
+                    gateway.listener_addr(&l.name).unwrap_or_else(|| panic!("listener_addr({:?}) is None", l.name));
                 (l.name.clone(), addr)
             })
             .collect();
@@ -206,15 +184,7 @@ impl GatewaySpec {
         let handle = tokio::spawn(gateway.run(async move {
             let _ = shutdown_rx.await;
         }));
-        RunningGateway {
-            dir,
-            files,
-            yaml,
-            addrs,
-            metrics,
-            shutdown: Some(shutdown),
-            handle: Some(handle),
-        }
+        RunningGateway { dir, files, yaml, addrs, metrics, shutdown: Some(shutdown), handle: Some(handle) }
     }
 }
 
@@ -254,9 +224,7 @@ impl RunningGateway {
     /// checks that it returned `Ok`.
     pub async fn join(&mut self, within: Duration) {
         if let Some(handle) = self.handle.take() {
-            let result = super::within(within, "Gateway::run to return", handle)
-                .await
-                .expect("gateway task panicked");
+            let result = super::within(within, "Gateway::run to return", handle).await.expect("gateway task panicked");
             if let Err(e) = result {
                 panic!("Gateway::run returned an error: {e}");
             }

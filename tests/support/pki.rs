@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -83,8 +83,7 @@ fn dn(cn: &str) -> DistinguishedName {
 }
 
 fn rsa() -> KeyPair {
-    KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        .expect("generate RSA key")
+    KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("generate RSA key")
 }
 
 fn ecdsa() -> KeyPair {
@@ -95,23 +94,15 @@ fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p
 }
 
 fn leaf_params(cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> CertificateParams {
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("valid SANs");
+    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("valid SANs");
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     p.extended_key_usages = vec![eku];
     p.use_authority_key_identifier_extension = true;
     p
@@ -126,23 +117,16 @@ impl TestPki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let server_key = rsa();
-        let server_cert = leaf_params(
-            "dicomgate test server",
-            &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-        .signed_by(&server_key, &issuer)
-        .expect("sign server cert");
+        let server_cert =
+            leaf_params("dicomgate test server", &["127.0.0.1", "localhost"], ExtendedKeyUsagePurpose::ServerAuth)
+                .signed_by(&server_key, &issuer)
+                .expect("sign server cert");
         let server = Identity::new(&server_cert, &server_key);
 
         let client_key = rsa();
-        let client_cert = leaf_params(
-            "dicomgate test client",
-            &["client.test"],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
-        .signed_by(&client_key, &issuer)
-        .expect("sign client cert");
+        let client_cert = leaf_params("dicomgate test client", &["client.test"], ExtendedKeyUsagePurpose::ClientAuth)
+            .signed_by(&client_key, &issuer)
+            .expect("sign client cert");
         let client = Identity::new(&client_cert, &client_key);
 
         // Appendix A of the vendor guide: [v3_ca] subjectKeyIdentifier=hash,
@@ -151,44 +135,25 @@ impl TestPki {
         let mut cloud_params = CertificateParams::default();
         cloud_params.distinguished_name = dn("Butterfly Cloud (test)");
         cloud_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cloud = Identity::new(
-            &cloud_params
-                .self_signed(&cloud_key)
-                .expect("self-sign cloud"),
-            &cloud_key,
-        );
+        let cloud = Identity::new(&cloud_params.self_signed(&cloud_key).expect("self-sign cloud"), &cloud_key);
 
         let stranger_key = ecdsa();
         let mut stranger_params = CertificateParams::default();
         stranger_params.distinguished_name = dn("Stranger (test)");
         stranger_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let stranger = Identity::new(
-            &stranger_params
-                .self_signed(&stranger_key)
-                .expect("self-sign stranger"),
-            &stranger_key,
-        );
+        let stranger =
+            Identity::new(&stranger_params.self_signed(&stranger_key).expect("self-sign stranger"), &stranger_key);
 
         let other_ca_key = ecdsa();
         let other_issuer = Issuer::new(ca_params_other(), other_ca_key);
         let other_client_key = ecdsa();
-        let other_client_cert = leaf_params(
-            "client of another CA",
-            &["other.test"],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
-        .signed_by(&other_client_key, &other_issuer)
-        .expect("sign other client");
+        let other_client_cert =
+            leaf_params("client of another CA", &["other.test"], ExtendedKeyUsagePurpose::ClientAuth)
+                .signed_by(&other_client_key, &other_issuer)
+                .expect("sign other client");
         let other_ca_client = Identity::new(&other_client_cert, &other_client_key);
 
-        TestPki {
-            ca,
-            server,
-            client,
-            cloud,
-            stranger,
-            other_ca_client,
-        }
+        TestPki { ca, server, client, cloud, stranger, other_ca_client }
     }
 
     /// Writes `ca.pem`, `server.pem`/`server.key`, `client.*`, `cloud.*`,
@@ -204,9 +169,7 @@ impl TestPki {
         write("cloud", &self.cloud);
         write("stranger", &self.stranger);
         write("other_ca_client", &self.other_ca_client);
-        PkiFiles {
-            dir: dir.to_owned(),
-        }
+        PkiFiles { dir: dir.to_owned() }
     }
 
     /// A rustls client configuration trusting the test CA, presenting
@@ -217,9 +180,9 @@ impl TestPki {
         roots.add(self.ca.cert_der.clone()).expect("add test CA");
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let config = match identity {
-            Some(id) => builder
-                .with_client_auth_cert(vec![id.cert_der.clone()], id.key_der())
-                .expect("client identity"),
+            Some(id) => {
+                builder.with_client_auth_cert(vec![id.cert_der.clone()], id.key_der()).expect("client identity")
+            }
             None => builder.with_no_client_auth(),
         };
         Arc::new(config)
@@ -280,12 +243,7 @@ impl rustls::client::danger::ServerCertVerifier for CapturingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -294,17 +252,10 @@ impl rustls::client::danger::ServerCertVerifier for CapturingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -78,8 +78,7 @@ pub struct RawPdu {
 impl RawPdu {
     /// (result, source, reason) of an A-ASSOCIATE-RJ (body `00 result source reason`).
     pub fn rejection(&self) -> Option<(u8, u8, u8)> {
-        (self.pdu_type == 0x03 && self.body.len() == 4)
-            .then(|| (self.body[1], self.body[2], self.body[3]))
+        (self.pdu_type == 0x03 && self.body.len() == 4).then(|| (self.body[1], self.body[2], self.body[3]))
     }
 
     /// (source, reason) of an A-ABORT (body `00 00 source reason`).
@@ -126,10 +125,7 @@ pub async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Next
                 let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
                 if buf.len() >= 6 + len {
                     let body = buf[6..6 + len].to_vec();
-                    return Ok(RawPdu {
-                        pdu_type: buf[0],
-                        body,
-                    });
+                    return Ok(RawPdu { pdu_type: buf[0], body });
                 }
             }
             // Read only what this PDU still needs, so nothing of the next one is lost.
@@ -150,10 +146,7 @@ pub async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Next
     match tokio::time::timeout(within, fut).await {
         Ok(Ok(pdu)) => Next::Pdu(pdu),
         Ok(Err(None)) => Next::Closed { partial: buf },
-        Ok(Err(Some(e))) => Next::Failed {
-            error: e.to_string(),
-            partial: buf,
-        },
+        Ok(Err(Some(e))) => Next::Failed { error: e.to_string(), partial: buf },
         Err(_) => Next::TimedOut { partial: buf },
     }
 }
@@ -161,11 +154,9 @@ pub async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Next
 /// Expects an A-ASSOCIATE-RJ with exactly this triple, then the close.
 pub async fn expect_rejection<S: AsyncRead + Unpin>(s: &mut S, triple: (u8, u8, u8)) {
     match read_pdu(s, super::PROMPT).await {
-        Next::Pdu(pdu) => assert_eq!(
-            pdu.rejection(),
-            Some(triple),
-            "expected A-ASSOCIATE-RJ {triple:?}, got {pdu:02X?}"
-        ),
+        Next::Pdu(pdu) => {
+            assert_eq!(pdu.rejection(), Some(triple), "expected A-ASSOCIATE-RJ {triple:?}, got {pdu:02X?}")
+        }
         other => panic!("expected A-ASSOCIATE-RJ {triple:?}, got {other:?}"),
     }
     expect_closed(s, super::PROMPT).await;
@@ -188,9 +179,7 @@ pub async fn expect_provider_abort<S: AsyncRead + Unpin>(s: &mut S, within: Dura
 /// Expects either a provider A-ABORT then close, or a bare close.
 pub async fn expect_abort_or_close<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
     match read_pdu(s, within).await {
-        Next::Pdu(pdu) if pdu.abort().map(|(src, _)| src) == Some(2) => {
-            expect_closed(s, super::PROMPT).await
-        }
+        Next::Pdu(pdu) if pdu.abort().map(|(src, _)| src) == Some(2) => expect_closed(s, super::PROMPT).await,
         Next::Closed { partial } if partial.is_empty() => {}
         other => panic!("expected A-ABORT or close, got {other:?}"),
     }
@@ -216,19 +205,13 @@ pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStr
 }
 
 /// TLS client handshake over `tcp`, verifying the server as `localhost`.
-pub async fn tls_over(
-    tcp: TcpStream,
-    config: Arc<rustls::ClientConfig>,
-) -> io::Result<TlsStream<TcpStream>> {
+pub async fn tls_over(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from("localhost").expect("server name");
     TlsConnector::from(config).connect(name, tcp).await
 }
 
 /// TCP connect + TLS handshake to `addr`, under [`super::PROMPT`].
-pub async fn tls_connect(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
     super::within(super::PROMPT, "TLS connect", async {
         let tcp = TcpStream::connect(addr).await?;
         tls_over(tcp, config).await
@@ -255,8 +238,6 @@ pub fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
 
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
 pub async fn closed_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
 }

@@ -60,9 +60,7 @@ impl TestScp {
 
     /// The next event, or a panic naming what was awaited.
     pub async fn next_event(&mut self, within: Duration) -> ScpEvent {
-        super::within(within, "an event at the test SCP", self.events.recv())
-            .await
-            .expect("SCP event channel closed")
+        super::within(within, "an event at the test SCP", self.events.recv()).await.expect("SCP event channel closed")
     }
 
     /// Skips `Connected` and returns the next event.
@@ -98,10 +96,8 @@ impl Drop for TestScp {
 }
 
 async fn serve(stream: TcpStream, ae_title: String, tx: mpsc::UnboundedSender<ScpEvent>) {
-    let options = ServerAssociationOptions::new()
-        .accept_any()
-        .ae_title(ae_title)
-        .with_abstract_syntax(dimse::VERIFICATION);
+    let options =
+        ServerAssociationOptions::new().accept_any().ae_title(ae_title).with_abstract_syntax(dimse::VERIFICATION);
     let mut association = match options.establish_async(stream).await {
         Ok(a) => a,
         Err(e) => {

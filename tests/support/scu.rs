@@ -36,11 +36,7 @@ pub async fn associate_tls(
     called: &str,
 ) -> Result<TlsAssociation, dicom_ul::association::Error> {
     super::init();
-    options(calling, called)
-        .server_name("localhost")
-        .tls_config(tls)
-        .establish_tls_async(addr)
-        .await
+    options(calling, called).server_name("localhost").tls_config(tls).establish_tls_async(addr).await
 }
 
 /// Requests an association over plain TCP.
@@ -54,18 +50,11 @@ pub async fn associate_plain(
 }
 
 /// Sends one C-ECHO-RQ and returns the response status.
-pub async fn echo<S>(
-    association: &mut AsyncClientAssociation<S>,
-    message_id: u16,
-) -> Result<u16, String>
+pub async fn echo<S>(association: &mut AsyncClientAssociation<S>, message_id: u16) -> Result<u16, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let pc = association
-        .presentation_contexts()
-        .first()
-        .ok_or("no presentation context accepted")?
-        .id;
+    let pc = association.presentation_contexts().first().ok_or("no presentation context accepted")?.id;
     let rq = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: pc,
@@ -74,10 +63,7 @@ where
             data: dimse::echo_rq(message_id),
         }],
     };
-    association
-        .send(&rq)
-        .await
-        .map_err(|e| format!("send C-ECHO-RQ: {e}"))?;
+    association.send(&rq).await.map_err(|e| format!("send C-ECHO-RQ: {e}"))?;
     match association.receive().await {
         Ok(Pdu::PData { data }) => {
             let pdv = data.first().ok_or("empty P-DATA")?;
@@ -103,18 +89,14 @@ pub async fn echo_tls(
     calling: &str,
     called: &str,
 ) -> Result<(), String> {
-    let mut a = associate_tls(addr, tls, calling, called)
-        .await
-        .map_err(|e| format!("associate: {e:?}"))?;
+    let mut a = associate_tls(addr, tls, calling, called).await.map_err(|e| format!("associate: {e:?}"))?;
     finish_echo(&mut a).await?;
     a.release().await.map_err(|e| format!("release: {e}"))
 }
 
 /// As [`echo_tls`] over plain TCP.
 pub async fn echo_plain(addr: SocketAddr, calling: &str, called: &str) -> Result<(), String> {
-    let mut a = associate_plain(addr, calling, called)
-        .await
-        .map_err(|e| format!("associate: {e:?}"))?;
+    let mut a = associate_plain(addr, calling, called).await.map_err(|e| format!("associate: {e:?}"))?;
     finish_echo(&mut a).await?;
     a.release().await.map_err(|e| format!("release: {e}"))
 }
