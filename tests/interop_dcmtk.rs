@@ -292,6 +292,14 @@ async fn findscu_worklist_through_gateway_to_wlmscpfs() {
         );
     }
     wait_for_count(&s.gw.metrics, "worklist", Outcome::Forwarded, 1).await;
+    // One match: one pending response, then the final success (PS3.4 K.4.1.3).
+    let text = s.gw.metrics.render();
+    for (status, n) in [("pending", 1), ("success", 1)] {
+        let line = format!(
+            "dicomgate_dimse_operations_total{{listener=\"worklist\",operation=\"C-FIND\",status=\"{status}\"}} {n}"
+        );
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
 
     // A query for another modality finds nothing (the SCP really filtered).
     std::fs::remove_dir_all(dir.join("responses")).expect("rm");
