@@ -34,7 +34,9 @@ pub enum TlsError {
     BadPrivateKey { path: PathBuf, reason: String },
     #[error("{path}: no usable CA certificate: {reason}")]
     BadCa { path: PathBuf, reason: String },
-    #[error("{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)")]
+    #[error(
+        "{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)"
+    )]
     HalfPair { certificate: PathBuf, missing: PathBuf },
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
