@@ -5,6 +5,8 @@
 #   openssl    certificate checks, s_client
 #   prometheus promtool (metrics and alert-rule checks)
 #   systemd    systemd-analyze (unit verification and security exposure)
+#   testssl.sh testssl (TLS policy audit of a listener, tests/security_tls.rs)
+#   haproxy    the L4 load balancer in front of the gateway (PROXY protocol tests)
 set -euo pipefail
 
 need=()
@@ -12,6 +14,8 @@ command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

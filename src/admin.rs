@@ -4,7 +4,10 @@
 //! - `GET /healthz`: 200 while the process can answer at all (liveness);
 //! - `GET /readyz`: 200 only in a lifecycle state that accepts new
 //!   connections, else 503 with the state name (readiness; a load balancer
-//!   stops sending traffic while the daemon starts or drains).
+//!   stops sending traffic while the daemon starts or drains). Backend
+//!   health does not enter into it;
+//! - `GET /status`: each backend server's health-check state, last probe
+//!   result and latency, last change (JSON, [`HealthRegistry::status_json`]).
 //!
 //! `HEAD` is answered like `GET` without a body; other paths get 404, other
 //! methods 405. HTTP parsing is hyper's (HTTP/1.1 only); this module owns the
@@ -33,6 +36,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::HealthRegistry;
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
 
@@ -67,6 +71,17 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// asks open connections to close and waits for them (at most
 /// [`CLOSE_GRACE`]).
 pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiver<State>, stop: CancellationToken) {
+    serve_with_status(listener, metrics, state, Arc::new(HealthRegistry::new()), stop).await
+}
+
+/// [`serve`], with `/status` showing `health` (the gateway's backends).
+pub async fn serve_with_status(
+    listener: TcpListener,
+    metrics: Metrics,
+    state: watch::Receiver<State>,
+    health: Arc<HealthRegistry>,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     let mut backoff = BACKOFF_START;
@@ -101,9 +116,9 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiv
                 continue;
             }
         };
-        let (metrics, state, stop) = (metrics.clone(), state.clone(), stop.clone());
+        let (metrics, state, health, stop) = (metrics.clone(), state.clone(), health.clone(), stop.clone());
         tracker.spawn(async move {
-            serve_connection(tcp, metrics, state, stop).await;
+            serve_connection(tcp, metrics, state, health, stop).await;
             drop(permit);
         });
     }
@@ -115,9 +130,18 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiv
     }
 }
 
-async fn serve_connection(tcp: TcpStream, metrics: Metrics, state: watch::Receiver<State>, stop: CancellationToken) {
+async fn serve_connection(
+    tcp: TcpStream,
+    metrics: Metrics,
+    state: watch::Receiver<State>,
+    health: Arc<HealthRegistry>,
+    stop: CancellationToken,
+) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let response = respond(req.method(), req.uri().path(), &metrics, &state);
+        let response = match req.uri().path() {
+            "/status" => status(req.method(), &health),
+            path => respond(req.method(), path, &metrics, &state),
+        };
         async move { Ok::<_, Infallible>(response) }
     });
     let conn = http1::Builder::new()
@@ -186,6 +210,18 @@ fn respond(method: &Method, path: &str, metrics: &Metrics, state: &watch::Receiv
     }
 }
 
+/// `/status`: the backends' health as JSON (GET and HEAD only).
+fn status(method: &Method, health: &HealthRegistry) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let mut response = body(StatusCode::OK, health.status_json());
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 fn text(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
     let mut response = body(status, message);
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
@@ -246,5 +282,14 @@ mod tests {
         assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE);
         // Liveness is independent of readiness.
         assert_eq!(respond(&Method::GET, "/healthz", &metrics, &state).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn status_is_json_and_read_only() {
+        let health = HealthRegistry::new();
+        let r = status(&Method::GET, &health);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(content_type(&r), "application/json");
+        assert_eq!(status(&Method::POST, &health).status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

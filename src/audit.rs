@@ -13,7 +13,10 @@ use crate::tls::SessionInfo;
 #[derive(Debug, Default)]
 pub struct AuditRecord {
     pub listener: String,
+    /// The client: the TCP peer, or the address a PROXY header carried.
     pub peer: Option<SocketAddr>,
+    /// Behind a load balancer (PROXY protocol): the balancer's own address.
+    pub proxy: Option<SocketAddr>,
     pub tls: Option<SessionInfo>,
     pub calling_ae: Option<String>,
     pub called_ae: Option<String>,
@@ -43,11 +46,13 @@ impl AuditRecord {
     pub fn emit(&self, outcome: Outcome, duration: Duration) {
         let dash = "-";
         let peer = self.peer.map(|p| p.to_string());
+        let proxy = self.proxy.map(|p| p.to_string());
         let tls = self.tls.as_ref();
         tracing::info!(
             target: "dicomgate::audit",
             listener = %self.listener,
             peer = peer.as_deref().unwrap_or(dash),
+            proxy = proxy.as_deref().unwrap_or(dash),
             tls_version = tls.and_then(|t| t.version).unwrap_or(if tls.is_some() { dash } else { "plaintext" }),
             tls_suite = tls.and_then(|t| t.suite.as_deref()).unwrap_or(dash),
             client_certificate_sha256 = tls.and_then(|t| t.client_certificate.as_deref()).unwrap_or(dash),

@@ -12,11 +12,12 @@
 //! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
 //! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
 //! - [`listener`]: accept loop, source allow list, connection limit.
+//! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
 //! - [`connection`]: one connection, phase by phase, each under a named deadline.
 //! - [`tls`]: rustls server/client configurations and client-certificate pinning.
 //! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs.
 //! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
-//! - [`backend`]: connect to a backend's servers in order, with failover.
+//! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
 //! - [`relay`]: PDU-framed relay in both directions.
 //! - [`audit`]: the one structured event per connection.
 //! - [`metrics`]: every metric name and label.
@@ -41,6 +42,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pki;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod routing;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The accept loop of one listener: source allow list before any TLS work,
+//! The accept loop of one listener: source allow list before any TLS work
+//! (behind a load balancer: the balancer's address, see [`crate::proxy_protocol`]),
 //! the connection limit, and a spawn per connection. It never does slow work
 //! and never dies: accept errors (EMFILE, ECONNABORTED, …) back off and retry.
 
@@ -93,13 +94,21 @@ fn admit(
     tracker: &TaskTracker,
 ) {
     let name = rt.config.name.as_str();
-    if !rt.config.allows(peer.ip()) {
-        // Closed before a single byte is read or written: no TLS work for
-        // strangers.
+    // Closed before a single byte is read or written: no TLS work for
+    // strangers. Behind a load balancer the client's address is only known
+    // from the PROXY header, so the allow list is applied in the connection
+    // task; here only the balancer itself is checked (a CIDR match, as cheap
+    // as the allow list).
+    let refusal = match &rt.config.proxy_protocol {
+        None => (!rt.config.allows(peer.ip())).then_some("source address not in the allow list"),
+        Some(proxy) => (!proxy.trusts(peer.ip()))
+            .then_some("source address not in proxy_protocol_from: only the load balancers may connect"),
+    };
+    if let Some(why) = refusal {
         drop(tcp);
         services.metrics.connection_ended(name, Outcome::DeniedIp);
         let mut audit = AuditRecord::new(name, peer);
-        audit.detail = Some("source address not in the allow list".to_owned());
+        audit.detail = Some(why.to_owned());
         audit.emit(Outcome::DeniedIp, Duration::ZERO);
         return;
     }

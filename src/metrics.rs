@@ -218,6 +218,23 @@ impl Metrics {
         self.inner.backend_up.with_label_values(&[backend, server]).set(i64::from(up));
     }
 
+    /// Removes a server's `dicomgate_backend_up` series (no longer monitored,
+    /// or not probed yet), so no stale value stays exported.
+    pub fn forget_backend_server(&self, backend: &str, server: &str) {
+        let _ = self.inner.backend_up.remove_label_values(&[backend, server]);
+    }
+
+    /// Current `dicomgate_backend_up{backend,server}`: `None` when not exported.
+    pub fn backend_up(&self, backend: &str, server: &str) -> Option<bool> {
+        use prometheus::core::Collector;
+        let families = self.inner.backend_up.collect();
+        families.iter().flat_map(|f| f.get_metric()).find_map(|m| {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value());
+            (label("backend") == Some(backend) && label("server") == Some(server))
+                .then(|| m.get_gauge().get_value() != 0.0)
+        })
+    }
+
     /// The `dicomgate_dimse_operations_total` family, for the relay's hot path.
     pub fn dimse_counter_vec(&self) -> IntCounterVec {
         self.inner.dimse_operations_total.clone()

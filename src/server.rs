@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::BackendRuntime;
+use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
 use crate::lifecycle::{Lifecycle, State};
@@ -90,14 +90,19 @@ pub struct Gateway {
     lifecycle: Arc<Lifecycle>,
     listeners: Vec<Bound>,
     admin: Option<(SocketAddr, TcpListener)>,
+    backends: Backends,
+    health: Arc<HealthRegistry>,
 }
+
+type Backends = BTreeMap<String, Arc<BackendRuntime>>;
 
 impl Gateway {
     /// Generates missing certificates where asked, loads all TLS material and
     /// binds every listener and the admin endpoint. On error nothing is left
     /// listening.
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
-        let backends = build_backends(&config)?;
+        let health = Arc::new(HealthRegistry::new());
+        let backends = build_backends(&config, &health)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let built = build_listener(lc, &backends)?;
@@ -112,7 +117,12 @@ impl Gateway {
             }
             None => None,
         };
-        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin })
+        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin, backends, health })
+    }
+
+    /// The backend servers' health (the `/status` view).
+    pub fn health(&self) -> Arc<HealthRegistry> {
+        self.health.clone()
     }
 
     /// The bound address of a listener (useful with port 0).
@@ -148,13 +158,14 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut reload: mpsc::Receiver<()>,
     ) -> Result<(), ServeError> {
-        let Gateway { mut config, metrics, lifecycle, listeners, admin } = self;
+        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health } = self;
         let tracker = TaskTracker::new();
         let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new() };
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|(address, tcp)| {
-            tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz)");
-            tokio::spawn(crate::admin::serve(tcp, metrics.clone(), lifecycle.subscribe(), admin_stop.clone()))
+            tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz, /status)");
+            let (state, stop) = (lifecycle.subscribe(), admin_stop.clone());
+            tokio::spawn(crate::admin::serve_with_status(tcp, metrics.clone(), state, health.clone(), stop))
         });
 
         let mut slots = BTreeMap::new();
@@ -164,6 +175,8 @@ impl Gateway {
             let slot = start_listener(b, limits, &services, &tracker);
             slots.insert(slot.0, slot.1);
         }
+        health.publish(&backends, &metrics);
+        let mut monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
         tracing::info!("dicomgate ready");
 
@@ -173,9 +186,12 @@ impl Gateway {
                 _ = &mut shutdown => break,
                 Some(()) = reload.recv() => {
                     lifecycle.set(State::Reloading);
-                    match reload_config(&config, &mut slots, &metrics, &services, &tracker).await {
-                        Ok(new) => {
+                    match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
+                        Ok((new, backends)) => {
                             config = new;
+                            // Dropping the old monitors stops them.
+                            health.publish(&backends, &metrics);
+                            monitors = Monitors::start(backends.values(), &metrics);
                             metrics.config_reload(true);
                         }
                         Err(e) => {
@@ -189,6 +205,7 @@ impl Gateway {
         }
 
         lifecycle.set(State::Draining);
+        monitors.stop();
         for slot in slots.values() {
             slot.stop.cancel();
         }
@@ -235,10 +252,11 @@ async fn reload_config(
     metrics: &Metrics,
     services: &Services,
     tracker: &TaskTracker,
-) -> Result<Config, ServeError> {
+    health: &HealthRegistry,
+) -> Result<(Config, Backends), ServeError> {
     let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
     let new = Config::load(path)?;
-    let backends = build_backends(&new)?;
+    let backends = build_backends(&new, health)?;
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
@@ -293,7 +311,7 @@ async fn reload_config(
         tracing::warn!("log settings changed: take effect at the next restart");
     }
     tracing::info!(file = %path.display(), listeners = new.listeners.len(), removed = removed.len(), "configuration reloaded");
-    Ok(new)
+    Ok((new, backends))
 }
 
 /// The startup banner line for one listener (also after each reload).
@@ -332,7 +350,9 @@ fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
     }
 }
 
-fn build_backends(config: &Config) -> Result<BTreeMap<String, Arc<BackendRuntime>>, ServeError> {
+/// Every backend's runtime; servers keep their health state from `health`
+/// where their probe is unchanged.
+fn build_backends(config: &Config, health: &HealthRegistry) -> Result<Backends, ServeError> {
     let mut out = BTreeMap::new();
     for (name, bc) in &config.backends {
         let tls = match &bc.tls {
@@ -341,15 +361,13 @@ fn build_backends(config: &Config) -> Result<BTreeMap<String, Arc<BackendRuntime
             }
             None => None,
         };
-        out.insert(name.clone(), Arc::new(BackendRuntime { config: bc.clone(), tls }));
+        let health = health.health_for(bc);
+        out.insert(name.clone(), Arc::new(BackendRuntime { config: bc.clone(), tls, health }));
     }
     Ok(out)
 }
 
-fn build_listener(
-    lc: &Arc<ListenerConfig>,
-    backends: &BTreeMap<String, Arc<BackendRuntime>>,
-) -> Result<Built, ServeError> {
+fn build_listener(lc: &Arc<ListenerConfig>, backends: &Backends) -> Result<Built, ServeError> {
     let (acceptor, certificate) = match &lc.security {
         Security::Plaintext => (None, None),
         Security::Tls(t) => {

@@ -90,7 +90,7 @@ impl fmt::Display for ServerAddress {
 }
 
 /// DICOM-TLS from the gateway to the SCP (re-encryption).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendTlsConfig {
     /// CA bundle that the SCP's certificate must chain to.
     pub ca: PathBuf,
@@ -107,10 +107,28 @@ pub enum HealthCheckMode {
     Off,
 }
 
-#[derive(Debug, Clone)]
+impl HealthCheckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheckMode::Echo => "echo",
+            HealthCheckMode::Tcp => "tcp",
+            HealthCheckMode::Off => "off",
+        }
+    }
+}
+
+/// The periodic monitor of each backend server (`backends.NAME.health_check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     pub mode: HealthCheckMode,
+    /// Start-to-start time between two probes of one server.
     pub interval: Duration,
+    /// Deadline of one probe; never longer than `interval`.
+    pub timeout: Duration,
+    /// Consecutive failed probes before an up server is marked down.
+    pub fall: u32,
+    /// Consecutive successful probes before a down server is marked up again.
+    pub rise: u32,
     pub calling_ae_title: AeTitle,
 }
 
@@ -132,7 +150,46 @@ pub struct ListenerConfig {
     /// Length sub-items forwarded are clamped to it (0 "unlimited" included).
     pub max_pdu_length: u32,
     pub relay_mode: crate::relay::RelayMode,
+    /// `None`: `proxy_protocol: off`, the TCP peer is the client.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
     pub timeouts: Timeouts,
+}
+
+/// Which PROXY protocol header versions a listener accepts
+/// (`listeners.NAME.proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersions {
+    V1,
+    V2,
+    Any,
+}
+
+impl ProxyVersions {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersions::V1 => "v1",
+            ProxyVersions::V2 => "v2",
+            ProxyVersions::Any => "any",
+        }
+    }
+}
+
+/// A listener behind an L4 load balancer that sends the PROXY protocol header.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolConfig {
+    pub versions: ProxyVersions,
+    /// The load balancers' addresses (`proxy_protocol_from`); never empty.
+    /// Connections from elsewhere are refused: their header would be a lie
+    /// anyone could tell.
+    pub from: Vec<IpNet>,
+}
+
+impl ProxyProtocolConfig {
+    /// Whether `ip` may send a PROXY header (IPv4-mapped IPv6 compared as IPv4).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.from.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl ListenerConfig {

@@ -62,6 +62,9 @@ pub struct RawBackendTls {
 pub struct RawHealthCheck {
     pub mode: Option<String>,
     pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
     pub calling_ae_title: Option<String>,
 }
 
@@ -78,6 +81,8 @@ pub struct RawListener {
     pub max_associate_rq_length: Option<u32>,
     pub max_pdu_length: Option<u32>,
     pub relay_mode: Option<String>,
+    pub proxy_protocol: Option<String>,
+    pub proxy_protocol_from: Option<Vec<String>>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -148,3 +148,72 @@ fn duplicate_listen_addresses_are_refused() {
     );
     assert_eq!(issue_paths(&parse(&text).unwrap_err()), vec!["listeners.worklist.listen"]);
 }
+
+#[test]
+fn health_check_thresholds_and_timeout_have_defaults_and_bounds() {
+    let c = parse(BASE).expect("valid");
+    let hc = &c.backends["pacs"].health_check;
+    assert_eq!(
+        (hc.mode, hc.interval, hc.timeout, hc.fall, hc.rise),
+        (HealthCheckMode::Echo, Duration::from_secs(10), Duration::from_secs(10), 3, 2)
+    );
+
+    let short =
+        BASE.replace("    ae_title: PACS\n", "    ae_title: PACS\n    health_check: {mode: tcp, interval: 2s}\n");
+    let hc = parse(&short).expect("valid").backends["pacs"].health_check.clone();
+    assert_eq!((hc.mode, hc.timeout), (HealthCheckMode::Tcp, Duration::from_secs(2)), "timeout capped at the interval");
+
+    let bad = BASE.replace(
+        "    ae_title: PACS\n",
+        "    ae_title: PACS\n    health_check: {interval: 5s, timeout: 6s, fall: 0, rise: 101}\n",
+    );
+    let err = parse(&bad).unwrap_err();
+    assert_eq!(
+        issue_paths(&err)[..3],
+        ["backends.pacs.health_check.timeout", "backends.pacs.health_check.fall", "backends.pacs.health_check.rise"]
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("6s is longer than health_check.interval (5s)"), "{msg}");
+    assert!(msg.contains("0 is out of range: expected 1 to 100"), "{msg}");
+}
+
+#[test]
+fn a_backend_server_listed_twice_is_refused() {
+    let text = BASE.replace("[127.0.0.1:11112, ", "[127.0.0.1:11112, \"127.0.0.1:11112\", ");
+    let err = parse(&text).unwrap_err();
+    assert_eq!(issue_paths(&err)[0], "backends.pacs.servers[1]");
+    assert!(err.to_string().contains("is listed twice"), "{err}");
+}
+
+#[test]
+fn proxy_protocol_needs_its_sources_and_is_off_by_default() {
+    let c = parse(BASE).expect("valid");
+    assert!(c.listeners["store"].proxy_protocol.is_none());
+
+    let on = BASE
+        .replace("    routes:", "    proxy_protocol: v2\n    proxy_protocol_from: [10.0.0.5/32, \"::1\"]\n    routes:");
+    let c = parse(&on).expect("valid");
+    let p = c.listeners["store"].proxy_protocol.clone().expect("on");
+    assert_eq!(p.versions, ProxyVersions::V2);
+    assert!(p.trusts("10.0.0.5".parse().unwrap()));
+    assert!(p.trusts("::ffff:10.0.0.5".parse().unwrap()));
+    assert!(!p.trusts("10.0.0.6".parse().unwrap()));
+
+    let cases = [
+        ("    proxy_protocol: v1\n", "listeners.store.proxy_protocol_from", "is missing"),
+        ("    proxy_protocol: any\n    proxy_protocol_from: []\n", "listeners.store.proxy_protocol_from", "is empty"),
+        ("    proxy_protocol_from: [10.0.0.5/32]\n", "listeners.store.proxy_protocol_from", "proxy_protocol is off"),
+        ("    proxy_protocol: v3\n", "listeners.store.proxy_protocol", "expected off (default), v1, v2 or any"),
+        (
+            "    proxy_protocol: any\n    proxy_protocol_from: [10.0.0.5/33]\n",
+            "listeners.store.proxy_protocol_from[0]",
+            "is not an IP network",
+        ),
+    ];
+    for (extra, path, message) in cases {
+        let text = BASE.replace("    routes:", &format!("{extra}    routes:"));
+        let err = parse(&text).unwrap_err();
+        assert_eq!(issue_paths(&err), vec![path], "{extra}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}

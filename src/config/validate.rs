@@ -17,6 +17,16 @@ const DEFAULT_DIMSE: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default probe deadline (capped at the interval): the listeners' default
+/// backend connect timeout, for a probe is a connect and a little more.
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive failures before "down" and successes before "up" again: the
+/// common load-balancer defaults (HAProxy's fall 3 / rise 2).
+const DEFAULT_HEALTH_FALL: u32 = 3;
+const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Upper bound for `fall` and `rise`: beyond it a server could stay in a
+/// wrong state for hours at common intervals, which is a typo, not a policy.
+const MAX_HEALTH_THRESHOLD: u32 = 100;
 const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// 64 KiB: a storescu request proposing ~100 SOP classes is under 10 KiB.
 const DEFAULT_MAX_RQ_LENGTH: u32 = 64 * 1024;
@@ -91,6 +101,21 @@ impl Validator<'_> {
                     default
                 }
             },
+        }
+    }
+
+    /// A probe count (`fall`, `rise`): 1 to [`MAX_HEALTH_THRESHOLD`].
+    fn count(&mut self, key: &str, value: Option<u32>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) if (1..=MAX_HEALTH_THRESHOLD).contains(&n) => n,
+            Some(n) => {
+                self.issue(
+                    key,
+                    format!("{n} is out of range: expected 1 to {MAX_HEALTH_THRESHOLD} consecutive probes (default {default})"),
+                );
+                default
+            }
         }
     }
 
@@ -181,6 +206,11 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
     let mut servers = Vec::new();
     for (i, s) in raw.servers.iter().enumerate() {
         match parse_server_address(s) {
+            // One health state and one monitor per server: a repeat would be
+            // probed twice and tried twice per association.
+            Some(addr) if servers.contains(&addr) => {
+                v.issue(format!("{key}.servers[{i}]"), format!("{s:?} is listed twice: list each server once"))
+            }
             Some(addr) => servers.push(addr),
             None => v.issue(
                 format!("{key}.servers[{i}]"),
@@ -243,9 +273,39 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
             raw.as_ref().and_then(|h| h.interval.as_ref()),
             DEFAULT_HEALTH_INTERVAL,
         );
+        // A probe must end before the next is due, so that `fall` probes
+        // take `fall` intervals and the detection window is predictable.
+        let timeout = match raw.as_ref().and_then(|h| h.timeout.as_ref()) {
+            None => interval.min(DEFAULT_HEALTH_TIMEOUT),
+            Some(t) => {
+                let tkey = format!("{hkey}.timeout");
+                let timeout = v.duration(&tkey, Some(t), DEFAULT_HEALTH_TIMEOUT);
+                if timeout > interval {
+                    v.issue(
+                        tkey,
+                        format!(
+                            "{} is longer than health_check.interval ({}): a probe must end before the next one \
+                             is due; lower the timeout or raise the interval",
+                            humantime::format_duration(timeout),
+                            humantime::format_duration(interval)
+                        ),
+                    );
+                }
+                timeout
+            }
+        };
+        let fall = v.count(&format!("{hkey}.fall"), raw.as_ref().and_then(|h| h.fall), DEFAULT_HEALTH_FALL);
+        let rise = v.count(&format!("{hkey}.rise"), raw.as_ref().and_then(|h| h.rise), DEFAULT_HEALTH_RISE);
         let calling = raw.as_ref().and_then(|h| h.calling_ae_title.as_deref()).unwrap_or("DICOMGATE");
         let calling_ae_title = v.ae_title(&format!("{hkey}.calling_ae_title"), calling);
-        calling_ae_title.map(|calling_ae_title| HealthCheckConfig { mode, interval, calling_ae_title })
+        calling_ae_title.map(|calling_ae_title| HealthCheckConfig {
+            mode,
+            interval,
+            timeout,
+            fall,
+            rise,
+            calling_ae_title,
+        })
     };
     if v.issues.len() != before {
         return None;
@@ -406,6 +466,8 @@ fn validate_listener(
         }
     };
 
+    let proxy_protocol = validate_proxy_protocol(v, &key, raw.proxy_protocol.as_deref(), raw.proxy_protocol_from);
+
     let t = raw.timeouts;
     let timeouts = Timeouts {
         acse: v.duration(&format!("{key}.timeouts.acse"), t.as_ref().and_then(|t| t.acse.as_ref()), DEFAULT_ACSE),
@@ -431,8 +493,65 @@ fn validate_listener(
         max_associate_rq_length: max_rq,
         max_pdu_length: max_pdu,
         relay_mode,
+        proxy_protocol,
         timeouts,
     })
+}
+
+/// `proxy_protocol` and `proxy_protocol_from` together: the list is required
+/// when the header is expected, and refused when it is not (a list that does
+/// nothing would look like protection).
+fn validate_proxy_protocol(
+    v: &mut Validator<'_>,
+    key: &str,
+    mode: Option<&str>,
+    from: Option<Vec<String>>,
+) -> Option<ProxyProtocolConfig> {
+    let versions = match mode {
+        None | Some("off") => None,
+        Some("v1") => Some(ProxyVersions::V1),
+        Some("v2") => Some(ProxyVersions::V2),
+        Some("any") => Some(ProxyVersions::Any),
+        Some(other) => {
+            v.issue(
+                format!("{key}.proxy_protocol"),
+                format!("{other:?} is not a PROXY protocol setting: expected off (default), v1, v2 or any"),
+            );
+            return None;
+        }
+    };
+    let fkey = format!("{key}.proxy_protocol_from");
+    let Some(versions) = versions else {
+        if from.is_some() {
+            v.issue(
+                fkey,
+                "is set but proxy_protocol is off: set proxy_protocol (v1, v2 or any) or remove proxy_protocol_from",
+            );
+        }
+        return None;
+    };
+    let list = match from {
+        None => {
+            v.issue(
+                fkey,
+                "is missing: list the load balancers' addresses allowed to send the PROXY header, e.g. [10.0.0.5/32]",
+            );
+            return None;
+        }
+        Some(list) if list.is_empty() => {
+            v.issue(fkey, "is empty: list the load balancers' addresses allowed to send the PROXY header");
+            return None;
+        }
+        Some(list) => list,
+    };
+    let mut nets = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        match parse_cidr(entry) {
+            Ok(net) => nets.push(net),
+            Err(why) => v.issue(format!("{fkey}[{i}]"), format!("{entry:?} {why}")),
+        }
+    }
+    Some(ProxyProtocolConfig { versions, from: nets })
 }
 
 fn parse_cidr(entry: &str) -> Result<IpNet, &'static str> {

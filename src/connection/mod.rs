@@ -24,6 +24,7 @@ use crate::dicom::ae::display_raw;
 use crate::dicom::associate::{self, patch_called_ae};
 use crate::dicom::pdu::{describe_abort, describe_rejection, provider_abort, AbortReason, PduType, Rejection};
 use crate::metrics::{Direction, Metrics, Outcome};
+use crate::proxy_protocol;
 use crate::relay::{self, Counters, RelaySettings};
 use crate::routing::{self, Decision};
 use crate::tls::{SessionInfo, Stream};
@@ -95,7 +96,7 @@ pub async fn handle(
 }
 
 async fn serve(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     rt: &ListenerRuntime,
     admission: Admission,
     services: &Services,
@@ -104,6 +105,12 @@ async fn serve(
     let cfg = &rt.config;
     let deadline = Instant::now() + cfg.timeouts.acse;
     let _ = tcp.set_nodelay(true);
+
+    if let Some(proxy) = &cfg.proxy_protocol {
+        if let Err(outcome) = proxy_phase(&mut tcp, proxy.versions, cfg, deadline, audit).await {
+            return outcome;
+        }
+    }
 
     let mut client = match &rt.acceptor {
         None => Stream::Plain(tcp),
@@ -293,6 +300,37 @@ async fn serve(
         _ => None,
     };
     Outcome::Forwarded
+}
+
+/// Behind a load balancer: reads its PROXY header (under the ACSE deadline,
+/// before TLS), records the carried client as the audit's `peer` and the
+/// balancer as `proxy`, then applies the allow list to the client. Refusals
+/// close without a byte written, like the accept loop's: the cloud is not
+/// speaking to us yet, the balancer is.
+async fn proxy_phase(
+    tcp: &mut TcpStream,
+    versions: crate::config::ProxyVersions,
+    cfg: &ListenerConfig,
+    deadline: Instant,
+    audit: &mut AuditRecord,
+) -> Result<(), Outcome> {
+    // `AuditRecord::new` sets `peer` to the TCP peer: here, the balancer.
+    let Some(lb) = audit.peer else { return Err(Outcome::ProtocolError) };
+    let header = match proxy_protocol::read_header(tcp, versions, deadline).await {
+        Ok(h) => h,
+        Err(e) => {
+            audit.detail = Some(format!("from load balancer {lb}: {e}"));
+            return Err(if e.is_timeout() { Outcome::Timeout } else { Outcome::ProtocolError });
+        }
+    };
+    let client = header.client_or(lb);
+    audit.proxy = Some(lb);
+    audit.peer = Some(client);
+    if !cfg.allows(client.ip()) {
+        audit.detail = Some(format!("source address not in the allow list (PROXY {})", header.describe()));
+        return Err(Outcome::DeniedIp);
+    }
+    Ok(())
 }
 
 /// Returns the P-DATA limit for traffic towards the peer that sent this

@@ -1,0 +1,167 @@
+//! Backends: connect to a backend's servers with failover, each attempt under
+//! the connect deadline, plain TCP or DICOM-TLS towards the SCP; and the
+//! health monitor ([`health`]) whose verdicts order the attempts.
+//!
+//! Selection (DESIGN.md, "Backend"): servers the monitor has not marked down,
+//! in configured order, then the servers marked down, in configured order —
+//! a monitor can be wrong (or slow to notice a recovery), so a down server is
+//! still worth one try when nothing else answers. A failed connect falls
+//! through to the next server within the same association attempt; when every
+//! server fails the caller answers A-ASSOCIATE-RJ 2/3/1.
+
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{BackendConfig, ServerAddress};
+use crate::tls::{BackendTls, Stream};
+pub use health::{BackendHealth, HealthRegistry, Monitors, ServerState};
+
+/// A backend with its loaded TLS client configuration and the health of its
+/// servers (shared with the monitor and kept across reloads).
+#[derive(Debug)]
+pub struct BackendRuntime {
+    pub config: Arc<BackendConfig>,
+    pub tls: Option<BackendTls>,
+    pub health: Arc<BackendHealth>,
+}
+
+/// A connected backend server.
+pub struct Connected {
+    pub stream: Stream,
+    pub server: ServerAddress,
+}
+
+/// Every server failed; one entry per attempt, in the order tried.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    pub attempts: Vec<(ServerAddress, String)>,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.attempts.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+        write!(f, "no backend server reachable ({})", parts.join("; "))
+    }
+}
+
+impl BackendRuntime {
+    /// A runtime whose servers have no verdict yet (tests and `check`); the
+    /// daemon takes its health from a [`HealthRegistry`] instead.
+    pub fn new(config: Arc<BackendConfig>, tls: Option<BackendTls>) -> BackendRuntime {
+        let health = Arc::new(BackendHealth::unchecked(&config));
+        BackendRuntime { config, tls, health }
+    }
+
+    /// Tries the servers in health order (see the module docs); the first
+    /// that connects (and completes the TLS handshake, when configured) wins.
+    pub async fn connect(&self, connect_timeout: Duration) -> Result<Connected, ConnectFailure> {
+        let mut attempts = Vec::new();
+        let order = self.health.connect_order();
+        if order.first().is_some_and(|&(_, marked_down)| marked_down) {
+            tracing::warn!(backend = %self.config.name, "every server is marked down by the health check; trying them anyway");
+        }
+        for (index, marked_down) in order {
+            let Some(server) = self.config.servers.get(index) else { continue };
+            match timeout(connect_timeout, self.connect_one(server)).await {
+                Ok(Ok(stream)) => {
+                    if !attempts.is_empty() {
+                        tracing::warn!(backend = %self.config.name, %server, failed = attempts.len(), "failed over to a later backend server");
+                    }
+                    return Ok(Connected { stream, server: server.clone() });
+                }
+                Ok(Err(e)) => attempts.push((server.clone(), annotate(e, marked_down))),
+                Err(_) => attempts
+                    .push((server.clone(), annotate(format!("no connection within {connect_timeout:?}"), marked_down))),
+            }
+        }
+        Err(ConnectFailure { attempts })
+    }
+
+    async fn connect_one(&self, server: &ServerAddress) -> Result<Stream, String> {
+        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await.map_err(|e| e.to_string())?;
+        // DCMTK writes each PDU header and body separately; with Nagle on,
+        // every exchange would stall on a delayed ACK (~40 ms).
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let name = server_name(tls, server)?;
+        let stream = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+        Ok(Stream::Client(Box::new(stream)))
+    }
+}
+
+/// The name checked in the SCP's certificate: `tls.server_name`, else the
+/// server's host (a DNS name or an IP address).
+pub fn server_name(tls: &BackendTls, server: &ServerAddress) -> Result<ServerName<'static>, String> {
+    match &tls.server_name {
+        Some(name) => Ok(name.clone()),
+        None => ServerName::try_from(server.host.clone())
+            .map_err(|_| format!("{:?} cannot be checked against a certificate; set tls.server_name", server.host)),
+    }
+}
+
+fn annotate(error: String, marked_down: bool) -> String {
+    if marked_down {
+        format!("{error} (marked down by the health check)")
+    } else {
+        error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn backend(servers: &[std::net::SocketAddr]) -> BackendRuntime {
+        let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        let yaml = format!(
+            "backends:\n  pacs:\n    ae_title: PACS\n    servers: [{}]\nlisteners:\n  store:\n    listen: 127.0.0.1:0\n    \
+             insecure_plaintext: true\n    allow: [127.0.0.1/32]\n    routes: {{PACS: pacs}}\n",
+            list.join(", ")
+        );
+        let config = Config::from_yaml_str(&yaml, Path::new("/")).expect("valid test config");
+        BackendRuntime::new(config.backends["pacs"].clone(), None)
+    }
+
+    async fn closed_port() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn healthy_servers_come_first_and_down_ones_are_a_last_resort() {
+        let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let rt = backend(&[down.local_addr().unwrap(), up.local_addr().unwrap()]);
+        // Both listen; the first is marked down, so the second is used.
+        rt.health.servers()[0].force_state_for_test(ServerState::Down);
+        let c = rt.connect(Duration::from_secs(2)).await.expect("connect");
+        assert_eq!(c.server.port, up.local_addr().unwrap().port());
+
+        // Everything down: still tried, in configured order.
+        rt.health.servers()[1].force_state_for_test(ServerState::Down);
+        let c = rt.connect(Duration::from_secs(2)).await.expect("connect");
+        assert_eq!(c.server.port, down.local_addr().unwrap().port());
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_falls_through_and_all_failures_are_listed() {
+        let a = closed_port().await;
+        let b = closed_port().await;
+        let rt = backend(&[a, b]);
+        rt.health.servers()[1].force_state_for_test(ServerState::Down);
+        let failure = rt.connect(Duration::from_secs(2)).await.err().expect("nothing listens");
+        let tried: Vec<u16> = failure.attempts.iter().map(|(s, _)| s.port).collect();
+        assert_eq!(tried, vec![a.port(), b.port()]);
+        assert!(failure.attempts[1].1.ends_with("(marked down by the health check)"), "{failure}");
+    }
+}
