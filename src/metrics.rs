@@ -84,6 +84,8 @@ struct Inner {
     association_duration_seconds: HistogramVec,
     backend_up: IntGaugeVec,
     dimse_operations_total: IntCounterVec,
+    association_results_total: IntCounterVec,
+    association_ends_total: IntCounterVec,
     backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
@@ -149,6 +151,16 @@ impl Metrics {
                 "dicomgate_dimse_operations_total",
                 "DIMSE responses relayed, by operation and status class.",
                 &["listener", "operation", "status"],
+            ),
+            association_results_total: counter(
+                "dicomgate_association_results_total",
+                "What SCPs answered forwarded A-ASSOCIATE-RQs.",
+                &["listener", "result"],
+            ),
+            association_ends_total: counter(
+                "dicomgate_association_ends_total",
+                "How established associations ended.",
+                &["listener", "end"],
             ),
             backend_association_response_seconds: reg(
                 &registry,
@@ -238,6 +250,18 @@ impl Metrics {
     /// The `dicomgate_dimse_operations_total` family, for the relay's hot path.
     pub fn dimse_counter_vec(&self) -> IntCounterVec {
         self.inner.dimse_operations_total.clone()
+    }
+
+    /// `result`: `accepted`, `rejected`, `aborted` (by the SCP), `no_answer`
+    /// (timeout or connection lost), `malformed`.
+    pub fn association_result(&self, listener: &str, result: &'static str) {
+        self.inner.association_results_total.with_label_values(&[listener, result]).inc();
+    }
+
+    /// `end`: a [`crate::relay::RelayEnd::label`] (`released`, `aborted`,
+    /// `idle_timeout`, …).
+    pub fn association_ended(&self, listener: &str, end: &'static str) {
+        self.inner.association_ends_total.with_label_values(&[listener, end]).inc();
     }
 
     /// Records how long the SCP took to answer a forwarded A-ASSOCIATE-RQ.

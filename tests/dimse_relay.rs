@@ -163,6 +163,15 @@ async fn storescu_files_are_counted_as_c_store_successes() {
     .await;
     assert_eq!(dimse_count(&metrics, "C-STORE", "success"), 12);
     assert_eq!(dimse_count(&metrics, "C-STORE", "failure"), 0);
+    // The association outcome: accepted by the SCP, then released.
+    support::wait_for_count(&metrics, "store", dicomgate::metrics::Outcome::Forwarded, 1).await;
+    let text = metrics.render();
+    for line in [
+        r#"dicomgate_association_results_total{listener="store",result="accepted"} 1"#,
+        r#"dicomgate_association_ends_total{end="released",listener="store"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
