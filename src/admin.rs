@@ -69,7 +69,7 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Serves the admin endpoint on `listener` until `stop` is cancelled, then
 /// asks open connections to close and waits for them (at most
-/// [`CLOSE_GRACE`]).
+/// `CLOSE_GRACE`).
 pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiver<State>, stop: CancellationToken) {
     serve_with_status(listener, metrics, state, Arc::new(HealthRegistry::new()), stop).await
 }

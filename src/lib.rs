@@ -3,10 +3,10 @@
 //! One association passes these stages, each a module:
 //!
 //! ```text
-//! listener ──▶ connection ──────────────────────────────────────────────▶ relay
-//! (accept,     tls handshake ─▶ dicom::first_pdu ─▶ routing ─▶ backend    (PDU-framed pump,
-//!  allow list,  (tls)            (bounded RQ read)   (policy)   (connect,   idle timeout)
-//!  limits)                                                       failover)
+//! listener ─▶ connection::client ──────────────────▶ routing ─▶ backend ─▶ connection::association ─▶ relay
+//! (accept,    (PROXY header, TLS handshake,           (policy    (health-   (RQ forwarded, SCP's        (PDU-framed,
+//!  allow list, first PDU under the ACSE deadline)      on raw     ordered    AC/RJ back, Max Length      DIMSE-aware,
+//!  limits)                                             AE fields) failover)  clamped)                    idle timeout)
 //! ```
 //!
 //! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
@@ -25,7 +25,7 @@
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
 //! - [`check`]: `dicomgate check`, everything `run` would load, without running.
 //! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
-//! - [`admin`]: the admin HTTP endpoint (/metrics, /healthz, /readyz).
+//! - [`admin`]: the admin HTTP endpoint (/metrics, /healthz, /readyz, /status).
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -5,7 +5,7 @@
 //! are loaded (and generated when asked) by [`crate::tls`] when the runtime is
 //! built, so `check` can report on them separately.
 //!
-//! serde_yaml is archived upstream; it is used only in [`from_yaml`] so it can
+//! serde_yaml is archived upstream; it is used only in `from_yaml` so it can
 //! be swapped in one place.
 
 mod error;

@@ -1,10 +1,10 @@
 //! One connection, phase by phase (DESIGN.md, "Data flow"):
 //!
-//! 1. [`client`]: PROXY header (optional), TLS handshake and the first PDU,
+//! 1. `client`: PROXY header (optional), TLS handshake and the first PDU,
 //!    all under the ACSE deadline;
 //! 2. [`crate::routing`]: policy on the raw A-ASSOCIATE-RQ fields;
 //! 3. [`crate::backend`]: connect with failover;
-//! 4. [`association`]: the RQ forwarded, the SCP's answer under a second ACSE
+//! 4. `association`: the RQ forwarded, the SCP's answer under a second ACSE
 //!    deadline, returned to the client;
 //! 5. [`crate::relay`]: the established association.
 //!
