@@ -5,22 +5,23 @@
 //! patched, PS3.8 §9.3.2); the A-ASSOCIATE-AC returned carries the titles
 //! exactly as the client sent them (PS3.8 §9.3.3).
 
-mod support_backend;
+mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::metrics::Outcome;
-use support_backend::net::{self, ae_field, Answer};
-use support_backend::tools::{args, output_text, run, wlmscpfs, Peer};
-use support_backend::RunningGateway;
+use support::dcmtk::wlmscpfs;
+use support::gateway::RunningGateway;
+use support::raw::{self, ae, Answer};
+use support::tools::{args, output_text, run_scu, ScpProcess};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Listener `worklist`: `WORKLIST` → backend `mwl` (rewritten to `MWL`),
 /// `DIRECT` → backend `direct` (same SCP, no rewrite).
-async fn setup(dir: &Path) -> (Peer, RunningGateway) {
+async fn setup(dir: &Path) -> (ScpProcess, RunningGateway) {
     let scp = wlmscpfs("MWL", dir).await;
     let yaml = format!(
         "log: {{level: warn}}\nshutdown: {{grace_period: 1s}}\nbackends:\n  mwl:\n    ae_title: MWL\n    \
@@ -30,22 +31,22 @@ async fn setup(dir: &Path) -> (Peer, RunningGateway) {
          routes: {{WORKLIST: mwl, DIRECT: direct}}\n    timeouts: {{acse: 10s, dimse: 20s, connect: 5s}}\n",
         a = scp.addr
     );
-    let gw = RunningGateway::start(dir, &yaml).await;
+    let gw = RunningGateway::start_yaml(dir, &yaml).await;
     (scp, gw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findscu_calls_worklist_and_wlmscpfs_answers_as_mwl() {
-    require_tools!("wlmscpfs", "findscu", "dump2dcm");
+    require_tools!(["wlmscpfs", "findscu", "dump2dcm"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (mut scp, gw) = setup(dir).await;
     std::fs::create_dir_all(dir.join("responses")).expect("mkdir");
-    let addr = gw.addr("worklist");
+    let addr = gw.addr_of("worklist");
     let mut a = args(&["-W", "-aet", "CLOUD", "-aec", "WORKLIST", "-to", "10", "-ta", "10", "-td", "20"]);
     a.extend(args(&["-X", "-od", "responses", "-k", "(0010,0010)", "-k", "(0040,0100)[0].(0008,0060)=US"]));
     a.extend([addr.ip().to_string(), addr.port().to_string()]);
-    let out = run("findscu", &a, dir, Duration::from_secs(60)).await;
+    let out = run_scu("findscu", &a, dir, Duration::from_secs(60)).await;
     assert!(out.status.success(), "findscu failed:\n{}\n--- wlmscpfs\n{}", output_text(&out), scp.log_text());
     let responses: Vec<Vec<u8>> = std::fs::read_dir(dir.join("responses"))
         .expect("responses")
@@ -59,28 +60,28 @@ async fn findscu_calls_worklist_and_wlmscpfs_answers_as_mwl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ac_carries_the_titles_the_client_sent_and_without_rewrite_the_scp_refuses() {
-    require_tools!("wlmscpfs", "dump2dcm");
+    require_tools!(["wlmscpfs", "dump2dcm"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (mut scp, gw) = setup(dir).await;
-    let addr = gw.addr("worklist");
+    let addr = gw.addr_of("worklist");
 
-    let mut s = net::connect(addr, LOCALHOST, None).await;
-    let Answer::Accepted(ac) = net::associate(&mut *s, "WORKLIST", "CLOUD").await else {
+    let mut s = raw::connect(LOCALHOST, addr, None).await;
+    let Answer::Accepted(ac) = raw::associate(&mut *s, "WORKLIST", "CLOUD").await else {
         panic!("WORKLIST (rewritten to MWL) was not accepted\n{}", scp.log_text())
     };
-    let (called, calling) = net::ae_titles(&ac);
-    assert_eq!(called, ae_field("WORKLIST"), "called AE in the AC: {:?}", String::from_utf8_lossy(&called));
-    assert_eq!(calling, ae_field("CLOUD"), "calling AE in the AC: {:?}", String::from_utf8_lossy(&calling));
-    net::release(&mut *s).await;
+    let (called, calling) = ac.ae_titles();
+    assert_eq!(called, ae("WORKLIST"), "called AE in the AC: {:?}", String::from_utf8_lossy(&called));
+    assert_eq!(calling, ae("CLOUD"), "calling AE in the AC: {:?}", String::from_utf8_lossy(&calling));
+    raw::release(&mut *s).await;
     // Closed before the next association: wlmscpfs -s serves one at a time.
     drop(s);
 
     // The same SCP without the rewrite: it does check the called AE title.
-    let mut s = net::connect(addr, LOCALHOST, None).await;
-    assert_eq!(net::associate(&mut *s, "DIRECT", "CLOUD").await, Answer::Rejected(1, 1, 7));
+    let mut s = raw::connect(LOCALHOST, addr, None).await;
+    assert_eq!(raw::associate(&mut *s, "DIRECT", "CLOUD").await, Answer::Rejected(1, 1, 7));
 
-    support_backend::wait_until(
+    support::wait_until(
         Duration::from_secs(10),
         "two forwarded associations",
         || gw.metrics.connections("worklist", Outcome::Forwarded) == 2,

@@ -5,15 +5,16 @@
 //! monitor would not); an echo with an AE title the SCP does not serve marks
 //! it down; a reload replaces the monitors and keeps what it can.
 
-mod support_backend;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::metrics::Outcome;
-use support_backend::tools::{echoscu, output_text, storescp, wlmscpfs, Peer};
-use support_backend::RunningGateway;
+use support::dcmtk::{echoscu, storescp, wlmscpfs};
+use support::gateway::RunningGateway;
+use support::tools::{args, output_text, ScpProcess};
 
 /// Probe settings of these tests: a window (fall × interval + timeout) of
 /// 1.2 s.
@@ -50,7 +51,7 @@ fn prelude() -> &'static str {
 }
 
 async fn assert_echo_ok(gw: &RunningGateway, called: &str, dir: &Path) {
-    let out = echoscu(gw.addr("store"), "CLOUD", called, dir).await;
+    let out = echoscu(gw.addr_of("store"), "CLOUD", called, dir).await;
     assert!(
         out.status.success(),
         "echoscu through the gateway failed:\n{}\n{}",
@@ -61,7 +62,7 @@ async fn assert_echo_ok(gw: &RunningGateway, called: &str, dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_moves_on() {
-    require_tools!("storescp", "echoscu");
+    require_tools!(["storescp", "echoscu"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let first = storescp("PACS", &[], dir).await;
@@ -74,7 +75,7 @@ async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_mov
         health("echo"),
         listener("{PACS: pacs}")
     );
-    let gw = RunningGateway::start(dir, &yaml).await;
+    let gw = RunningGateway::start_yaml(dir, &yaml).await;
     gw.wait_state("pacs", a, "up", SETTLE).await;
     gw.wait_state("pacs", b, "up", SETTLE).await;
     assert_eq!(gw.metrics.backend_up("pacs", &a.to_string()), Some(true));
@@ -93,7 +94,7 @@ async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_mov
     for _ in 0..3 {
         assert_echo_ok(&gw, "PACS", dir).await;
     }
-    support_backend::wait_until(
+    support::wait_until(
         SETTLE,
         "4 forwarded associations counted",
         || gw.metrics.connections("store", Outcome::Forwarded) == 4,
@@ -104,10 +105,10 @@ async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_mov
     second.assert_running();
 
     // Back on its port: up again after `rise` good probes.
-    let revived = Peer::spawn(
+    let revived = ScpProcess::spawn_named(
         "storescp",
         "storescp-revived",
-        &support_backend::tools::args(&["-aet", "PACS", "-dhl", &a.port().to_string()]),
+        &args(&["-aet", "PACS", "-dhl", &a.port().to_string()]),
         a.port(),
         dir,
     )
@@ -134,7 +135,7 @@ async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
-    require_tools!("storescp", "echoscu");
+    require_tools!(["storescp", "echoscu"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (hung, hung_task) = silent_server().await;
@@ -148,7 +149,7 @@ async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
         listener("{PACS: pacs, NOCHECK: unchecked}"),
         list = servers(&[hung, good.addr]),
     );
-    let gw = RunningGateway::start(dir, &yaml).await;
+    let gw = RunningGateway::start_yaml(dir, &yaml).await;
     gw.wait_state("pacs", hung, "down", SETTLE).await;
     gw.wait_state("pacs", good.addr, "up", SETTLE).await;
     let why = gw.last_probe("pacs", hung);
@@ -164,7 +165,7 @@ async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
 
     // Without a check, the first server in order gets the association and
     // never answers: the client gets A-ABORT after the ACSE timeout.
-    let out = echoscu(gw.addr("store"), "CLOUD", "NOCHECK", dir).await;
+    let out = echoscu(gw.addr_of("store"), "CLOUD", "NOCHECK", dir).await;
     assert!(!out.status.success(), "an association through the hung server succeeded:\n{}", output_text(&out));
     good.assert_running();
     hung_task.abort();
@@ -173,7 +174,7 @@ async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_echo_with_an_ae_title_the_scp_does_not_serve_marks_it_down_and_a_reload_fixes_it() {
-    require_tools!("wlmscpfs", "dump2dcm", "echoscu");
+    require_tools!(["wlmscpfs", "dump2dcm", "echoscu"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     // wlmscpfs has one directory per AE title it serves: MWL only.
@@ -190,7 +191,7 @@ async fn an_echo_with_an_ae_title_the_scp_does_not_serve_marks_it_down_and_a_rel
             tcp = health("tcp"),
         )
     };
-    let gw = RunningGateway::start(dir, &config("NOTMWL")).await;
+    let mut gw = RunningGateway::start_yaml(dir, &config("NOTMWL")).await;
     let server = mwl.addr;
     gw.wait_state("right", server, "up", SETTLE).await;
     gw.wait_state("wrong", server, "down", SETTLE).await;

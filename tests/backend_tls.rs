@@ -5,15 +5,16 @@
 //! speaks the same TLS, so a missing client certificate or an untrusted SCP
 //! certificate shows up in `/status` before a client notices.
 
-mod support_backend;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::metrics::Outcome;
-use support_backend::pki::pki;
-use support_backend::tools::{args, dump2dcm, output_text, run, storescp, Peer};
-use support_backend::RunningGateway;
+use support::dcmtk::{dump2dcm, storescp};
+use support::gateway::RunningGateway;
+use support::pki::pki;
+use support::tools::{args, output_text, run_scu, ScpProcess};
 
 const SETTLE: Duration = Duration::from_secs(15);
 const SCU_DEADLINE: Duration = Duration::from_secs(60);
@@ -21,7 +22,7 @@ const SCU_DEADLINE: Duration = Duration::from_secs(60);
 /// `storescp +tls` with the test server certificate, requiring a client
 /// certificate that chains to the test CA (`--require-peer-cert`, named
 /// although it is the default), storing into `dir/received`.
-async fn tls_storescp(dir: &Path) -> Peer {
+async fn tls_storescp(dir: &Path) -> ScpProcess {
     pki().write_to(dir);
     std::fs::create_dir_all(dir.join("received")).expect("mkdir");
     storescp(
@@ -33,7 +34,7 @@ async fn tls_storescp(dir: &Path) -> Peer {
 }
 
 /// A TLS listener `store` in front of backend `pacs` with `backend_tls`.
-fn config(scp: &Peer, backend_tls: &str) -> String {
+fn config(scp: &ScpProcess, backend_tls: &str) -> String {
     format!(
         "log: {{level: warn}}\nshutdown: {{grace_period: 1s}}\nbackends:\n  pacs:\n    ae_title: PACS\n    \
          servers: [\"{}\"]\n    tls: {backend_tls}\n    health_check: {{mode: echo, interval: 500ms, fall: 2, rise: 1}}\n\
@@ -46,7 +47,7 @@ fn config(scp: &Peer, backend_tls: &str) -> String {
 
 /// DCMTK SCU arguments: anonymous TLS to the gateway, trusting the test CA.
 fn scu_args(gw: &RunningGateway, extra: &[&str]) -> Vec<String> {
-    let addr = gw.addr("store");
+    let addr = gw.addr_of("store");
     let mut a =
         args(&["+tla", "+cf", "ca.pem", "-aet", "CLOUD", "-aec", "PACS", "-to", "10", "-ta", "10", "-td", "20"]);
     a.push(addr.ip().to_string());
@@ -67,23 +68,23 @@ const IMAGE_DUMP: &str = r#"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dicom_tls_to_storescp_with_a_client_certificate() {
-    require_tools!("storescp", "echoscu", "storescu", "dump2dcm");
+    require_tools!(["storescp", "echoscu", "storescu", "dump2dcm"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;
     let tls = "{ca: ca.pem, server_name: localhost, certificate: client.pem, private_key: client.key}";
-    let gw = RunningGateway::start(dir, &config(&scp, tls)).await;
+    let gw = RunningGateway::start_yaml(dir, &config(&scp, tls)).await;
 
     // The health check's echo already crosses the backend TLS.
     gw.wait_state("pacs", scp.addr, "up", SETTLE).await;
     let probe = gw.last_probe("pacs", scp.addr);
     assert!(probe.starts_with("C-ECHO accepted (TLS"), "last probe: {probe}");
 
-    let out = run("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
+    let out = run_scu("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
     assert!(out.status.success(), "echoscu failed:\n{}\n--- storescp\n{}", output_text(&out), scp.log_text());
 
     dump2dcm(IMAGE_DUMP, &dir.join("image.dcm"), dir).await;
-    let out = run("storescu", &scu_args(&gw, &["image.dcm"]), dir, SCU_DEADLINE).await;
+    let out = run_scu("storescu", &scu_args(&gw, &["image.dcm"]), dir, SCU_DEADLINE).await;
     assert!(out.status.success(), "storescu failed:\n{}\n--- storescp\n{}", output_text(&out), scp.log_text());
     let stored: Vec<Vec<u8>> = std::fs::read_dir(dir.join("received"))
         .expect("received dir")
@@ -92,7 +93,7 @@ async fn dicom_tls_to_storescp_with_a_client_certificate() {
     assert_eq!(stored.len(), 1, "storescp stored {} files\n{}", stored.len(), scp.log_text());
     assert!(stored[0].windows(11).any(|w| w == b"Backend^Tls"), "the stored file is not ours");
 
-    support_backend::wait_until(
+    support::wait_until(
         SETTLE,
         "two forwarded associations",
         || gw.metrics.connections("store", Outcome::Forwarded) == 2,
@@ -105,11 +106,11 @@ async fn dicom_tls_to_storescp_with_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_client_certificate_the_scp_refuses_and_the_check_says_so() {
-    require_tools!("storescp", "echoscu");
+    require_tools!(["storescp", "echoscu"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;
-    let gw = RunningGateway::start(dir, &config(&scp, "{ca: ca.pem, server_name: localhost}")).await;
+    let gw = RunningGateway::start_yaml(dir, &config(&scp, "{ca: ca.pem, server_name: localhost}")).await;
 
     gw.wait_state("pacs", scp.addr, "down", SETTLE).await;
     let probe = gw.last_probe("pacs", scp.addr);
@@ -117,7 +118,7 @@ async fn without_the_client_certificate_the_scp_refuses_and_the_check_says_so() 
 
     // The only server is marked down but still tried: the SCP refuses the
     // session and the client's association fails.
-    let out = run("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
+    let out = run_scu("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
     assert!(!out.status.success(), "echo succeeded without a client certificate:\n{}", output_text(&out));
     scp.assert_running();
     gw.stop().await;
@@ -125,22 +126,22 @@ async fn without_the_client_certificate_the_scp_refuses_and_the_check_says_so() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_scp_certificate_from_another_ca_fails_the_connect_and_the_client_gets_2_3_1() {
-    require_tools!("storescp", "echoscu");
+    require_tools!(["storescp", "echoscu"]);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;
     let tls = "{ca: other_ca.pem, server_name: localhost, certificate: client.pem, private_key: client.key}";
-    let gw = RunningGateway::start(dir, &config(&scp, tls)).await;
+    let gw = RunningGateway::start_yaml(dir, &config(&scp, tls)).await;
 
     gw.wait_state("pacs", scp.addr, "down", SETTLE).await;
     let probe = gw.last_probe("pacs", scp.addr);
     assert!(probe.to_lowercase().contains("certificate"), "the probe should name the certificate: {probe}");
 
-    let out = run("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
+    let out = run_scu("echoscu", &scu_args(&gw, &[]), dir, SCU_DEADLINE).await;
     let text = output_text(&out);
     assert!(!out.status.success(), "echo succeeded through an untrusted SCP:\n{text}");
     assert!(text.contains("Rejected"), "expected an A-ASSOCIATE-RJ:\n{text}");
-    support_backend::wait_until(
+    support::wait_until(
         SETTLE,
         "one backend_unavailable",
         || gw.metrics.connections("store", Outcome::BackendUnavailable) == 1,

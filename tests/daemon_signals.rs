@@ -10,10 +10,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use support::dcmtk::{args, output_text, run_scu, ScpProcess};
 use support::dicom_file::{new_uid, ScImage};
+use support::gateway::http_get;
 use support::pki::{pki, CapturingVerifier};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::tools::{args, free_port, output_text, run_scu, ScpProcess};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -68,7 +68,7 @@ impl Daemon {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin, path).await
+        http_get(([127, 0, 0, 1], self.admin).into(), path).await
     }
 
     async fn metric(&self, line_prefix: &str) -> f64 {
@@ -79,25 +79,6 @@ impl Daemon {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
-}
-
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("admin connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-        .await
-        .expect("admin answer")
-        .expect("read");
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn free_port() -> u16 {
-    support::dcmtk::free_port()
 }
 
 fn write_identity(dir: &Path, cert_pem: &str, key_pem: &str) {

@@ -15,9 +15,9 @@ use dicom_ul::{Pdu, ServerAssociationOptions};
 use dicomgate::relay::framer::{FrameEvent, Framer};
 use dicomgate::{Config, Gateway, Metrics};
 use proptest::prelude::*;
-use support::dcmtk::{args, free_port, output_text, run_scu, ScpProcess};
 use support::dicom_file::{new_uid, ScImage};
 use support::raw::{self, Next};
+use support::tools::{args, free_port, output_text, run_scu, ScpProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

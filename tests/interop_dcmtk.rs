@@ -12,9 +12,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::metrics::Outcome;
-use support::dcmtk::{self, args, output_text, run_scu, ScpProcess};
+use support::dcmtk;
 use support::dicom_file::{new_uid, read_part10, ScImage};
 use support::gateway::{BackendSpec, GatewaySpec, ListenerSpec, RunningGateway, Security};
+use support::tools::{args, output_text, run_scu, ScpProcess};
 use support::{wait_for_count, CLOUD_AE, PACS_AE};
 
 const MWL_AE: &str = "MWL";
@@ -34,14 +35,7 @@ async fn setup(with_worklist: bool, store_security: Security) -> Setup {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     std::fs::create_dir_all(dir.join("received")).expect("mkdir");
-    let store_port = dcmtk::free_port();
-    let storescp = ScpProcess::spawn(
-        "storescp",
-        &args(&["-aet", PACS_AE, "+B", "-od", "received", "-ta", "10", "-td", "20", "-dhl", &store_port.to_string()]),
-        store_port,
-        dir,
-    )
-    .await;
+    let storescp = dcmtk::storescp(PACS_AE, &["+B", "-od", "received"], dir).await;
 
     let mut spec = GatewaySpec::store(&[storescp.addr]).listener(|l| {
         l.security = store_security;
@@ -50,15 +44,7 @@ async fn setup(with_worklist: bool, store_security: Security) -> Setup {
     });
     let mut wlmscpfs = None;
     if with_worklist {
-        write_worklist(&dir.join("worklist"), dir).await;
-        let port = dcmtk::free_port();
-        let p = ScpProcess::spawn(
-            "wlmscpfs",
-            &args(&["-s", "-dfp", "worklist", "-ta", "10", "-td", "20", "-dhl", &port.to_string()]),
-            port,
-            dir,
-        )
-        .await;
+        let p = dcmtk::wlmscpfs(MWL_AE, dir).await;
         spec.backends.push(BackendSpec { name: "worklist".into(), ae_title: MWL_AE.into(), servers: vec![p.addr] });
         let mut l = ListenerSpec::tls("worklist").route(MWL_AE, "worklist");
         l.acse = "10s".into();
@@ -210,42 +196,6 @@ fn received_datasets(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         out.insert(p.media_storage_sop_instance_uid, p.dataset);
     }
     out
-}
-
-const WORKLIST_DUMP: &str = r#"
-(0008,0005) CS [ISO_IR 100]
-(0008,0050) SH [ACC-MWL-1]
-(0010,0010) PN [Gateway^Worklist]
-(0010,0020) LO [PID-MWL-1]
-(0010,0030) DA [19700101]
-(0010,0040) CS [O]
-(0020,000d) UI [2.25.3141592653589793238462643383279]
-(0032,1032) PN [Referrer^Doctor]
-(0032,1060) LO [Lung ultrasound]
-(0040,0100) SQ (Sequence with explicit length #=1)
-  (fffe,e000) na (Item with explicit length #=9)
-    (0008,0060) CS [US]
-    (0040,0001) AE [BUTTERFLY]
-    (0040,0002) DA [20240102]
-    (0040,0003) TM [101500]
-    (0040,0006) PN [Operator^Test]
-    (0040,0007) LO [Lung US]
-    (0040,0009) SH [SPS-1]
-    (0040,0010) SH [STATION1]
-    (0040,0011) SH [ROOM1]
-  (fffe,e00d) na (ItemDelimitationItem)
-(fffe,e0dd) na (SequenceDelimitationItem)
-(0040,1001) SH [RP-1]
-(0040,1003) SH [LOW]
-"#;
-
-/// `root/MWL/` with one `.wl` file from [`WORKLIST_DUMP`] and the
-/// `lockfile` wlmscpfs requires.
-async fn write_worklist(root: &Path, work: &Path) {
-    let ae_dir = root.join(MWL_AE);
-    std::fs::create_dir_all(&ae_dir).expect("mkdir worklist");
-    std::fs::write(ae_dir.join("lockfile"), b"").expect("lockfile");
-    dcmtk::dump2dcm(WORKLIST_DUMP, &ae_dir.join("item1.wl"), work).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! Clients connect from 127.0.0.1 or 127.0.0.2 (both loopback on Linux);
 //! HAProxy always connects to the gateway from 127.0.0.1.
 
-mod support_backend;
+mod support;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,10 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::metrics::Outcome;
-use support_backend::net::{self, Answer};
-use support_backend::pki::pki;
-use support_backend::tools::{args, free_port, storescp, Peer};
-use support_backend::{logs, RunningGateway};
+use support::dcmtk::storescp;
+use support::gateway::RunningGateway;
+use support::logs;
+use support::pki::pki;
+use support::raw::{self, Answer};
+use support::tools::{args, free_port, is_listening, output_text, run_scu, ScpProcess};
 
 const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -26,7 +28,7 @@ const PROMPT: Duration = Duration::from_secs(10);
 
 /// Two TLS listeners behind the balancer (`proxy_protocol_from` 127.0.0.1):
 /// `NAME_lo1` admits only 127.0.0.1, `NAME_lo2` only 127.0.0.2.
-fn config(scp: &Peer, name: &str, version: &str) -> String {
+fn config(scp: &ScpProcess, name: &str, version: &str) -> String {
     let mut y = format!(
         "log: {{level: warn}}\nshutdown: {{grace_period: 1s}}\nbackends:\n  pacs:\n    ae_title: PACS\n    \
          servers: [\"{}\"]\n    health_check: {{mode: \"off\"}}\nlisteners:\n",
@@ -46,7 +48,7 @@ fn config(scp: &Peer, name: &str, version: &str) -> String {
 /// HAProxy in `mode tcp`, one frontend per target, each server line with
 /// `send` (`send-proxy` or `send-proxy-v2`). Returns the child and the
 /// frontends' addresses in `targets` order.
-async fn haproxy(targets: &[SocketAddr], send: &str, dir: &Path) -> (Peer, Vec<SocketAddr>) {
+async fn haproxy(targets: &[SocketAddr], send: &str, dir: &Path) -> (ScpProcess, Vec<SocketAddr>) {
     let mut cfg = String::from(
         "global\n    maxconn 64\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
          timeout server 30s\n",
@@ -66,25 +68,19 @@ async fn haproxy(targets: &[SocketAddr], send: &str, dir: &Path) -> (Peer, Vec<S
     // -db: stay in the foreground (a child we can kill), no daemon.
     let a = args(&["-db", "-f", &path.display().to_string()]);
     let last = frontends.last().expect("one frontend").port();
-    let peer = Peer::spawn("haproxy", &format!("haproxy-{send}"), &a, last, dir).await;
+    let peer = ScpProcess::spawn_named("haproxy", &format!("haproxy-{send}"), &a, last, dir).await;
     for f in &frontends {
-        support_backend::wait_until(
-            PROMPT,
-            "haproxy frontends listen",
-            || support_backend::tools::is_listening(f.port()),
-            String::new,
-        )
-        .await;
+        support::wait_until(PROMPT, "haproxy frontends listen", || is_listening(f.port()), String::new).await;
     }
     (peer, frontends)
 }
 
 /// Associates through `frontend` from `from` over TLS; returns the answer.
 async fn try_associate(frontend: SocketAddr, from: IpAddr) -> Answer {
-    let mut s = net::connect(frontend, from, Some(pki().client_config())).await;
-    let answer = net::associate(&mut *s, "PACS", "CLOUD").await;
+    let mut s = raw::connect(from, frontend, Some(pki().client_config(None))).await;
+    let answer = raw::associate(&mut *s, "PACS", "CLOUD").await;
     if matches!(answer, Answer::Accepted(_)) {
-        net::release(&mut *s).await;
+        raw::release(&mut *s).await;
     }
     answer
 }
@@ -95,9 +91,9 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
     let dir = work.path();
     pki().write_to(dir);
     let mut scp = storescp("PACS", &[], dir).await;
-    let gw = RunningGateway::start(dir, &config(&scp, name, version)).await;
+    let gw = RunningGateway::start_yaml(dir, &config(&scp, name, version)).await;
     let (lo1, lo2) = (format!("{name}_lo1"), format!("{name}_lo2"));
-    let (mut balancer, fe) = haproxy(&[gw.addr(&lo1), gw.addr(&lo2)], send, dir).await;
+    let (mut balancer, fe) = haproxy(&[gw.addr_of(&lo1), gw.addr_of(&lo2)], send, dir).await;
 
     // Listener admitting 127.0.0.1 only: the balancer is 127.0.0.1, but the
     // client behind it is 127.0.0.2 — refused.
@@ -108,7 +104,7 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
     assert_eq!(try_associate(fe[1], LO1).await, Answer::Closed, "127.0.0.1 admitted where only 127.0.0.2 is");
 
     for listener in [&lo1, &lo2] {
-        support_backend::wait_until(
+        support::wait_until(
             PROMPT,
             &format!("{listener}: one denied_ip and one forwarded"),
             || {
@@ -135,13 +131,13 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v1_carries_the_client_address() {
-    require_tools!("haproxy", "storescp");
+    require_tools!(["haproxy", "storescp"]);
     allow_list_applies_to_the_carried_address("v1", "v1", "send-proxy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v2_carries_the_client_address() {
-    require_tools!("haproxy", "storescp");
+    require_tools!(["haproxy", "storescp"]);
     allow_list_applies_to_the_carried_address("v2", "v2", "send-proxy-v2").await;
 }
 
@@ -151,36 +147,36 @@ const V2_LOCAL: [u8; 16] =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refused() {
-    require_tools!("storescp");
+    require_tools!(["storescp"]);
     logs::capture();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     pki().write_to(dir);
     let mut scp = storescp("PACS", &[], dir).await;
-    let gw = RunningGateway::start(dir, &config(&scp, "direct", "v2")).await;
-    let listener = gw.addr("direct_lo1");
-    let tls = || Some(pki().client_config());
+    let gw = RunningGateway::start_yaml(dir, &config(&scp, "direct", "v2")).await;
+    let listener = gw.addr_of("direct_lo1");
+    let tls = || Some(pki().client_config(None));
 
     // From the balancer's address but without a header: the TLS ClientHello
     // is not a PROXY header.
-    let mut s = net::connect(listener, LO1, tls()).await;
-    assert_eq!(net::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
+    let mut s = raw::connect(LO1, listener, tls()).await;
+    assert_eq!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
     // From an address that is not a balancer: closed at accept.
-    let mut s = net::connect(listener, LO2, tls()).await;
-    assert_eq!(net::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
+    let mut s = raw::connect(LO2, listener, tls()).await;
+    assert_eq!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
     // A v1 header where v2 is configured.
     let v1 = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 2762\r\n";
-    let mut s = net::connect_with(listener, LO1, v1, tls()).await;
-    assert_eq!(net::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
+    let mut s = raw::connect_with(LO1, listener, v1, tls()).await;
+    assert_eq!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
     // LOCAL: the balancer speaking for itself is judged by its own address
     // (127.0.0.1, admitted here).
-    let mut s = net::connect_with(listener, LO1, &V2_LOCAL, tls()).await;
-    assert!(matches!(net::associate(&mut *s, "PACS", "CLOUD").await, Answer::Accepted(_)), "LOCAL refused");
-    net::release(&mut *s).await;
+    let mut s = raw::connect_with(LO1, listener, &V2_LOCAL, tls()).await;
+    assert!(matches!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Accepted(_)), "LOCAL refused");
+    raw::release(&mut *s).await;
     drop(s);
 
     let m = &gw.metrics;
-    support_backend::wait_until(
+    support::wait_until(
         PROMPT,
         "2 protocol_error, 1 denied_ip, 1 forwarded",
         || {
@@ -204,10 +200,10 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
 /// The shipped example (deploy/haproxy/haproxy.cfg) parses.
 #[tokio::test]
 async fn the_example_haproxy_cfg_is_valid() {
-    require_tools!("haproxy");
+    require_tools!(["haproxy"]);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg");
     let dir = tempfile::tempdir().expect("tempdir");
     let a = args(&["-c", "-f", &example.display().to_string()]);
-    let out = support_backend::tools::run("haproxy", &a, dir.path(), PROMPT).await;
-    assert!(out.status.success(), "{}", support_backend::tools::output_text(&out));
+    let out = run_scu("haproxy", &a, dir.path(), PROMPT).await;
+    assert!(out.status.success(), "{}", output_text(&out));
 }

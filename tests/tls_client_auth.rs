@@ -151,8 +151,8 @@ async fn generate_if_missing_creates_key_and_cert_and_serves_them() {
         })
         .start()
         .await;
-    let cert_path = gw.dir.path().join("scp_cert.pem");
-    let key_path = gw.dir.path().join("scp_key.pem");
+    let cert_path = gw.dir.join("scp_cert.pem");
+    let key_path = gw.dir.join("scp_key.pem");
     assert!(cert_path.is_file(), "certificate not generated");
     assert!(key_path.is_file(), "private key not generated");
     let mode = std::fs::metadata(&key_path).expect("key metadata").permissions().mode() & 0o777;

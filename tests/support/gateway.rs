@@ -1,16 +1,24 @@
 //! Starts the real gateway in-process: a YAML file is generated from a small
-//! spec (so every test exercises the documented configuration keys), parsed
-//! with `Config::from_yaml_str` against a temporary directory holding the
-//! test PKI, bound on port 0 and run until the test drops or stops it.
+//! spec (so every test exercises the documented configuration keys) or given
+//! literally, written to `dicomgate.yaml` in a directory holding the test
+//! PKI, loaded with `Config::load` as `dicomgate run` would, bound on port 0
+//! and run (reloadable) until the test drops or stops it. The running
+//! gateway also answers for its backends' health and its admin endpoint.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dicomgate::backend::health::ServerView;
+use dicomgate::backend::HealthRegistry;
 use dicomgate::server::ServeError;
 use dicomgate::{Config, Gateway, Metrics};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::pki::{pki, PkiFiles};
@@ -157,49 +165,83 @@ impl GatewaySpec {
         y
     }
 
-    /// Writes the test PKI into a fresh temporary directory, loads the YAML
-    /// against it, binds and spawns the gateway.
+    /// Writes the test PKI and the YAML into a fresh temporary directory
+    /// (kept until the gateway is dropped), loads, binds and spawns the
+    /// gateway.
     pub async fn start(&self) -> RunningGateway {
-        super::init();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = pki().write_to(dir.path());
-        let yaml = self.to_yaml();
-        std::fs::write(dir.path().join("dicomgate.yaml"), &yaml).expect("write yaml");
-        let config = Config::from_yaml_str(&yaml, dir.path())
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n---\n{yaml}"));
-        let metrics = Metrics::new();
-        let gateway = Gateway::bind(config, metrics.clone())
-            .await
-            .unwrap_or_else(|e| panic!("Gateway::bind failed: {e}\n---\n{yaml}"));
-        let addrs = self
-            .listeners
-            .iter()
-            .map(|l| {
-                let addr =
-                    gateway.listener_addr(&l.name).unwrap_or_else(|| panic!("listener_addr({:?}) is None", l.name));
-                (l.name.clone(), addr)
-            })
-            .collect();
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(gateway.run(async move {
-            let _ = shutdown_rx.await;
-        }));
-        RunningGateway { dir, files, yaml, addrs, metrics, shutdown: Some(shutdown), handle: Some(handle) }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        pki().write_to(tmp.path());
+        let mut gw = RunningGateway::start_yaml(tmp.path(), &self.to_yaml()).await;
+        gw._tmp = Some(tmp);
+        gw
     }
 }
 
 /// A gateway serving in a background task. Dropping it signals shutdown.
 pub struct RunningGateway {
-    pub dir: TempDir,
+    /// The configuration directory: `dicomgate.yaml`, and the test PKI when
+    /// written there ([`GatewaySpec::start`] does).
+    pub dir: PathBuf,
+    _tmp: Option<TempDir>,
     pub files: PkiFiles,
     pub yaml: String,
     addrs: Vec<(String, SocketAddr)>,
     pub metrics: Metrics,
+    pub health: Arc<HealthRegistry>,
+    /// The admin endpoint, when the YAML sets `admin.listen`.
+    pub admin: Option<SocketAddr>,
+    reload: mpsc::Sender<()>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl RunningGateway {
+    /// Writes `yaml` to `dir/dicomgate.yaml` (the test shows the keys it
+    /// exercises; files it names must already be in `dir`), loads it as
+    /// `dicomgate run` would, binds and serves, with SIGHUP-style reload
+    /// through [`Self::reload`].
+    pub async fn start_yaml(dir: &Path, yaml: &str) -> RunningGateway {
+        super::init();
+        let path = dir.join("dicomgate.yaml");
+        std::fs::write(&path, yaml).expect("write yaml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config refused: {e}\n---\n{yaml}"));
+        let names: Vec<String> = config.listeners.keys().cloned().collect();
+        let metrics = Metrics::new();
+        let gateway = Gateway::bind(config, metrics.clone())
+            .await
+            .unwrap_or_else(|e| panic!("Gateway::bind failed: {e}\n---\n{yaml}"));
+        let addrs = names
+            .into_iter()
+            .map(|name| {
+                let addr = gateway.listener_addr(&name).unwrap_or_else(|| panic!("listener_addr({name:?}) is None"));
+                (name, addr)
+            })
+            .collect();
+        let health = gateway.health();
+        let admin = gateway.admin_addr();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let (reload, reload_rx) = mpsc::channel(1);
+        let handle = tokio::spawn(gateway.run_with_reload(
+            async move {
+                let _ = shutdown_rx.await;
+            },
+            reload_rx,
+        ));
+        RunningGateway {
+            dir: dir.to_owned(),
+            _tmp: None,
+            files: PkiFiles { dir: dir.to_owned() },
+            yaml: yaml.to_owned(),
+            addrs,
+            metrics,
+            health,
+            admin,
+            reload,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
+    }
+
     /// The bound address of the first listener.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0].1
@@ -211,6 +253,49 @@ impl RunningGateway {
             .find(|(n, _)| n == listener)
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("no listener {listener:?}"))
+    }
+
+    /// Rewrites the configuration file and asks for a reload (as SIGHUP would).
+    pub async fn reload(&mut self, yaml: &str) {
+        std::fs::write(self.dir.join("dicomgate.yaml"), yaml).expect("write yaml");
+        yaml.clone_into(&mut self.yaml);
+        self.reload.send(()).await.expect("gateway still running");
+    }
+
+    /// What `/status` shows for one server of a backend, if it has that server.
+    fn server_view<T>(&self, backend: &str, server: SocketAddr, f: impl FnOnce(&ServerView) -> T) -> Option<T> {
+        let status = self.health.status();
+        let view = status.backends.get(backend)?.servers.iter().find(|s| s.server == server.to_string())?;
+        Some(f(view))
+    }
+
+    /// `health.state` of a backend server, as `/status` shows it (`absent`
+    /// when there is no such server).
+    pub fn server_state(&self, backend: &str, server: SocketAddr) -> String {
+        self.server_view(backend, server, |s| s.state.to_owned()).unwrap_or_else(|| "absent".to_owned())
+    }
+
+    /// The result text of the server's last health probe (empty before the first).
+    pub fn last_probe(&self, backend: &str, server: SocketAddr) -> String {
+        self.server_view(backend, server, |s| s.last_probe.as_ref().map(|p| p.result.clone()))
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Waits until the server's state is `state` (`up`, `down`); returns how long it took.
+    pub async fn wait_state(&self, backend: &str, server: SocketAddr, state: &str, within: Duration) -> Duration {
+        super::wait_until(
+            within,
+            &format!("backend {backend} server {server} {state}"),
+            || self.server_state(backend, server) == state,
+            || self.health.status_json(),
+        )
+        .await
+    }
+
+    /// `GET path` on the admin endpoint: status code and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin.expect("admin.listen configured"), path).await
     }
 
     /// Completes the shutdown future given to `run` (as SIGTERM would).
@@ -245,4 +330,21 @@ impl Drop for RunningGateway {
             let _ = tx.send(());
         }
     }
+}
+
+/// `GET path` (HTTP/1.1, `Connection: close`) on an admin endpoint: status
+/// code (0 when unparsable) and body, within 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect admin");
+        let rq = format!("GET {path} HTTP/1.1\r\nHost: dicomgate\r\nConnection: close\r\n\r\n");
+        s.write_all(rq.as_bytes()).await.expect("send request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.expect("read response");
+        text
+    };
+    let text = super::within(Duration::from_secs(10), "the admin endpoint to answer", exchange).await;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
 }

@@ -1,6 +1,12 @@
 //! Shared test harness: the in-memory test PKI, a gateway started on port 0
-//! from generated YAML, a plain dicom-ul test SCP and SCU, raw PDU helpers for
-//! misbehaving peers, and DCMTK process helpers for the interop suite.
+//! from generated (or literal) YAML with reload, health and admin access, a
+//! plain dicom-ul test SCP and SCU, raw PDU helpers for misbehaving peers and
+//! PROXY-protocol clients, external programs (DCMTK, HAProxy) as children
+//! killed on drop, and a log capture for the audit line.
+//!
+//! Missing tools skip a test locally and fail it under `CI=true`. Every wait
+//! has a deadline; ports are taken from the kernel (bound to 0); only
+//! children this harness spawned are killed, by their own handle.
 //!
 //! Every test binary compiles this module on its own and uses only part of
 //! it, hence the `dead_code` allowance.
@@ -10,10 +16,12 @@ pub mod dcmtk;
 pub mod dicom_file;
 pub mod dimse;
 pub mod gateway;
+pub mod logs;
 pub mod pki;
 pub mod raw;
 pub mod scp;
 pub mod scu;
+pub mod tools;
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +47,26 @@ pub async fn within<T>(within: Duration, what: &str, fut: impl Future<Output = T
     match tokio::time::timeout(within, fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out after {within:?} waiting for {what}"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `within` with
+/// `what` and the text `context()` returns then. Returns how long it took.
+pub async fn wait_until(
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() >= within {
+            panic!("not within {within:?}: {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

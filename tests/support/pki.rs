@@ -1,13 +1,16 @@
 //! In-memory test PKI, generated once per test binary with rcgen:
 //!
 //! - `ca`: a test CA;
-//! - `server`: the gateway's certificate for 127.0.0.1 / localhost, signed by `ca`;
-//! - `client`: a client certificate signed by `ca`;
+//! - `server`: the gateway's certificate for 127.0.0.1 / localhost, signed by
+//!   `ca` (also the TLS SCP's behind the gateway);
+//! - `client`: a client certificate signed by `ca` (also the gateway's own,
+//!   towards a TLS SCP that requires one);
 //! - `cloud`: a self-signed client certificate with basicConstraints CA:true,
 //!   as the vendor guide's Appendix A openssl.cnf (`x509_extensions = v3_ca`)
 //!   makes it; this is what gets pinned;
 //! - `stranger`: another self-signed client certificate nobody trusts;
-//! - `other_ca_client`: a client certificate signed by an unrelated CA.
+//! - `other_ca`: an unrelated CA (e.g. the wrong trust anchor for a backend);
+//! - `other_ca_client`: a client certificate signed by `other_ca`.
 //!
 //! RSA 2048 for the certificates DCMTK uses (its default BCP 195 profile
 //! offers ECDHE-RSA suites for TLS 1.2); ECDSA P-256 elsewhere (fast).
@@ -50,6 +53,7 @@ pub struct TestPki {
     pub client: Identity,
     pub cloud: Identity,
     pub stranger: Identity,
+    pub other_ca: Identity,
     pub other_ca_client: Identity,
 }
 
@@ -111,10 +115,10 @@ fn leaf_params(cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Certifi
 impl TestPki {
     fn generate() -> TestPki {
         let ca_key = rsa();
-        let ca_params = ca_params("dicomgate test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+        let test_ca_params = ca_params("dicomgate test CA");
+        let ca_cert = test_ca_params.self_signed(&ca_key).expect("self-sign CA");
         let ca = Identity::new(&ca_cert, &ca_key);
-        let issuer = Issuer::new(ca_params, ca_key);
+        let issuer = Issuer::new(test_ca_params, ca_key);
 
         let server_key = rsa();
         let server_cert =
@@ -145,7 +149,10 @@ impl TestPki {
             Identity::new(&stranger_params.self_signed(&stranger_key).expect("self-sign stranger"), &stranger_key);
 
         let other_ca_key = ecdsa();
-        let other_issuer = Issuer::new(ca_params_other(), other_ca_key);
+        let other_ca_params = ca_params("unrelated CA");
+        let other_ca =
+            Identity::new(&other_ca_params.self_signed(&other_ca_key).expect("self-sign other CA"), &other_ca_key);
+        let other_issuer = Issuer::new(other_ca_params, other_ca_key);
         let other_client_key = ecdsa();
         let other_client_cert =
             leaf_params("client of another CA", &["other.test"], ExtendedKeyUsagePurpose::ClientAuth)
@@ -153,11 +160,11 @@ impl TestPki {
                 .expect("sign other client");
         let other_ca_client = Identity::new(&other_client_cert, &other_client_key);
 
-        TestPki { ca, server, client, cloud, stranger, other_ca_client }
+        TestPki { ca, server, client, cloud, stranger, other_ca, other_ca_client }
     }
 
     /// Writes `ca.pem`, `server.pem`/`server.key`, `client.*`, `cloud.*`,
-    /// `stranger.*`, `other_ca_client.*` into `dir`.
+    /// `stranger.*`, `other_ca.*`, `other_ca_client.*` into `dir`.
     pub fn write_to(&self, dir: &Path) -> PkiFiles {
         let write = |name: &str, id: &Identity| {
             std::fs::write(dir.join(format!("{name}.pem")), &id.cert_pem).expect("write cert");
@@ -168,6 +175,7 @@ impl TestPki {
         write("client", &self.client);
         write("cloud", &self.cloud);
         write("stranger", &self.stranger);
+        write("other_ca", &self.other_ca);
         write("other_ca_client", &self.other_ca_client);
         PkiFiles { dir: dir.to_owned() }
     }
@@ -187,10 +195,6 @@ impl TestPki {
         };
         Arc::new(config)
     }
-}
-
-fn ca_params_other() -> CertificateParams {
-    ca_params("unrelated CA")
 }
 
 /// A server-certificate verifier that accepts anything and remembers what it

@@ -1,7 +1,9 @@
 //! Raw-socket peers: hand-built A-ASSOCIATE-RQ bytes with chosen 16-byte AE
-//! fields and protocol version, connections from a chosen source address,
-//! raw TLS, and reading PDUs under a deadline. These are how the tests see
-//! exactly what the gateway sent (or that it sent nothing).
+//! fields and protocol version, connections from a chosen source address
+//! (optionally with a PROXY header first, optionally TLS), raw TLS, reading
+//! PDUs under a deadline, and a whole association request / release. These
+//! are how the tests see exactly what the gateway sent (or that it sent
+//! nothing). PDU layouts per PS3.8 §9.3.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -85,6 +90,17 @@ impl RawPdu {
     pub fn abort(&self) -> Option<(u8, u8)> {
         (self.pdu_type == 0x07 && self.body.len() == 4).then(|| (self.body[2], self.body[3]))
     }
+
+    /// Called and calling AE title fields of an A-ASSOCIATE-RQ/AC (body bytes
+    /// 4..20 and 20..36, PS3.8 §9.3.2 / §9.3.3).
+    pub fn ae_titles(&self) -> ([u8; 16], [u8; 16]) {
+        assert!(matches!(self.pdu_type, 0x01 | 0x02) && self.body.len() >= 36, "not an A-ASSOCIATE-RQ/AC: {self:02X?}");
+        let mut called = [0u8; 16];
+        let mut calling = [0u8; 16];
+        called.copy_from_slice(&self.body[4..20]);
+        calling.copy_from_slice(&self.body[20..36]);
+        (called, calling)
+    }
 }
 
 /// What the peer did next.
@@ -116,7 +132,7 @@ fn is_close(e: &io::Error) -> bool {
 }
 
 /// Reads one whole PDU, or reports the close / deadline.
-pub async fn read_pdu<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Next {
+pub async fn read_pdu<S: AsyncRead + Unpin + ?Sized>(s: &mut S, within: Duration) -> Next {
     let mut buf = Vec::new();
     let fut = async {
         let mut chunk = [0u8; 4096];
@@ -220,7 +236,7 @@ pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) ->
 }
 
 /// Writes and flushes (TLS buffers until flushed).
-pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> io::Result<()> {
+pub async fn send<S: AsyncWrite + Unpin + ?Sized>(s: &mut S, bytes: &[u8]) -> io::Result<()> {
     s.write_all(bytes).await?;
     s.flush().await
 }
@@ -240,4 +256,108 @@ pub fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
 pub async fn closed_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
+}
+
+/// Deadline for a connection or an answer that may cross HAProxy and a real
+/// SCP on a loaded machine.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Any client stream: plain TCP, TLS, or a failed TLS session.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection from `from` (any port) to `target`, then TLS (server name
+/// `localhost`) when `tls` is given. See [`connect_with`].
+pub async fn connect(from: IpAddr, target: SocketAddr, tls: Option<Arc<rustls::ClientConfig>>) -> Box<dyn Io> {
+    connect_with(from, target, &[], tls).await
+}
+
+/// [`connect`], sending `prefix` (e.g. a PROXY protocol header) before
+/// anything else. A failed TLS handshake is not an error here: the stream
+/// then reads as closed, the way a refused connection looks to tests that
+/// only ask "answered?".
+pub async fn connect_with(
+    from: IpAddr,
+    target: SocketAddr,
+    prefix: &[u8],
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Box<dyn Io> {
+    let mut tcp = super::within(ANSWER_WITHIN, "TCP connect", connect_from(from, target)).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    if !prefix.is_empty() {
+        tcp.write_all(prefix).await.expect("send prefix");
+    }
+    match tls {
+        None => Box::new(tcp),
+        Some(config) => match super::within(ANSWER_WITHIN, "TLS handshake", tls_over(tcp, config)).await {
+            Ok(s) => Box::new(s),
+            Err(e) => Box::new(FailedTls(e.to_string())),
+        },
+    }
+}
+
+/// A connection whose TLS handshake failed: every read reports EOF, every
+/// write the handshake error.
+struct FailedTls(String);
+
+impl AsyncRead for FailedTls {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for FailedTls {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, self.0.clone())))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What came back for an A-ASSOCIATE-RQ.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The A-ASSOCIATE-AC.
+    Accepted(RawPdu),
+    /// result, source, reason.
+    Rejected(u8, u8, u8),
+    /// source, reason.
+    Aborted(u8, u8),
+    /// Closed, reset or failed without a PDU.
+    Closed,
+}
+
+/// Sends [`associate_rq`] and classifies the answer (within 10 s).
+pub async fn associate<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(s: &mut S, called: &str, calling: &str) -> Answer {
+    if send(s, &associate_rq(called, calling)).await.is_err() {
+        return Answer::Closed;
+    }
+    match read_pdu(s, ANSWER_WITHIN).await {
+        Next::Pdu(pdu) if pdu.pdu_type == 0x02 => Answer::Accepted(pdu),
+        Next::Pdu(pdu) => match (pdu.rejection(), pdu.abort()) {
+            (Some((result, source, reason)), _) => Answer::Rejected(result, source, reason),
+            (_, Some((source, reason))) => Answer::Aborted(source, reason),
+            _ => panic!("unexpected answer to A-ASSOCIATE-RQ: {pdu:02X?}"),
+        },
+        Next::Closed { .. } | Next::Failed { .. } => Answer::Closed,
+        Next::TimedOut { partial } => {
+            panic!("neither an answer nor a close within {ANSWER_WITHIN:?} (read {partial:02X?})")
+        }
+    }
+}
+
+/// An A-RELEASE-RQ (PS3.8 §9.3.6).
+pub const RELEASE_RQ: [u8; 10] = [0x05, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
+
+/// Sends A-RELEASE-RQ, expecting A-RELEASE-RP (within 10 s).
+pub async fn release<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(s: &mut S) {
+    send(s, &RELEASE_RQ).await.expect("send A-RELEASE-RQ");
+    match read_pdu(s, ANSWER_WITHIN).await {
+        Next::Pdu(pdu) => assert_eq!(pdu.pdu_type, 0x06, "A-RELEASE-RP expected, got {pdu:02X?}"),
+        other => panic!("A-RELEASE-RP expected, got {other:?}"),
+    }
 }

@@ -1,0 +1,178 @@
+//! External programs (DCMTK, HAProxy): availability (skip locally, fail
+//! under `CI=true`), long-running peers killed on drop (by their own PID, via
+//! tokio's `kill_on_drop`), client runs under a deadline, free ports, and
+//! waiting for a child to listen without connecting to it (a probe
+//! association would disturb an SCP and its log).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// Whether `program` runs at all (`--version` or `-v`, whichever it knows:
+/// DCMTK takes the first, HAProxy the second).
+pub fn available(program: &str) -> bool {
+    ["--version", "-v"].iter().any(|flag| {
+        std::process::Command::new(program)
+            .arg(flag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })
+}
+
+/// Whether this is a CI run (where a missing tool is a failure, not a skip).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Whether every one of `tools` runs. When one does not: panics under
+/// `CI=true` (naming `install`, how to get them), else prints
+/// `skipped: WHAT missing` (`WHAT` is `what`, or the missing programs) and
+/// returns false, so the test can return.
+pub fn tools_present(tools: &[&str], what: Option<&str>, install: &str) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !available(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if in_ci() {
+        panic!("{missing:?} required in CI ({install})");
+    }
+    match what {
+        Some(what) => eprintln!("skipped: {what} missing"),
+        None => eprintln!("skipped: {missing:?} missing"),
+    }
+    false
+}
+
+/// Returns from the test when one of the programs is missing (printing
+/// `skipped: [...] missing`), except under `CI=true`, where it panics:
+/// `require_tools!(["haproxy", "storescp"])`.
+#[macro_export]
+macro_rules! require_tools {
+    ($tools:expr) => {
+        if !$crate::support::tools::tools_present(&$tools, None, "scripts/install-test-deps.sh installs them") {
+            return;
+        }
+    };
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to 0, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Strings for argument lists.
+pub fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn command(program: &str, args: &[String], dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).env("TCP_NODELAY", "1").stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+/// A long-running child (a DCMTK SCP, HAProxy); killed (by PID) when dropped.
+pub struct ScpProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl ScpProcess {
+    /// Spawns `program args…` with output to `dir/PROGRAM.log` and waits
+    /// until it listens on `port` (see [`Self::spawn_named`]).
+    pub async fn spawn(program: &str, args: &[String], port: u16, dir: &Path) -> ScpProcess {
+        Self::spawn_named(program, program, args, port, dir).await
+    }
+
+    /// Spawns `program args…` in `dir` with output to `dir/NAME.log` (so
+    /// several children of one program can share `dir`) and waits until it
+    /// listens on 127.0.0.1:`port` (checked in /proc/net/tcp, so no probe
+    /// association disturbs the SCP), at most 10 s.
+    pub async fn spawn_named(program: &str, name: &str, args: &[String], port: u16, dir: &Path) -> ScpProcess {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("create log");
+        let err = file.try_clone().expect("clone log");
+        let mut child = command(program, args, dir)
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !is_listening(port) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{program} exited ({status}) before listening:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{program} did not listen on port {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ScpProcess { name: name.to_owned(), addr: SocketAddr::from(([127, 0, 0, 1], port)), log, child }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asserts the child is still running (it did not crash on our traffic).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.name, self.log_text());
+        }
+    }
+
+    /// Kills the child and waits until it is gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Whether a socket listens on 127.0.0.1:`port` or 0.0.0.0:`port` (Linux
+/// /proc/net/tcp{,6}).
+pub fn is_listening(port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .map(|text| {
+                text.lines().skip(1).any(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    cols.len() > 3 && cols[1].ends_with(&wanted) && cols[3] == "0A"
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Runs a client (an SCU, `haproxy -c`) to completion under `deadline`
+/// (killed if it overruns).
+pub async fn run_scu(program: &str, args: &[String], dir: &Path, deadline: Duration) -> Output {
+    let mut cmd = command(program, args, dir);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    match tokio::time::timeout(deadline, child.wait_with_output()).await {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{program}: {e}")),
+        // Dropping the future drops the child: kill_on_drop ends it.
+        Err(_) => panic!("{program} {args:?} did not finish within {deadline:?}"),
+    }
+}
+
+/// stdout + stderr of a finished process, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
