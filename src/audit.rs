@@ -64,7 +64,8 @@ impl AuditRecord {
             association = self.association.as_deref().unwrap_or(dash),
             end = self.end.as_deref().unwrap_or(dash),
             dimse = self.dimse.as_deref().unwrap_or(dash),
-            scp_answer_ms = self.scp_answer_ms.unwrap_or(0),
+            // Absent (not 0) when the SCP never answered.
+            scp_answer_ms = self.scp_answer_ms,
             detail = self.detail.as_deref().unwrap_or(dash),
             bytes_to_backend = self.bytes_to_backend,
             bytes_to_client = self.bytes_to_client,

@@ -336,7 +336,7 @@ fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
                 subject = %cert.subject, expires = %cert.not_after, days_left = cert.days_left(),
                 sha256 = %cert.fingerprint_sha256, scu, "listening"
             );
-            if cert.days_left() < 30 {
+            if (0..30).contains(&cert.days_left()) {
                 tracing::warn!(listener = %name, days_left = cert.days_left(), "the listener's certificate expires within 30 days");
             }
         }
@@ -382,6 +382,12 @@ fn build_listener(lc: &Arc<ListenerConfig>, backends: &Backends) -> Result<Built
             }
             let identity = ServerIdentity::load(&t.certificate, &t.private_key).map_err(err)?;
             let certificate = identity.chain.first().and_then(|c| pki::inspect_certificate(c).ok());
+            // An expired certificate is refused at start and on reload (the
+            // old configuration keeps serving): a TLS peer that checks dates
+            // cannot connect, and one that does not should not be relied on.
+            if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
+                return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
+            }
             let config = tls::server_config(t, &identity).map_err(err)?;
             (Some(TlsAcceptor::from(config)), certificate)
         }

@@ -38,6 +38,8 @@ pub enum TlsError {
         "{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)"
     )]
     HalfPair { certificate: PathBuf, missing: PathBuf },
+    #[error("{path}: the certificate expired on {not_after}; renew it (dicomgate gen-cert) and upload the new one to the cloud")]
+    Expired { path: PathBuf, not_after: String },
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -149,7 +151,10 @@ pub fn server_config(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key.clone())));
+    let mut config = builder.with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key.clone())));
+    // The server's preference decides (BCP 195 §4.2.1); all suites offered
+    // are ECDHE + AEAD, but a scanner rightly flags client-ordered choice.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

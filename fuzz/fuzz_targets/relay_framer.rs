@@ -1,0 +1,4 @@
+//! cargo-fuzz target: see [`dicomgate_fuzz::relay_framer`] for the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dicomgate_fuzz::relay_framer(data));

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The abuse suite (tests/abuse.rs) at sizes too large for CI, against the real
+# release binary: slowloris connections (TCP and TLS, silent or one byte a
+# second) while DCMTK's echoscu must still be served, a connect-and-close
+# flood that must leave the daemon's fds and RSS at baseline, and the hostile
+# first-PDU cases. Loopback only (127.0.0.0/8); every loop is bounded in count
+# and the whole run in time.
+#
+#   scripts/abuse.sh [SLOWLORIS [FLOOD]]     defaults: 5000 slowloris, 20000 flood
+#
+# Needs about 2 × SLOWLORIS + 512 open files: the soft limit is raised to
+# that when the hard limit allows (ulimit -n), else the script stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+slowloris=${1:-5000}
+flood=${2:-20000}
+case "$slowloris$flood" in
+  *[!0-9]*) echo "abuse.sh: sizes must be numbers" >&2; exit 2 ;;
+esac
+if [ "$slowloris" -gt 10000 ] || [ "$flood" -gt 100000 ]; then
+  echo "abuse.sh: at most 10000 slowloris connections and a 100000-connection flood" >&2
+  exit 2
+fi
+
+need=$((2 * slowloris + 512))
+soft=$(ulimit -Sn)
+hard=$(ulimit -Hn)
+if [ "$soft" != unlimited ] && [ "$soft" -lt "$need" ]; then
+  if [ "$hard" = unlimited ] || [ "$hard" -ge "$need" ]; then
+    ulimit -Sn "$need"
+  else
+    echo "abuse.sh: needs $need open files, the hard limit is $hard (raise it, e.g. in limits.conf)" >&2
+    exit 1
+  fi
+fi
+
+scripts/install-test-deps.sh
+echo "abuse.sh: $slowloris slowloris connections, $flood-connection flood, open files $(ulimit -Sn)"
+export ABUSE_SLOWLORIS="$slowloris" ABUSE_FLOOD="$flood"
+# One test at a time, so each has the machine to itself; 30 minutes at most.
+timeout --kill-after=30s 1800 \
+  cargo test --release --locked --test abuse -- --nocapture --test-threads=1

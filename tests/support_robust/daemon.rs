@@ -1,0 +1,283 @@
+//! The real `dicomgate run` as a child process: started from a YAML file
+//! with `listen: 127.0.0.1:0` everywhere and JSON logs, so the bound
+//! addresses are read from its own startup lines (no port races); its open
+//! file descriptors and resident memory read from /proc; its metrics scraped
+//! from the admin endpoint. The child is killed (by its PID, via tokio's
+//! `kill_on_drop`) when the handle is dropped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// How long the daemon may take to say "dicomgate ready" on a loaded box.
+const STARTUP: Duration = Duration::from_secs(30);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dicomgate")
+}
+
+/// Runs `dicomgate ARGS…` to completion under `deadline`.
+pub async fn run_to_exit(args: &[&str], deadline: Duration) -> Output {
+    run_until(args, deadline)
+        .await
+        .unwrap_or_else(|said| panic!("dicomgate {args:?} still running after {deadline:?}:\n{said}"))
+}
+
+/// Runs `dicomgate ARGS…`; `Err` with what it printed when it is still running
+/// at `deadline` (it is then killed, by its PID).
+pub async fn run_until(args: &[&str], deadline: Duration) -> Result<Output, String> {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dicomgate");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_task = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v).await;
+        v
+    });
+    let err_task = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v).await;
+        v
+    });
+    let status = tokio::time::timeout(deadline, child.wait()).await;
+    if status.is_err() {
+        let _ = child.kill().await;
+    }
+    let stdout = out_task.await.unwrap_or_default();
+    let stderr = err_task.await.unwrap_or_default();
+    match status {
+        Ok(status) => Ok(Output { status: status.expect("wait for dicomgate"), stdout, stderr }),
+        Err(_) => Err(format!(
+            "--- stdout\n{}--- stderr\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )),
+    }
+}
+
+/// stdout + stderr of a finished process, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `dicomgate gen-cert` into `dir` (RSA 2048, the default key type, which
+/// every DCMTK TLS profile can use): `scp_cert.pem`, `scp_key.pem`.
+pub async fn gen_cert(dir: &Path, days: u32) -> (PathBuf, PathBuf) {
+    let (dir_s, days_s) = (dir.display().to_string(), days.to_string());
+    let args = ["gen-cert", "--dir", &dir_s, "--cn", "localhost", "--san", "127.0.0.1", "--san", "localhost"];
+    let out = run_to_exit(&[&args[..], &["--days", &days_s]].concat(), Duration::from_secs(60)).await;
+    assert!(out.status.success(), "gen-cert failed:\n{}", output_text(&out));
+    (dir.join("scp_cert.pem"), dir.join("scp_key.pem"))
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    pid: u32,
+    pub log: PathBuf,
+    listeners: BTreeMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Starts `dicomgate run --config CONFIG` (stderr to `CONFIG.log`) and
+    /// waits for its "dicomgate ready" line. The YAML must ask for
+    /// `log: {format: json}` so the startup lines can be read.
+    pub async fn start(config: &Path) -> Daemon {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("create daemon log");
+        let mut child = Command::new(binary())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn dicomgate run");
+        let pid = child.id().expect("child pid");
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some((listeners, admin)) = parse_startup(&text) {
+                return Daemon { child, pid, log, listeners, admin };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dicomgate exited ({status}) before it was ready:\n{text}");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("dicomgate not ready within {STARTUP:?}:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("dicomgate exited ({status}):\n{}", self.log_text());
+        }
+    }
+
+    /// Open file descriptors of the daemon (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(|d| d.count()).expect("read /proc/PID/fd")
+    }
+
+    /// Resident set size in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib_of(self.pid).expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Scrapes `/metrics` from the admin endpoint (the config must set `admin.listen`).
+    pub async fn scrape(&self) -> Scrape {
+        let admin = self.admin.expect("admin.listen in the daemon's configuration");
+        let text = super::within(Duration::from_secs(10), "GET /metrics", async {
+            let mut s = TcpStream::connect(admin).await.expect("connect to the admin endpoint");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send GET /metrics");
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.expect("read /metrics");
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+        .await;
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
+        Scrape(body.to_owned())
+    }
+
+    /// Waits until no connection is active on any of `listeners`.
+    pub async fn wait_idle(&self, listeners: &[&str], within: Duration) -> Scrape {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let scrape = self.scrape().await;
+            if listeners.iter().all(|l| scrape.active(l) == 0) {
+                return scrape;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("connections still active after {within:?}:\n{}", scrape.0);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Resident set size of process `pid` in KiB (VmRSS), if it still runs.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Listener addresses and the admin address, once "dicomgate ready" is logged.
+fn parse_startup(log: &str) -> Option<(BTreeMap<String, SocketAddr>, Option<SocketAddr>)> {
+    let mut listeners = BTreeMap::new();
+    let mut admin = None;
+    let mut ready = false;
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let message = v["message"].as_str().unwrap_or_default();
+        let address = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+        match (message, address) {
+            // "listening", or "listening WITHOUT TLS …" for a plaintext listener.
+            (m, Some(a)) if m.starts_with("listening") && v["listener"].is_string() => {
+                listeners.insert(v["listener"].as_str().unwrap_or_default().to_owned(), a);
+            }
+            (m, Some(a)) if m.starts_with("admin endpoint listening") => admin = Some(a),
+            ("dicomgate ready", _) => ready = true,
+            _ => {}
+        }
+    }
+    ready.then_some((listeners, admin))
+}
+
+/// One scrape of the Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The sample of `name` whose labels include all of `labels`; 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (metric, label_text) = match series.split_once('{') {
+                    Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                (metric == name && labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// `dicomgate_connections_total{listener,outcome}`.
+    pub fn connections(&self, listener: &str, outcome: &str) -> u64 {
+        self.value("dicomgate_connections_total", &[("listener", listener), ("outcome", outcome)]) as u64
+    }
+
+    /// All connections ended on `listener`, whatever the outcome.
+    pub fn ended(&self, listener: &str) -> u64 {
+        self.value("dicomgate_connections_total", &[("listener", listener)]) as u64
+    }
+
+    pub fn active(&self, listener: &str) -> i64 {
+        self.value("dicomgate_active_connections", &[("listener", listener)]) as i64
+    }
+}
+
+/// The soft limit on open files of this process (children inherit it).
+pub fn nofile_soft_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Panics with advice when `needed` descriptors exceed the soft limit.
+pub fn require_nofile(needed: u64) {
+    let soft = nofile_soft_limit();
+    assert!(
+        soft >= needed,
+        "this test needs about {needed} open files but the soft limit is {soft}: raise it first (ulimit -n {needed}); \
+         scripts/abuse.sh does this for the larger sizes"
+    );
+}
