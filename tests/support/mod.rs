@@ -18,6 +18,7 @@ pub mod dimse;
 pub mod gateway;
 pub mod logs;
 pub mod pki;
+pub mod ports;
 pub mod raw;
 pub mod scp;
 pub mod scu;

@@ -61,10 +61,7 @@ macro_rules! require_tools {
     };
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to 0, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+pub use super::ports::free_port;
 
 /// Strings for argument lists.
 pub fn args(items: &[&str]) -> Vec<String> {

@@ -67,10 +67,9 @@ pub fn openssl(args: &[&str]) -> String {
     format!("{}{}", stdout(&out), stderr(&out))
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to 0, released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// Unix permission bits of a file.
 pub fn mode(path: &Path) -> u32 {

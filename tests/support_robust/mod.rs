@@ -11,6 +11,8 @@ pub mod attack;
 pub mod daemon;
 pub mod dcmtk;
 pub mod hostile;
+#[path = "../support/ports.rs"]
+pub mod ports;
 pub mod wire;
 
 use std::process::Stdio;
