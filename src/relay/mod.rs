@@ -9,8 +9,8 @@
 //! forced shutdown stops both; then the gateway sends its own A-ABORT to every
 //! peer whose stream is at a PDU boundary, and closes.
 //!
-//! Nothing is buffered beyond one read buffer per direction, and nothing read
-//! is logged: PDUs carry patient data.
+//! Nothing is buffered beyond one read buffer per direction (4 KiB growing to
+//! 256 KiB under load), and nothing read is logged: PDUs carry patient data.
 
 pub mod dimse;
 pub mod framer;
@@ -28,8 +28,20 @@ use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
 use dimse::StatusClass;
 use framer::{FrameError, FrameEvent, Framer};
 
-/// One read's worth: two TLS records.
-const BUFFER_SIZE: usize = 32 * 1024;
+/// A direction's read buffer starts small (an idle association costs little)
+/// and grows while reads fill it, up to `MAX_BUFFER`: large reads let a TLS
+/// stream take many records per `recv` and hand the backend large `send`s,
+/// which is where a relay's CPU goes (syscalls and copies, not AES).
+const INITIAL_BUFFER: usize = 4 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Grows `buf` (×4, up to [`MAX_BUFFER`]) when a read used at least half of it.
+fn grow(buf: &mut Vec<u8>, n: usize) {
+    if n * 2 >= buf.len() && buf.len() < MAX_BUFFER {
+        let len = (buf.len() * 4).min(MAX_BUFFER);
+        buf.resize(len, 0);
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
@@ -340,7 +352,7 @@ impl Pump {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut buf = vec![0u8; INITIAL_BUFFER];
         let mut events = Vec::with_capacity(4);
         loop {
             let n = match rd.read(&mut buf).await {
@@ -364,6 +376,7 @@ impl Pump {
                 self.bytes += valid as u64;
                 self.byte_counter(counters).inc_by(valid as u64);
             }
+            grow(&mut buf, n);
             for event in events.drain(..) {
                 match event {
                     FrameEvent::Pdu { pdu_type: PduType::ReleaseRp, .. } => {
@@ -397,7 +410,7 @@ impl Pump {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut buf = vec![0u8; INITIAL_BUFFER];
         // Without framing the gateway cannot know where PDUs end.
         self.writer_clean = false;
         loop {
@@ -413,6 +426,7 @@ impl Pump {
             }
             self.bytes += n as u64;
             self.byte_counter(counters).inc_by(n as u64);
+            grow(&mut buf, n);
         }
     }
 
