@@ -189,12 +189,7 @@ pub async fn idle(
             conns.push(c);
         }
     }
-    println!(
-        "idle ready={} failed={} seconds={:.2}",
-        conns.len(),
-        count - conns.len(),
-        start.elapsed().as_secs_f64()
-    );
+    println!("idle ready={} failed={} seconds={:.2}", conns.len(), count - conns.len(), start.elapsed().as_secs_f64());
     tokio::time::sleep(hold).await;
     drop(conns);
     Ok(())
