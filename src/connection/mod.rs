@@ -110,11 +110,11 @@ async fn serve(
     let _ = tcp.set_nodelay(true);
 
     if let Some(proxy) = &cfg.proxy_protocol {
-        if let Err(outcome) = client::proxy_phase(&mut tcp, proxy.versions, cfg, deadline, audit).await {
+        if let Err(outcome) = Box::pin(client::proxy_phase(&mut tcp, proxy.versions, cfg, deadline, audit)).await {
             return outcome;
         }
     }
-    let mut client = match client::handshake(tcp, rt.acceptor.as_ref(), deadline, audit).await {
+    let mut client = match Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline, audit)).await {
         Ok(stream) => stream,
         Err(outcome) => return outcome,
     };
@@ -144,7 +144,7 @@ async fn serve(
         send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu(), cfg).await;
         return Outcome::BackendUnavailable;
     };
-    let mut upstream = match backend.connect(cfg.timeouts.connect).await {
+    let mut upstream = match Box::pin(backend.connect(cfg.timeouts.connect)).await {
         Ok(c) => c,
         Err(failure) => {
             tracing::warn!(listener = %cfg.name, backend = %backend_name, "{failure}");
@@ -157,8 +157,8 @@ async fn serve(
     audit.server = Some(upstream.server.to_string());
 
     let exchange = association::Exchange { rq, view: &view, called: &called, backend, cfg, services };
-    if let Some(negotiated) = exchange.run(&mut client, &mut upstream.stream, audit).await {
-        relay_phase(client, upstream.stream, negotiated, cfg, services, audit).await;
+    if let Some(negotiated) = Box::pin(exchange.run(&mut client, &mut upstream.stream, audit)).await {
+        Box::pin(relay_phase(client, upstream.stream, negotiated, cfg, services, audit)).await;
     }
     Outcome::Forwarded
 }
@@ -224,7 +224,8 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, cfg: &Listener
     let _ = timeout(cfg.timeouts.acse, stream.shutdown()).await;
     let linger = cfg.timeouts.acse.min(LINGER);
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future.
+        let mut sink = vec![0u8; 4096];
         let mut total = 0usize;
         while total < LINGER_BYTES {
             match stream.read(&mut sink).await {
@@ -234,4 +235,32 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, cfg: &Listener
         }
     };
     let _ = timeout(linger, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle TLS connection is one of these tasks: its size is memory
+    /// per connection (bench/RESULTS.md, "KiB per idle TLS connection").
+    #[tokio::test]
+    async fn a_waiting_connection_task_stays_small() {
+        let yaml = "backends:\n  pacs: {ae_title: PACS, servers: [127.0.0.1:104], health_check: {mode: \"off\"}}\n\
+                    listeners:\n  store:\n    listen: 127.0.0.1:0\n    insecure_plaintext: true\n    allow: [127.0.0.1/32]\n    routes: {\"*\": pacs}\n";
+        let config = crate::config::Config::from_yaml_str(yaml, std::path::Path::new(".")).expect("config");
+        let rt = Arc::new(ListenerRuntime {
+            config: config.listeners["store"].clone(),
+            acceptor: None,
+            backends: BTreeMap::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, peer) = listener.accept().await.expect("accept");
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let services = Services { metrics: Metrics::new(), force_abort: CancellationToken::new() };
+        let task = handle(tcp, peer, rt, Admission::Admitted(permit), services);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task: {size} bytes");
+        assert!(size <= 2048, "the connection future is {size} bytes; box its large later phases");
+    }
 }
