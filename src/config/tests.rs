@@ -217,3 +217,13 @@ fn proxy_protocol_needs_its_sources_and_is_off_by_default() {
         assert!(err.to_string().contains(message), "{err}");
     }
 }
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners["store"].listen.port(), 2762);
+    assert_eq!(c.listeners["worklist"].listen.port(), 2761);
+    let Security::Tls(tls) = &c.listeners["store"].security else { panic!("the example is Secured") };
+    assert!(tls.generate_if_missing, "works out of the box on a fresh machine");
+}
