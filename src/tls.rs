@@ -490,43 +490,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// Accepts any server certificate (the test pair is self-signed), still
-    /// checking handshake signatures.
-    #[derive(Debug)]
-    struct AnyServer(Arc<CryptoProvider>);
-
-    impl rustls::client::danger::ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
     /// A TLS pair over loopback TCP: (server side as the relay sees it, client).
     async fn pair(
         version: &'static rustls::SupportedProtocolVersion,
@@ -546,17 +509,17 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(vec![cert], key)
             .unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
-            .with_no_client_auth();
+        // The echo SCU's client configuration, pinning the test certificate;
+        // the server side pins the protocol version.
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("server.pem");
+        std::fs::write(&pem, &generated.certificate_pem).unwrap();
+        let client = crate::echo::client_config(&crate::echo::Trust::CaFile(pem), None).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = async {
             let tcp = TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(client))
+            tokio_rustls::TlsConnector::from(client)
                 .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
                 .unwrap()
