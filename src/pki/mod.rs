@@ -23,6 +23,9 @@ mod pkcs12;
 use std::path::PathBuf;
 
 pub use command::{gen_cert, gen_cert_command, GenCertOutcome};
+// Temporary: another branch moves `KeyType` here from `cli`; until it lands,
+// core modules name it through `pki` so they need no `cli` import.
+pub use crate::cli::KeyType;
 pub use files::write_file_atomic;
 pub use generate::{generate_self_signed, CertSpec, GeneratedPair};
 pub use inspect::{

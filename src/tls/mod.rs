@@ -1,0 +1,108 @@
+//! TLS: what the listeners and backends share — the error type, the crypto
+//! provider, PEM loading and what the audit records of a session.
+//!
+//! Profile: DICOM PS3.15 B.12 / BCP 195 — TLS 1.2 and 1.3 only, ECDHE with
+//! AEAD suites only (rustls offers nothing else), aws-lc-rs as the provider.
+//!
+//! - [`server`]: a listener's identity and rustls server configuration.
+//! - [`client`]: the rustls client configuration towards a backend SCP.
+//! - [`pinning`]: client-certificate pinning, and the handshake-signature
+//!   checks every custom verifier shares.
+//! - [`stream`]: the stream type both legs of a relayed association use, and
+//!   its bulk read path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsVersion;
+use crate::pki;
+
+pub mod client;
+pub mod pinning;
+pub mod server;
+pub mod stream;
+
+pub use client::{backend_tls, BackendTls};
+pub use server::{ensure_generated, server_config, ServerIdentity};
+pub use stream::Stream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading or parsing a PEM file (the message names the file).
+    #[error(transparent)]
+    Pem(#[from] pki::PkiError),
+    #[error("the private key in {key} does not belong to the certificate in {certificate} (their public keys differ)")]
+    KeyMismatch { certificate: PathBuf, key: PathBuf },
+    #[error("{path}: the private key is not usable for TLS: {reason}")]
+    BadPrivateKey { path: PathBuf, reason: String },
+    #[error("{path}: no usable CA certificate: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    #[error(
+        "{certificate} exists but {missing} does not; refusing to generate over half a pair (remove or restore it)"
+    )]
+    HalfPair { certificate: PathBuf, missing: PathBuf },
+    #[error("{path}: the certificate expired on {not_after}; renew it (dicomgate gen-cert) and upload the new one to the cloud")]
+    Expired { path: PathBuf, not_after: String },
+    #[error("rustls refused the configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The provider every configuration here uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads a PEM file of one or more certificates (a chain: leaf first).
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    Ok(pki::load_certificate_chain(path)?)
+}
+
+/// Reads a PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    Ok(pki::load_private_key(path)?)
+}
+
+/// A root store of every certificate in a CA file (`key` names it in errors).
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.to_owned(), reason: e.to_string() })?;
+    }
+    Ok(roots)
+}
+
+fn protocol_versions(versions: &[TlsVersion]) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect()
+}
+
+/// What the audit records of a TLS session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub version: Option<&'static str>,
+    pub suite: Option<String>,
+    /// SHA-256 fingerprint of the client certificate, when one was presented.
+    pub client_certificate: Option<String>,
+}
+
+impl SessionInfo {
+    pub fn of(conn: &rustls::ServerConnection) -> SessionInfo {
+        SessionInfo {
+            version: conn.protocol_version().map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                _ => "other",
+            }),
+            suite: conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
+            client_certificate: conn.peer_certificates().and_then(|c| c.first()).map(|c| pki::sha256_fingerprint(c)),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! A listener's side of TLS: its identity (certificate + key, checked to
+//! belong together, generated on first start when asked) and its rustls
+//! server configuration, including how client certificates are checked.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+
+use super::pinning::PinnedClientVerifier;
+use super::{load_certificates, load_private_key, protocol_versions, provider, root_store, TlsError};
+use crate::config::{ClientAuth, ListenerTlsConfig};
+use crate::pki;
+
+/// The certificate a listener presents, loaded and checked against its key.
+pub struct ServerIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub certified_key: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerIdentity").field("fingerprint", &self.fingerprint()).finish()
+    }
+}
+
+impl ServerIdentity {
+    pub fn load(certificate: &Path, private_key: &Path) -> Result<ServerIdentity, TlsError> {
+        let chain = load_certificates(certificate)?;
+        let key = load_private_key(private_key)?;
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadPrivateKey { path: private_key.to_owned(), reason: e.to_string() })?;
+        let certified_key = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
+        match certified_key.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(TlsError::KeyMismatch { certificate: certificate.to_owned(), key: private_key.to_owned() })
+            }
+            // Unknown: the provider could not compare (unusual key types); the
+            // handshake itself will fail if they do not belong together.
+            Err(_) => {}
+        }
+        Ok(ServerIdentity { chain, certified_key: Arc::new(certified_key) })
+    }
+
+    /// SHA-256 of the leaf certificate, as `openssl x509 -fingerprint -sha256` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.chain.first().map(|c| pki::sha256_fingerprint(c)).unwrap_or_default()
+    }
+}
+
+/// Creates the listener's key and self-signed certificate when
+/// `generate_if_missing` is set and neither file exists. Returns the new
+/// certificate's fingerprint when it generated one.
+pub fn ensure_generated(tls: &ListenerTlsConfig) -> Result<Option<String>, TlsError> {
+    if !tls.generate_if_missing {
+        return Ok(None);
+    }
+    match (tls.certificate.exists(), tls.private_key.exists()) {
+        (true, true) => Ok(None),
+        (true, false) => {
+            Err(TlsError::HalfPair { certificate: tls.certificate.clone(), missing: tls.private_key.clone() })
+        }
+        (false, true) => {
+            Err(TlsError::HalfPair { certificate: tls.private_key.clone(), missing: tls.certificate.clone() })
+        }
+        (false, false) => {
+            let pair = pki::generate_self_signed(&pki::CertSpec {
+                common_name: "dicomgate".to_owned(),
+                subject_alt_names: vec!["localhost".to_owned()],
+                days: 3650,
+                key_type: pki::KeyType::Rsa2048,
+            })?;
+            // Key first, 0600 from creation: a crash in between leaves no
+            // certificate without its key.
+            pki::write_file_atomic(&tls.private_key, pair.private_key_pem.as_bytes(), 0o600, false)?;
+            pki::write_file_atomic(&tls.certificate, pair.certificate_pem.as_bytes(), 0o644, false)?;
+            Ok(Some(pki::sha256_fingerprint(&pair.certificate_der)))
+        }
+    }
+}
+
+/// Builds a listener's rustls configuration from its (already loaded) identity.
+pub fn server_config(
+    tls: &ListenerTlsConfig,
+    identity: &ServerIdentity,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&protocol_versions(&tls.versions))?;
+    let builder = match client_verifier(&tls.client_auth, &provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key.clone())));
+    // The server's preference decides (BCP 195 §4.2.1); all suites offered
+    // are ECDHE + AEAD, but a scanner rightly flags client-ordered choice.
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
+}
+
+/// One certificate for every client (no SNI-based selection: the cloud
+/// connects by IP address).
+#[derive(Debug)]
+struct FixedCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// `None` when no client certificate is required; otherwise chain
+/// validation against `client_ca`, pinning, or both.
+fn client_verifier(
+    auth: &ClientAuth,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    if !auth.required() {
+        return Ok(None);
+    }
+    let chain: Option<Arc<dyn ClientCertVerifier>> = match &auth.ca {
+        Some(path) => {
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(path)?), provider.clone())
+                .build()
+                .map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
+            Some(v)
+        }
+        None => None,
+    };
+    let mut pinned = Vec::new();
+    for path in &auth.pinned {
+        // Only the leaf (first certificate) of each file is pinned.
+        let certs = load_certificates(path)?;
+        pinned.extend(certs.into_iter().take(1));
+    }
+    if pinned.is_empty() {
+        return Ok(chain);
+    }
+    Ok(Some(Arc::new(PinnedClientVerifier::new(pinned, chain, provider.clone()))))
+}
