@@ -10,9 +10,10 @@
 //! `Ok(0)` once close_notify was received, `process_new_packets` queues the
 //! alert for a fatal error, plaintext is drained through `reader()` — and on
 //! one protocol fact: a record carries at most 16 KiB of plaintext. Whatever
-//! rustls queues while reading (the fatal alert, a KeyUpdate answer) is
-//! written before the read returns, as far as the socket takes it without
-//! waiting; the rest goes out with the next write. tests/tls_stream.rs and
+//! rustls queues while reading (a fatal alert above all) is written before
+//! the read returns, as far as the socket takes it without waiting; the rest
+//! goes out with the next write. (rustls itself holds a KeyUpdate answer
+//! until the next record it sends, as RFC 8446 §4.6.3 allows.) tests/tls_stream.rs and
 //! the `tls_read` fuzz target hold it to that.
 
 use std::io::{self, Read as _};
@@ -120,7 +121,7 @@ pub fn poll_read_bulk<T: Transport, D>(
             })
         });
         let fed = ready!(step);
-        // Before the error, if any: a fatal error's alert is among this.
+        // Before the error, if any: a fatal error's alert is what this sends.
         flush_queued(io, conn);
         fed?;
         if buf.filled().len() > start {
