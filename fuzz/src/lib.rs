@@ -17,8 +17,9 @@ use std::time::Duration;
 use dicomgate::config::{Config, ListenerConfig};
 use dicomgate::connection::first_pdu::read_associate_rq;
 use dicomgate::dicom::associate::{self, patch_called_ae, patch_calling_ae};
+use dicomgate::dicom::command_set;
 use dicomgate::dicom::AeTitle;
-use dicomgate::relay::dimse::{parse_command, Command, PdvWalker, MAX_COMMAND};
+use dicomgate::relay::dimse::{Command, PdvWalker, MAX_COMMAND};
 use dicomgate::relay::framer::{FrameError, FrameEvent, Framer};
 use dicomgate::routing::{decide, Decision};
 
@@ -223,12 +224,12 @@ fn pdv(out: &mut Vec<u8>, payload: &[u8], control: u8) {
 
 /// Command-set bytes and P-DATA bodies.
 ///
-/// Invariants: [`parse_command`] never panics; the same bytes wrapped in one
-/// command PDV, or fragmented over two, give the walker exactly what
-/// `parse_command` gives; the bytes taken as a P-DATA body give the same
+/// Invariants: [`command_set::parse`] never panics; the same bytes wrapped in
+/// one command PDV, or fragmented over two, give the walker exactly the
+/// fields `command_set::parse` gives; the bytes taken as a P-DATA body give the same
 /// commands fed whole or in small pieces.
 pub fn command_walker(data: &[u8]) {
-    let direct = parse_command(data);
+    let direct = command_set::parse(data).ok().map(|set| set.fields);
     if let Some(c) = &direct {
         let _ = (c.operation(), c.is_response(), c.status_class());
     }

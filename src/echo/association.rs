@@ -17,6 +17,7 @@ use dicom_ul::pdu::{
 
 use super::dimse;
 use super::{EchoError, Phase};
+use crate::dicom::command_set;
 use crate::dicom::pdu::{PduHeader, PduType, HEADER_LEN};
 use crate::dicom::AeTitle;
 
@@ -138,15 +139,11 @@ pub async fn echo(stream: &mut dyn Stream, deadline: Instant) -> Result<u16, Ech
 
 fn read_status(command: &[u8]) -> Result<u16, EchoError> {
     let phase = Phase::Echo;
-    let rsp = dimse::parse_response(command).ok_or_else(|| malformed(phase, "unreadable C-ECHO-RSP command set"))?;
-    if rsp.command_field != Some(dimse::C_ECHO_RSP) {
-        return Err(malformed(
-            phase,
-            &format!(
-                "expected a C-ECHO-RSP, got command field {}",
-                rsp.command_field.map_or("(none)".to_owned(), |c| format!("0x{c:04X}"))
-            ),
-        ));
+    let rsp = command_set::parse(command)
+        .map_err(|e| malformed(phase, &format!("unreadable C-ECHO-RSP command set: {e}")))?
+        .fields;
+    if rsp.command_field != dimse::C_ECHO_RSP {
+        return Err(malformed(phase, &format!("expected a C-ECHO-RSP, got command field 0x{:04X}", rsp.command_field)));
     }
     if rsp.message_id_being_responded_to != Some(MESSAGE_ID) {
         return Err(malformed(phase, "C-ECHO-RSP answers another message ID"));

@@ -1,93 +1,21 @@
 //! DIMSE awareness without touching datasets: a streaming walker over the
 //! PDV items of P-DATA-TF bodies (PS3.8 §9.3.5.1, Annex E) that collects only
 //! command fragments (message control header bit 0) and reads a few fields of
-//! each complete command set.
+//! each complete command set with [`crate::dicom::command_set::parse`].
 //!
-//! Command sets are always Implicit VR Little Endian (PS3.7 §6.3.1). The
-//! collected bytes are bounded: a command set larger than [`MAX_COMMAND`]
+//! The collected bytes are bounded: a command set larger than [`MAX_COMMAND`]
 //! is skipped, not buffered. Dataset fragments are skipped by arithmetic.
 
 /// Real command sets are a few hundred bytes; 64 KiB leaves room for long
 /// UIDs and private elements while bounding memory per direction.
 pub const MAX_COMMAND: usize = 64 * 1024;
 
-const TAG_AFFECTED_SOP_CLASS: u32 = 0x0000_0002;
-const TAG_COMMAND_FIELD: u32 = 0x0000_0100;
-const TAG_MESSAGE_ID: u32 = 0x0000_0110;
-const TAG_MESSAGE_ID_RESPONDED: u32 = 0x0000_0120;
-const TAG_STATUS: u32 = 0x0000_0900;
+use crate::dicom::command_set;
 
-/// What the gateway reads of one command set.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Command {
-    pub command_field: u16,
-    pub message_id: Option<u16>,
-    pub responded_id: Option<u16>,
-    pub status: Option<u16>,
-    pub affected_sop_class: Option<String>,
-}
-
-impl Command {
-    /// The operation's name, e.g. `C-STORE` for both C-STORE-RQ and -RSP.
-    pub fn operation(&self) -> &'static str {
-        match self.command_field & 0x7FFF {
-            0x0001 => "C-STORE",
-            0x0010 => "C-GET",
-            0x0020 => "C-FIND",
-            0x0021 => "C-MOVE",
-            0x0030 => "C-ECHO",
-            0x0FFF => "C-CANCEL",
-            0x0100 => "N-EVENT-REPORT",
-            0x0110 => "N-GET",
-            0x0120 => "N-SET",
-            0x0130 => "N-ACTION",
-            0x0140 => "N-CREATE",
-            0x0150 => "N-DELETE",
-            _ => "other",
-        }
-    }
-
-    /// Responses have bit 15 of the command field set (PS3.7 §9.3, §10.3).
-    pub fn is_response(&self) -> bool {
-        self.command_field & 0x8000 != 0
-    }
-
-    pub fn status_class(&self) -> Option<StatusClass> {
-        self.status.map(StatusClass::of)
-    }
-}
-
-/// Status classes of PS3.7 Annex C, as metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StatusClass {
-    Success,
-    Warning,
-    Failure,
-    Pending,
-    Cancel,
-}
-
-impl StatusClass {
-    pub fn of(status: u16) -> StatusClass {
-        match status {
-            0x0000 => StatusClass::Success,
-            0xFF00 | 0xFF01 => StatusClass::Pending,
-            0xFE00 => StatusClass::Cancel,
-            0x0001 | 0x0107 | 0x0116 | 0xB000..=0xBFFF => StatusClass::Warning,
-            _ => StatusClass::Failure,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusClass::Success => "success",
-            StatusClass::Warning => "warning",
-            StatusClass::Failure => "failure",
-            StatusClass::Pending => "pending",
-            StatusClass::Cancel => "cancel",
-        }
-    }
-}
+/// What the relay counts of a command set (`Copy`: nothing is allocated
+/// per command), and its status classes; both from the one reader in
+/// [`crate::dicom::command_set`].
+pub use crate::dicom::command_set::{Fields as Command, StatusClass};
 
 #[derive(Debug)]
 enum State {
@@ -169,8 +97,9 @@ impl PdvWalker {
         if let State::Fragment { remaining: 0, command, last } = self.state {
             if command && last {
                 if !self.overflow {
-                    if let Some(c) = parse_command(&self.command) {
-                        out.push(c);
+                    // An unreadable command set is relayed, just not counted.
+                    if let Ok(set) = command_set::parse(&self.command) {
+                        out.push(set.fields);
                     }
                 }
                 self.command.clear();
@@ -193,64 +122,14 @@ impl PdvWalker {
     }
 }
 
-/// Reads the fields we count from an Implicit VR LE command set. Unknown
-/// elements are skipped; a truncated element ends the walk.
-pub fn parse_command(mut bytes: &[u8]) -> Option<Command> {
-    let mut cmd = Command::default();
-    let mut have_field = false;
-    while bytes.len() >= 8 {
-        let group = u16::from_le_bytes([bytes[0], bytes[1]]);
-        let element = u16::from_le_bytes([bytes[2], bytes[3]]);
-        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        let value = bytes.get(8..8usize.checked_add(len)?)?;
-        let tag = (u32::from(group) << 16) | u32::from(element);
-        let us = || (value.len() == 2).then(|| u16::from_le_bytes([value[0], value[1]]));
-        match tag {
-            TAG_COMMAND_FIELD => {
-                cmd.command_field = us()?;
-                have_field = true;
-            }
-            TAG_MESSAGE_ID => cmd.message_id = us(),
-            TAG_MESSAGE_ID_RESPONDED => cmd.responded_id = us(),
-            TAG_STATUS => cmd.status = us(),
-            TAG_AFFECTED_SOP_CLASS => {
-                let text = value.strip_suffix(&[0]).unwrap_or(value);
-                cmd.affected_sop_class = Some(crate::dicom::ae::display_raw(text));
-            }
-            _ => {}
-        }
-        bytes = &bytes[8 + len..];
-    }
-    have_field.then_some(cmd)
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn element(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
-        out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
-        out.extend_from_slice(&(tag as u16).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        out.extend_from_slice(value);
-    }
-
-    /// A C-STORE-RSP command set with the given status.
-    pub(crate) fn store_rsp(status: u16) -> Vec<u8> {
-        let mut body = Vec::new();
-        element(&mut body, TAG_AFFECTED_SOP_CLASS, b"1.2.840.10008.5.1.4.1.1.7\0");
-        element(&mut body, TAG_COMMAND_FIELD, &0x8001u16.to_le_bytes());
-        element(&mut body, TAG_MESSAGE_ID_RESPONDED, &7u16.to_le_bytes());
-        element(&mut body, 0x0000_0800, &0x0101u16.to_le_bytes());
-        element(&mut body, TAG_STATUS, &status.to_le_bytes());
-        let mut set = Vec::new();
-        element(&mut set, 0x0000_0000, &(body.len() as u32).to_le_bytes());
-        set.extend(body);
-        set
-    }
+    use crate::dicom::command_set::push_element;
+    use crate::dicom::command_set::tests::store_rsp;
 
     /// PDV items for `data`, split into fragments of `frag` bytes.
-    pub(crate) fn pdvs(data: &[u8], command: bool, frag: usize) -> Vec<u8> {
+    fn pdvs(data: &[u8], command: bool, frag: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let chunks: Vec<&[u8]> = data.chunks(frag.max(1)).collect();
         for (i, c) in chunks.iter().enumerate() {
@@ -278,29 +157,15 @@ pub(crate) mod tests {
             assert_eq!(out[0].operation(), "C-STORE");
             assert!(out[0].is_response());
             assert_eq!(out[0].status_class(), Some(StatusClass::Failure));
-            assert_eq!(out[0].responded_id, Some(7));
-            assert_eq!(out[0].affected_sop_class.as_deref(), Some("1.2.840.10008.5.1.4.1.1.7"));
+            assert_eq!(out[0].message_id_being_responded_to, Some(7));
             assert_eq!(out[1].status_class(), Some(StatusClass::Success));
         }
     }
 
     #[test]
-    fn status_classes_follow_ps3_7_annex_c() {
-        assert_eq!(StatusClass::of(0x0000), StatusClass::Success);
-        assert_eq!(StatusClass::of(0xFF00), StatusClass::Pending);
-        assert_eq!(StatusClass::of(0xFF01), StatusClass::Pending);
-        assert_eq!(StatusClass::of(0xFE00), StatusClass::Cancel);
-        assert_eq!(StatusClass::of(0xB000), StatusClass::Warning);
-        assert_eq!(StatusClass::of(0x0107), StatusClass::Warning);
-        assert_eq!(StatusClass::of(0xA700), StatusClass::Failure);
-        assert_eq!(StatusClass::of(0xC000), StatusClass::Failure);
-        assert_eq!(StatusClass::of(0x0122), StatusClass::Failure);
-    }
-
-    #[test]
     fn oversized_command_is_skipped_not_buffered() {
         let mut big = store_rsp(0);
-        element(&mut big, 0x0000_1030, &vec![b'A'; MAX_COMMAND]);
+        push_element(&mut big, 0x1030, &vec![b'A'; MAX_COMMAND]);
         let mut body = pdvs(&big, true, 16000);
         body.extend(pdvs(&store_rsp(0), true, 100));
         let mut w = PdvWalker::default();
@@ -311,13 +176,21 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn garbage_never_panics() {
+    fn unreadable_command_sets_are_not_counted() {
         let mut w = PdvWalker::default();
         let mut out = Vec::new();
+        // Header-only garbage, then a length past the end.
         w.feed(&[0, 0, 0, 1, 1, 3, 0xFF, 0xFF], &mut out);
         w.end_of_pdu();
         w.feed(&[0, 0, 0, 3, 1, 3, 0xFF], &mut out);
         w.end_of_pdu();
-        assert!(parse_command(&[0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]).is_none());
+        // A command set with a dataset element in it.
+        let mut mixed = store_rsp(0);
+        mixed.extend_from_slice(&[0x08, 0, 0x16, 0, 2, 0, 0, 0, b'1', 0]);
+        w.feed(&pdvs(&mixed, true, 7), &mut out);
+        w.end_of_pdu();
+        assert!(out.is_empty(), "{out:?}");
+        w.feed(&pdvs(&store_rsp(0), true, 7), &mut out);
+        assert_eq!(out.len(), 1);
     }
 }
