@@ -10,6 +10,10 @@
 //!   give the framer's one-piece result (chunk independence).
 //! - [`command_walker`]: the DIMSE command-set reader and the PDV walker agree,
 //!   whatever the fragmentation.
+//! - [`tls_read`]: the TLS stream's bulk read path after a real handshake,
+//!   over ciphertext cut, stalled and corrupted at fuzzer-chosen points.
+
+mod tls_read;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use dicomgate::dicom::AeTitle;
 use dicomgate::relay::dimse::{Command, PdvWalker, MAX_COMMAND};
 use dicomgate::relay::framer::{FrameError, FrameEvent, Framer};
 use dicomgate::routing::{decide, Decision};
+pub use tls_read::tls_read;
 
 /// Two listeners with the policies that matter: an allow list of calling AE
 /// titles with exact routes, and "anyone, any called AE title" (`*`).
