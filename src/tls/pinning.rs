@@ -3,7 +3,7 @@
 //! one, and the echo SCU's server verifier in `echo::client_tls`).
 //!
 //! A custom verifier decides whom to trust; it must never weaken the proof
-//! that the peer holds the certificate's private key. [`handshake_signatures!`]
+//! that the peer holds the certificate's private key. `handshake_signatures!`
 //! writes the three signature methods once, always with the provider's own
 //! algorithms, so no verifier can get them subtly different.
 
