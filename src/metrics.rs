@@ -89,6 +89,7 @@ struct Inner {
     backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
+    admin_requests_denied_total: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -184,8 +185,22 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            admin_requests_denied_total: reg(
+                &registry,
+                prometheus::IntCounter::new(
+                    "dicomgate_admin_requests_denied_total",
+                    "Admin endpoint requests refused (403) because the source is not in admin.allow.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
+        // Both results exported as 0 from the start, so dashboards and
+        // increase() see a first failed reload.
+        for result in ["success", "failure"] {
+            inner.config_reloads_total.with_label_values(&[result]);
+        }
+        register_process_collector(&inner.registry);
         Metrics { inner: Arc::new(inner) }
     }
 
@@ -282,6 +297,11 @@ impl Metrics {
         self.inner.config_reloads_total.with_label_values(&[result]).inc();
     }
 
+    /// A request to the admin endpoint from a source not in `admin.allow`.
+    pub fn admin_request_denied(&self) {
+        self.inner.admin_requests_denied_total.inc();
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -303,6 +323,21 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
+}
+
+/// The standard `process_*` metrics (RSS, open fds, CPU, start time), read
+/// from /proc at each scrape. Other platforms have no /proc: nothing is added.
+fn register_process_collector(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        // Fails only on a duplicate registration, which a fresh registry cannot have.
+        if let Err(e) = registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
 }
 
 /// Decrements `dicomgate_active_connections` when dropped.
@@ -337,6 +372,11 @@ mod tests {
             "dicomgate_dimse_operations_total",
             "dicomgate_tls_certificate_expiry_timestamp_seconds",
             "dicomgate_config_reloads_total",
+            "dicomgate_admin_requests_denied_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
