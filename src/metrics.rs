@@ -90,6 +90,7 @@ struct Inner {
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
     admin_requests_denied_total: prometheus::IntCounter,
+    listener_max_connections: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +193,11 @@ impl Metrics {
                     "Admin endpoint requests refused (403) because the source is not in admin.allow.",
                 )
                 .expect("valid metric"),
+            ),
+            listener_max_connections: gauge(
+                "dicomgate_listener_max_connections",
+                "The listener's max_connections, to compare dicomgate_active_connections with.",
+                &["listener"],
             ),
             registry,
         };
@@ -297,6 +303,12 @@ impl Metrics {
         self.inner.config_reloads_total.with_label_values(&[result]).inc();
     }
 
+    /// The listener's `max_connections` (at start and after each reload).
+    pub fn set_connection_limit(&self, listener: &str, max: usize) {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.inner.listener_max_connections.with_label_values(&[listener]).set(max);
+    }
+
     /// A request to the admin endpoint from a source not in `admin.allow`.
     pub fn admin_request_denied(&self) {
         self.inner.admin_requests_denied_total.inc();
@@ -361,6 +373,7 @@ mod tests {
         m.dimse_operation("store", "C-ECHO", "success");
         m.set_certificate_expiry("store", 1);
         m.config_reload(true);
+        m.set_connection_limit("store", 256);
         m.observe_association("store", 0.5);
         let text = m.render();
         for name in [
@@ -373,6 +386,7 @@ mod tests {
             "dicomgate_tls_certificate_expiry_timestamp_seconds",
             "dicomgate_config_reloads_total",
             "dicomgate_admin_requests_denied_total",
+            "dicomgate_listener_max_connections",
             "process_resident_memory_bytes",
             "process_open_fds",
             "process_cpu_seconds_total",

@@ -349,6 +349,7 @@ async fn reload_config(
 /// The startup banner line for one listener (also after each reload).
 fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
     let cfg = &built.runtime.config;
+    metrics.set_connection_limit(name, cfg.max_connections);
     let routes: Vec<String> = cfg
         .routes
         .exact

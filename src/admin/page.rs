@@ -80,12 +80,12 @@ pub fn esc(text: &str) -> String {
 /// The whole page.
 pub fn render(s: &Snapshot) -> String {
     let mut h = String::with_capacity(32 * 1024);
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>dicomgate status — {}</title><style>{CSS}</style></head><body>\n",
+         <title>dicomgate status — {}</title><style>{CSS}</style></head><body>",
         esc(s.state)
     );
     header(&mut h, s);
@@ -93,11 +93,11 @@ pub fn render(s: &Snapshot) -> String {
     listeners(&mut h, s);
     backends(&mut h, s);
     recent(&mut h, s);
-    let _ = write!(
+    let _ = writeln!(
         h,
         "</main><footer>Rendered {} · reloads every {REFRESH_SECONDS} s · machine-readable: \
          <span class=\"mono\">/status</span> (JSON), <span class=\"mono\">/metrics</span> (Prometheus)</footer>\
-         </body></html>\n",
+         </body></html>",
         clock(s.now)
     );
     h
@@ -121,6 +121,15 @@ fn header(h: &mut String, s: &Snapshot) {
         esc(&rfc3339(s.started)),
         clock(s.started),
     );
+    let servers: Vec<&ServerView> = s.backends.backends.values().flat_map(|b| &b.servers).collect();
+    let down = servers.iter().filter(|v| v.state == "down").count();
+    let _ = write!(
+        h,
+        "<span class=\"kv\">backend servers <span class=\"b {}\" id=\"servers\">{} of {} down</span></span>",
+        if down == 0 { "ok" } else { "bad" },
+        down,
+        servers.len()
+    );
     match &s.last_reload {
         None => h.push_str("<span class=\"kv\">last reload <b>none</b></span>"),
         Some(r) if r.ok => {
@@ -140,11 +149,11 @@ fn header(h: &mut String, s: &Snapshot) {
 }
 
 fn listeners(h: &mut String, s: &Snapshot) {
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<section id=\"listeners\"><h2>Listeners<small>{} configured</small></h2><table>\
          <tr><th>Listener</th><th>Security</th><th>Certificate</th><th>Allow</th><th>Calling AE</th>\
-         <th>Routes (called AE → backend)</th><th>Active / limit</th><th>Since start</th></tr>\n",
+         <th>Routes (called AE → backend)</th><th>Active / limit</th><th>Since start</th></tr>",
         s.listeners.len()
     );
     for l in &s.listeners {
@@ -219,11 +228,11 @@ fn listener_row(h: &mut String, l: &ListenerStatus) {
 }
 
 fn backends(h: &mut String, s: &Snapshot) {
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<section id=\"backends\"><h2>Backends<small>servers in failover order; down servers are tried last</small></h2>\
          <table><tr><th>Backend</th><th>#</th><th>Server</th><th>State</th><th>Since</th><th>Last probe</th>\
-         <th>Latency</th></tr>\n"
+         <th>Latency</th></tr>"
     );
     for (name, b) in &s.backends.backends {
         for (i, server) in b.servers.iter().enumerate() {
@@ -289,11 +298,11 @@ fn server_row(h: &mut String, name: &str, b: &BackendView, i: usize, server: &Se
 
 fn recent(h: &mut String, s: &Snapshot) {
     let refused = s.recent_associations.iter().filter(|a| a.refused()).count();
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<section id=\"recent\"><h2>Recent associations<small>last {} (newest first, at most {}); {refused} refused</small></h2>\
          <table><tr><th>Ended</th><th>Listener</th><th>Peer</th><th>Calling → called AE</th><th>Backend / server</th>\
-         <th>Outcome</th><th>DIMSE</th><th>Bytes ↑ / ↓</th><th>Duration</th></tr>\n",
+         <th>Outcome</th><th>DIMSE</th><th>Bytes ↑ / ↓</th><th>Duration</th></tr>",
         s.recent_associations.len(),
         crate::recent::CAPACITY
     );
@@ -337,9 +346,9 @@ fn association_row(h: &mut String, a: &RecentAssociation) {
     if let Some(detail) = &a.detail {
         let _ = write!(h, "<br><span class=\"{}\">{}</span>", if a.refused() { "why" } else { "mut" }, esc(detail));
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "</td><td class=\"mono\">{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{}</td></tr>\n",
+        "</td><td class=\"mono\">{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{}</td></tr>",
         opt(&a.dimse),
         bytes(a.bytes_to_backend),
         bytes(a.bytes_to_client),
