@@ -328,16 +328,31 @@ async fn sources_outside_admin_allow_get_403_and_are_counted_not_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn by_default_only_loopback_may_read_the_admin_endpoint() {
+async fn by_default_only_loopback_may_read_the_admin_endpoint_and_a_failed_reload_shows() {
     let scp = TestScp::spawn("PACS").await;
     let dead = raw::closed_port().await;
     let dir = tempfile::tempdir().expect("tempdir");
     pki().write_to(dir.path());
-    let gw = RunningGateway::start_yaml(dir.path(), &config(scp.addr, dead, None)).await;
+    let mut gw = RunningGateway::start_yaml(dir.path(), &config(scp.addr, dead, None)).await;
     let admin = gw.admin.expect("admin endpoint");
     // 127.0.0.2 is loopback too (127.0.0.0/8): the default admits it.
     let (code, _, _) = get_from("127.0.0.2".parse().expect("ip"), admin, "/readyz").await;
     assert_eq!(code, 200);
     assert!(gw.metrics.render().contains("dicomgate_admin_requests_denied_total 0\n"));
+
+    // A failed reload is on the page, with why; the old configuration serves.
+    let (_, _, page) = get_from(LOCAL, admin, "/").await;
+    assert!(page.contains("last reload <b>none</b>"), "{page}");
+    gw.reload("listeners: [this is not a mapping]\n").await;
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    let page = loop {
+        let (_, _, page) = get_from(LOCAL, admin, "/").await;
+        if page.contains("b bad\">failed</span>") || tokio::time::Instant::now() >= deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(page.contains("b bad\">failed</span>") && page.contains("listeners"), "{page}");
+    assert!(page.contains("<b>store</b>"), "the old listener is still shown:\n{page}");
     gw.stop().await;
 }

@@ -1,6 +1,9 @@
 //! Raw YAML structs → validated [`Config`]. Every problem is collected with its
 //! key path, so an admin fixes the whole file in one pass.
 
+mod admin;
+pub use admin::DEFAULT_ADMIN_ALLOW;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,7 +136,7 @@ impl Validator<'_> {
 pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let mut v = Validator { base, issues: Vec::new() };
 
-    let admin = raw.admin.and_then(|a| validate_admin(&mut v, a));
+    let admin = raw.admin.and_then(|a| admin::validate_admin(&mut v, a));
     let log = validate_log(&mut v, raw.log);
     let grace_period =
         v.duration("shutdown.grace_period", raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()), DEFAULT_GRACE);
@@ -553,37 +556,6 @@ fn validate_proxy_protocol(
     }
     Some(ProxyProtocolConfig { versions, from: nets })
 }
-
-/// `admin`: the address, and who may use it. Unlike a listener's, the allow
-/// list has a default (loopback only: the endpoint's usual users are local),
-/// but an explicit empty list is refused rather than read as "nobody".
-fn validate_admin(v: &mut Validator<'_>, raw: super::raw::RawAdmin) -> Option<AdminConfig> {
-    let listen = v.socket_addr("admin.listen", &raw.listen);
-    let allow = match raw.allow {
-        None => DEFAULT_ADMIN_ALLOW.iter().filter_map(|n| n.parse().ok()).collect(),
-        Some(list) if list.is_empty() => {
-            v.issue(
-                "admin.allow",
-                "is empty: list who may read the admin endpoint, e.g. [127.0.0.0/8, \"::1/128\", 10.20.0.5/32], or omit it for loopback only",
-            );
-            Vec::new()
-        }
-        Some(list) => {
-            let mut nets = Vec::new();
-            for (i, entry) in list.iter().enumerate() {
-                match parse_cidr(entry) {
-                    Ok(net) => nets.push(net),
-                    Err(why) => v.issue(format!("admin.allow[{i}]"), format!("{entry:?} {why}")),
-                }
-            }
-            nets
-        }
-    };
-    listen.map(|listen| AdminConfig { listen, allow })
-}
-
-/// `admin.allow` when absent: this host only.
-pub const DEFAULT_ADMIN_ALLOW: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 fn parse_cidr(entry: &str) -> Result<IpNet, &'static str> {
     let entry = entry.trim();
