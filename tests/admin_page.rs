@@ -183,6 +183,31 @@ async fn dashboard_metrics_are_exported(admin: SocketAddr) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dicomgate.json");
     let text = std::fs::read_to_string(&path).expect("read deploy/grafana/dicomgate.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    // Grafana >= 10, a data source variable every panel uses.
+    assert!(dashboard["schemaVersion"].as_u64().unwrap_or(0) >= 36, "schemaVersion");
+    let variables = dashboard["templating"]["list"].as_array().expect("templating.list");
+    assert!(variables
+        .iter()
+        .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"));
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {}", panel["title"]);
+    }
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Associations by outcome",
+        "Rejections by reason",
+        "DIMSE operations by status",
+        "Bytes per direction",
+        "Active connections vs. limit",
+        "Backend servers up",
+        "Certificate days left",
+        "Configuration reloads",
+        "Resident memory and CPU",
+        "Open file descriptors",
+    ] {
+        assert!(titles.contains(&wanted), "panel {wanted:?} missing: {titles:?}");
+    }
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "queries found: {exprs:?}");
