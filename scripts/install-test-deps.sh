@@ -7,6 +7,7 @@
 #   systemd    systemd-analyze (unit verification and security exposure)
 #   testssl.sh testssl (TLS policy audit of a listener, tests/security_tls.rs)
 #   haproxy    the L4 load balancer in front of the gateway (PROXY protocol tests)
+#   chromium   headless rendering and screenshot of the status page (tests/admin_page.rs)
 set -euo pipefail
 
 need=()
@@ -16,6 +17,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -25,7 +25,8 @@
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
 //! - [`check`]: `dicomgate check`, everything `run` would load, without running.
 //! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
-//! - [`admin`]: the admin HTTP endpoint (/metrics, /healthz, /readyz, /status).
+//! - [`recent`]: the bounded ring of recently finished connections (status page, `/status`).
+//! - [`admin`]: the admin HTTP endpoint (status page, /status, /metrics, /healthz, /readyz; `admin.allow`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -43,6 +44,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod proxy_protocol;
+pub mod recent;
 pub mod relay;
 pub mod routing;
 pub mod server;

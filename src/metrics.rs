@@ -89,6 +89,8 @@ struct Inner {
     backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
+    admin_requests_denied_total: prometheus::IntCounter,
+    listener_max_connections: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -184,8 +186,27 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            admin_requests_denied_total: reg(
+                &registry,
+                prometheus::IntCounter::new(
+                    "dicomgate_admin_requests_denied_total",
+                    "Admin endpoint requests refused (403) because the source is not in admin.allow.",
+                )
+                .expect("valid metric"),
+            ),
+            listener_max_connections: gauge(
+                "dicomgate_listener_max_connections",
+                "The listener's max_connections, to compare dicomgate_active_connections with.",
+                &["listener"],
+            ),
             registry,
         };
+        // Both results exported as 0 from the start, so dashboards and
+        // increase() see a first failed reload.
+        for result in ["success", "failure"] {
+            inner.config_reloads_total.with_label_values(&[result]);
+        }
+        register_process_collector(&inner.registry);
         Metrics { inner: Arc::new(inner) }
     }
 
@@ -282,6 +303,17 @@ impl Metrics {
         self.inner.config_reloads_total.with_label_values(&[result]).inc();
     }
 
+    /// The listener's `max_connections` (at start and after each reload).
+    pub fn set_connection_limit(&self, listener: &str, max: usize) {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.inner.listener_max_connections.with_label_values(&[listener]).set(max);
+    }
+
+    /// A request to the admin endpoint from a source not in `admin.allow`.
+    pub fn admin_request_denied(&self) {
+        self.inner.admin_requests_denied_total.inc();
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -305,6 +337,21 @@ impl Metrics {
     }
 }
 
+/// The standard `process_*` metrics (RSS, open fds, CPU, start time), read
+/// from /proc at each scrape. Other platforms have no /proc: nothing is added.
+fn register_process_collector(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        // Fails only on a duplicate registration, which a fresh registry cannot have.
+        if let Err(e) = registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
+}
+
 /// Decrements `dicomgate_active_connections` when dropped.
 pub struct ActiveGuard(prometheus::IntGauge);
 
@@ -326,6 +373,7 @@ mod tests {
         m.dimse_operation("store", "C-ECHO", "success");
         m.set_certificate_expiry("store", 1);
         m.config_reload(true);
+        m.set_connection_limit("store", 256);
         m.observe_association("store", 0.5);
         let text = m.render();
         for name in [
@@ -337,6 +385,12 @@ mod tests {
             "dicomgate_dimse_operations_total",
             "dicomgate_tls_certificate_expiry_timestamp_seconds",
             "dicomgate_config_reloads_total",
+            "dicomgate_admin_requests_denied_total",
+            "dicomgate_listener_max_connections",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::status::{ListenerView, StatusBoard};
 use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
@@ -28,6 +29,7 @@ use crate::lifecycle::{Lifecycle, State};
 use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
 use crate::pki::{self, CertificateInfo};
+use crate::recent::RecentAssociations;
 use crate::tls::{self, ServerIdentity, TlsError};
 
 /// After the grace period and the A-ABORTs, how long closes may take.
@@ -73,6 +75,12 @@ struct Bound {
     built: Built,
 }
 
+impl Bound {
+    fn view(&self) -> ListenerView {
+        ListenerView::new(&self.built.runtime.config, self.address, self.built.certificate.as_ref())
+    }
+}
+
 /// A running listener, as the reload logic sees it.
 struct Slot {
     /// The configured `listen` address (may have port 0; `bound` is real).
@@ -92,6 +100,7 @@ pub struct Gateway {
     admin: Option<(SocketAddr, TcpListener)>,
     backends: Backends,
     health: Arc<HealthRegistry>,
+    board: Arc<StatusBoard>,
 }
 
 type Backends = BTreeMap<String, Arc<BackendRuntime>>;
@@ -117,12 +126,20 @@ impl Gateway {
             }
             None => None,
         };
-        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin, backends, health })
+        let board = Arc::new(StatusBoard::new(health.clone(), Arc::new(RecentAssociations::new())));
+        board.set_listeners(listeners.iter().map(|b| b.view()));
+        let lifecycle = Arc::new(Lifecycle::new());
+        Ok(Gateway { config, metrics, lifecycle, listeners, admin, backends, health, board })
     }
 
     /// The backend servers' health (the `/status` view).
     pub fn health(&self) -> Arc<HealthRegistry> {
         self.health.clone()
+    }
+
+    /// What the status page and `/status` show.
+    pub fn status_board(&self) -> Arc<StatusBoard> {
+        self.board.clone()
     }
 
     /// The bound address of a listener (useful with port 0).
@@ -158,14 +175,22 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut reload: mpsc::Receiver<()>,
     ) -> Result<(), ServeError> {
-        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health } = self;
+        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health, board } = self;
         let tracker = TaskTracker::new();
-        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new() };
+        let services =
+            Services { metrics: metrics.clone(), force_abort: CancellationToken::new(), recent: board.recent.clone() };
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|(address, tcp)| {
-            tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz, /status)");
-            let (state, stop) = (lifecycle.subscribe(), admin_stop.clone());
-            tokio::spawn(crate::admin::serve_with_status(tcp, metrics.clone(), state, health.clone(), stop))
+            let allow = Arc::new(config.admin.clone().unwrap_or_else(|| (*crate::admin::loopback_only()).clone()));
+            let nets: Vec<String> = allow.allow.iter().map(|n| n.to_string()).collect();
+            tracing::info!(%address, allow = %nets.join(","), "admin endpoint listening (/, /status, /metrics, /healthz, /readyz)");
+            let ctx = crate::admin::AdminContext {
+                metrics: metrics.clone(),
+                state: lifecycle.subscribe(),
+                board: board.clone(),
+                allow,
+            };
+            tokio::spawn(crate::admin::serve_with(tcp, ctx, admin_stop.clone()))
         });
 
         let mut slots = BTreeMap::new();
@@ -187,7 +212,9 @@ impl Gateway {
                 Some(()) = reload.recv() => {
                     lifecycle.set(State::Reloading);
                     match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
-                        Ok((new, backends)) => {
+                        Ok((new, backends, views)) => {
+                            board.set_listeners(views);
+                            board.reload_finished(None);
                             config = new;
                             // Dropping the old monitors stops them.
                             health.publish(&backends, &metrics);
@@ -196,6 +223,7 @@ impl Gateway {
                         }
                         Err(e) => {
                             metrics.config_reload(false);
+                            board.reload_finished(Some(e.to_string()));
                             tracing::error!("reload failed, still serving the previous configuration:\n{e}");
                         }
                     }
@@ -253,13 +281,14 @@ async fn reload_config(
     services: &Services,
     tracker: &TaskTracker,
     health: &HealthRegistry,
-) -> Result<(Config, Backends), ServeError> {
+) -> Result<(Config, Backends, Vec<ListenerView>), ServeError> {
     let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
     let new = Config::load(path)?;
     let backends = build_backends(&new, health)?;
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
+    let mut views = Vec::new();
     for (name, lc) in &new.listeners {
         let built = build_listener(lc, &backends)?;
         let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
@@ -279,6 +308,7 @@ async fn reload_config(
         match (socket, slots.get(&name)) {
             (None, Some(slot)) => {
                 banner(&name, slot.bound, &built, metrics);
+                views.push(ListenerView::new(&built.runtime.config, slot.bound, built.certificate.as_ref()));
                 let limits = {
                     let old = slot.publish.borrow();
                     if old.runtime.config.max_connections == max {
@@ -296,6 +326,7 @@ async fn reload_config(
                 }
                 metrics.register_listener(&name);
                 banner(&name, address, &built, metrics);
+                views.push(ListenerView::new(&built.runtime.config, address, built.certificate.as_ref()));
                 let (name, slot) =
                     start_listener(Bound { name, address, tcp, built }, Limits::new(max), services, tracker);
                 slots.insert(name, slot);
@@ -304,19 +335,21 @@ async fn reload_config(
             (None, None) => {}
         }
     }
-    if current.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
-        tracing::warn!("admin.listen changed: takes effect at the next restart");
+    let admin = |c: &Config| c.admin.as_ref().map(|a| (a.listen, a.allow.clone()));
+    if admin(current) != admin(&new) {
+        tracing::warn!("admin.listen or admin.allow changed: takes effect at the next restart");
     }
     if current.log.level != new.log.level || current.log.format != new.log.format {
         tracing::warn!("log settings changed: take effect at the next restart");
     }
     tracing::info!(file = %path.display(), listeners = new.listeners.len(), removed = removed.len(), "configuration reloaded");
-    Ok((new, backends))
+    Ok((new, backends, views))
 }
 
 /// The startup banner line for one listener (also after each reload).
 fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
     let cfg = &built.runtime.config;
+    metrics.set_connection_limit(name, cfg.max_connections);
     let routes: Vec<String> = cfg
         .routes
         .exact

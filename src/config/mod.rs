@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, Issue};
 use ipnet::IpNet;
+pub use validate::DEFAULT_ADMIN_ALLOW;
 
 use crate::dicom::AeTitle;
 
@@ -39,6 +40,17 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Who may use the endpoint (`admin.allow`); default loopback only. The
+    /// status page and `/metrics` show peers, AE titles and allow lists.
+    pub allow: Vec<IpNet>,
+}
+
+impl AdminConfig {
+    /// Whether `ip` may use the admin endpoint (IPv4-mapped IPv6 compared as IPv4).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

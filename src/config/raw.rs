@@ -23,6 +23,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
+    /// Source CIDRs that may use the endpoint; absent means loopback only.
+    pub allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

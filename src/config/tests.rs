@@ -227,3 +227,21 @@ fn the_shipped_example_configuration_is_valid() {
     let Security::Tls(tls) = &c.listeners["store"].security else { panic!("the example is Secured") };
     assert!(tls.generate_if_missing, "works out of the box on a fresh machine");
 }
+
+#[test]
+fn admin_allow_defaults_to_loopback_and_names_bad_entries() {
+    let with = |admin: &str| format!("admin: {admin}\n{BASE}");
+    let c = parse(&with("{listen: 127.0.0.1:9102}")).expect("valid");
+    let admin = c.admin.expect("admin");
+    assert!(admin.allows("127.0.0.1".parse().unwrap()) && admin.allows("::1".parse().unwrap()));
+    assert!(!admin.allows("10.20.0.5".parse().unwrap()), "loopback only by default");
+
+    let c = parse(&with("{listen: \"0.0.0.0:9102\", allow: [10.20.0.5, 127.0.0.0/8]}")).expect("valid");
+    let admin = c.admin.expect("admin");
+    assert!(admin.allows("10.20.0.5".parse().unwrap()) && !admin.allows("10.20.0.6".parse().unwrap()));
+
+    let err = parse(&with("{listen: 127.0.0.1:9102, allow: [10.0.0.1/8, nowhere]}")).unwrap_err();
+    assert_eq!(issue_paths(&err), vec!["admin.allow[0]", "admin.allow[1]"]);
+    let err = parse(&with("{listen: 127.0.0.1:9102, allow: []}")).unwrap_err();
+    assert_eq!(issue_paths(&err), vec!["admin.allow"]);
+}

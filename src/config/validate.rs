@@ -1,6 +1,9 @@
 //! Raw YAML structs → validated [`Config`]. Every problem is collected with its
 //! key path, so an admin fixes the whole file in one pass.
 
+mod admin;
+pub use admin::DEFAULT_ADMIN_ALLOW;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,7 +136,7 @@ impl Validator<'_> {
 pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let mut v = Validator { base, issues: Vec::new() };
 
-    let admin = raw.admin.and_then(|a| v.socket_addr("admin.listen", &a.listen).map(|listen| AdminConfig { listen }));
+    let admin = raw.admin.and_then(|a| admin::validate_admin(&mut v, a));
     let log = validate_log(&mut v, raw.log);
     let grace_period =
         v.duration("shutdown.grace_period", raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()), DEFAULT_GRACE);

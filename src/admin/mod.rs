@@ -1,13 +1,20 @@
-//! The admin HTTP endpoint on `admin.listen` (DESIGN.md, "Metrics"):
+//! The admin HTTP endpoint on `admin.listen` (DESIGN.md, "Admin endpoint",
+//! "Metrics"):
 //!
+//! - `GET /`: the status page for a person ([`page`]);
+//! - `GET /status`: the same content as JSON ([`status::Snapshot`]): lifecycle,
+//!   listeners, each backend server's health, the recent associations;
 //! - `GET /metrics`: the Prometheus text exposition of [`Metrics`];
 //! - `GET /healthz`: 200 while the process can answer at all (liveness);
 //! - `GET /readyz`: 200 only in a lifecycle state that accepts new
 //!   connections, else 503 with the state name (readiness; a load balancer
 //!   stops sending traffic while the daemon starts or drains). Backend
-//!   health does not enter into it;
-//! - `GET /status`: each backend server's health-check state, last probe
-//!   result and latency, last change (JSON, [`HealthRegistry::status_json`]).
+//!   health does not enter into it.
+//!
+//! Who may ask: sources in `admin.allow` (default loopback only), because
+//! these pages show peers, AE titles and allow lists. Others get 403 on every
+//! request, counted in `dicomgate_admin_requests_denied_total` and never
+//! logged one line each (anyone who can reach the port could fill the log).
 //!
 //! `HEAD` is answered like `GET` without a body; other paths get 404, other
 //! methods 405. HTTP parsing is hyper's (HTTP/1.1 only); this module owns the
@@ -20,13 +27,19 @@
 //! `/readyz` must say 503); the caller cancels `stop` once the gateway has
 //! stopped.
 
+pub mod page;
+pub mod status;
+
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{
+    HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -37,8 +50,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::HealthRegistry;
+use crate::config::AdminConfig;
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
+use crate::recent::RecentAssociations;
+use status::StatusBoard;
 
 /// Concurrent admin connections. Prometheus and a health checker need a
 /// handful; further connections wait in the kernel's accept backlog.
@@ -67,21 +83,33 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Serves the admin endpoint on `listener` until `stop` is cancelled, then
-/// asks open connections to close and waits for them (at most
-/// `CLOSE_GRACE`).
-pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiver<State>, stop: CancellationToken) {
-    serve_with_status(listener, metrics, state, Arc::new(HealthRegistry::new()), stop).await
+/// What the endpoint serves, and to whom.
+#[derive(Clone)]
+pub struct AdminContext {
+    pub metrics: Metrics,
+    pub state: watch::Receiver<State>,
+    pub board: Arc<StatusBoard>,
+    /// `admin.allow`: sources outside it get 403.
+    pub allow: Arc<AdminConfig>,
 }
 
-/// [`serve`], with `/status` showing `health` (the gateway's backends).
-pub async fn serve_with_status(
-    listener: TcpListener,
-    metrics: Metrics,
-    state: watch::Receiver<State>,
-    health: Arc<HealthRegistry>,
-    stop: CancellationToken,
-) {
+/// `admin.allow` when the configuration has no `admin` section to take it
+/// from (tests, embedding): loopback only, as the configuration's default.
+pub fn loopback_only() -> Arc<AdminConfig> {
+    let allow = crate::config::DEFAULT_ADMIN_ALLOW.iter().filter_map(|n| n.parse().ok()).collect();
+    Arc::new(AdminConfig { listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), allow })
+}
+
+/// Serves the admin endpoint on `listener` until `stop` is cancelled, then
+/// asks open connections to close and waits for them (at most
+/// `CLOSE_GRACE`). No listeners or backends to show; loopback only.
+pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiver<State>, stop: CancellationToken) {
+    let board = Arc::new(StatusBoard::new(Arc::new(HealthRegistry::new()), Arc::new(RecentAssociations::new())));
+    serve_with(listener, AdminContext { metrics, state, board, allow: loopback_only() }, stop).await
+}
+
+/// [`serve`] with the gateway's status board and access list.
+pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     let mut backoff = BACKOFF_START;
@@ -100,10 +128,10 @@ pub async fn serve_with_status(
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
-        let tcp = match accepted {
-            Ok((tcp, _peer)) => {
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => {
                 backoff = BACKOFF_START;
-                tcp
+                accepted
             }
             Err(e) => {
                 // EMFILE, ECONNABORTED, …: transient; the loop must not die.
@@ -116,9 +144,9 @@ pub async fn serve_with_status(
                 continue;
             }
         };
-        let (metrics, state, health, stop) = (metrics.clone(), state.clone(), health.clone(), stop.clone());
+        let (ctx, stop) = (ctx.clone(), stop.clone());
         tracker.spawn(async move {
-            serve_connection(tcp, metrics, state, health, stop).await;
+            serve_connection(tcp, peer.ip(), ctx, stop).await;
             drop(permit);
         });
     }
@@ -130,17 +158,15 @@ pub async fn serve_with_status(
     }
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
-    metrics: Metrics,
-    state: watch::Receiver<State>,
-    health: Arc<HealthRegistry>,
-    stop: CancellationToken,
-) {
+async fn serve_connection(tcp: TcpStream, peer: IpAddr, ctx: AdminContext, stop: CancellationToken) {
+    // Decided once per connection: the source cannot change mid-connection.
+    let allowed = ctx.allow.allows(peer);
     let service = service_fn(move |req: Request<Incoming>| {
-        let response = match req.uri().path() {
-            "/status" => status(req.method(), &health),
-            path => respond(req.method(), path, &metrics, &state),
+        let response = if allowed {
+            respond(req.method(), req.uri().path(), &ctx)
+        } else {
+            ctx.metrics.admin_request_denied();
+            forbidden()
         };
         async move { Ok::<_, Infallible>(response) }
     });
@@ -148,6 +174,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_BUF_SIZE)
+        .keep_alive(allowed)
         .serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -175,10 +202,10 @@ fn log_connection_end(result: hyper::Result<()>) {
     }
 }
 
-/// The whole routing table. Pure apart from reading the metrics and the
-/// lifecycle state, so it is unit-tested without sockets.
-fn respond(method: &Method, path: &str, metrics: &Metrics, state: &watch::Receiver<State>) -> Response<Full<Bytes>> {
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+/// The whole routing table. Pure apart from reading the metrics, the
+/// lifecycle state and the status board, so it is unit-tested without sockets.
+fn respond(method: &Method, path: &str, ctx: &AdminContext) -> Response<Full<Bytes>> {
+    let known = matches!(path, "/" | "/status" | "/metrics" | "/healthz" | "/readyz");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found");
     }
@@ -190,16 +217,22 @@ fn respond(method: &Method, path: &str, metrics: &Metrics, state: &watch::Receiv
         response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    // Copy the state out: a watch borrow must not be held across anything else.
+    let current = *ctx.state.borrow();
     match path {
+        "/" => html(page::render(&ctx.board.snapshot(current, &ctx.metrics))),
+        "/status" => {
+            let json = ctx.board.snapshot(current, &ctx.metrics).to_json();
+            let mut response = body(StatusCode::OK, json);
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         "/metrics" => {
-            let mut response = body(StatusCode::OK, metrics.render());
+            let mut response = body(StatusCode::OK, ctx.metrics.render());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
             response
         }
         "/readyz" => {
-            // Copy the state out: a watch borrow must not be held across
-            // anything else.
-            let current = *state.borrow();
             if current.is_ready() {
                 text(StatusCode::OK, "ready")
             } else {
@@ -210,15 +243,24 @@ fn respond(method: &Method, path: &str, metrics: &Metrics, state: &watch::Receiv
     }
 }
 
-/// `/status`: the backends' health as JSON (GET and HEAD only).
-fn status(method: &Method, health: &HealthRegistry) -> Response<Full<Bytes>> {
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+/// 403 for a source outside `admin.allow`; the connection is not kept alive.
+fn forbidden() -> Response<Full<Bytes>> {
+    text(StatusCode::FORBIDDEN, "forbidden: this address is not in admin.allow\n")
+}
+
+/// The status page, with the headers that keep a browser strict: nothing
+/// loads or runs but the page's own stylesheet, no MIME sniffing, no
+/// framing, no referrer.
+fn html(page: String) -> Response<Full<Bytes>> {
+    let mut response = body(StatusCode::OK, page);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    if let Ok(csp) = HeaderValue::from_str(&page::CONTENT_SECURITY_POLICY) {
+        headers.insert(CONTENT_SECURITY_POLICY, csp);
     }
-    let mut response = body(StatusCode::OK, health.status_json());
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(HeaderName::from_static("referrer-policy"), HeaderValue::from_static("no-referrer"));
+    headers.insert(HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY"));
     response
 }
 
@@ -245,33 +287,41 @@ mod tests {
         r.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
+    fn context(metrics: Metrics, lifecycle: &Lifecycle) -> AdminContext {
+        let board = Arc::new(StatusBoard::new(Arc::new(HealthRegistry::new()), Arc::new(RecentAssociations::new())));
+        AdminContext { metrics, state: lifecycle.subscribe(), board, allow: loopback_only() }
+    }
+
     #[test]
     fn routes_and_methods() {
         let metrics = Metrics::new();
         metrics.register_listener("store");
         let lifecycle = Lifecycle::new();
-        let state = lifecycle.subscribe();
+        let ctx = context(metrics, &lifecycle);
 
-        let r = respond(&Method::GET, "/metrics", &metrics, &state);
+        let r = respond(&Method::GET, "/metrics", &ctx);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(content_type(&r), "text/plain; version=0.0.4");
 
         for method in [Method::GET, Method::HEAD] {
-            assert_eq!(respond(&method, "/healthz", &metrics, &state).status(), StatusCode::OK);
+            assert_eq!(respond(&method, "/healthz", &ctx).status(), StatusCode::OK);
         }
-        assert_eq!(respond(&Method::GET, "/", &metrics, &state).status(), StatusCode::NOT_FOUND);
-        assert_eq!(respond(&Method::POST, "/nope", &metrics, &state).status(), StatusCode::NOT_FOUND);
-        let r = respond(&Method::POST, "/metrics", &metrics, &state);
+        let page = respond(&Method::GET, "/", &ctx);
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(content_type(&page), "text/html; charset=utf-8");
+        assert!(page.headers().contains_key(CONTENT_SECURITY_POLICY));
+        assert_eq!(respond(&Method::GET, "/index.html", &ctx).status(), StatusCode::NOT_FOUND);
+        assert_eq!(respond(&Method::POST, "/nope", &ctx).status(), StatusCode::NOT_FOUND);
+        let r = respond(&Method::POST, "/metrics", &ctx);
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers().get(ALLOW).map(|v| v.as_bytes()), Some(&b"GET, HEAD"[..]));
     }
 
     #[test]
     fn readiness_follows_the_lifecycle() {
-        let metrics = Metrics::new();
         let lifecycle = Lifecycle::new();
-        let state = lifecycle.subscribe();
-        let status = || respond(&Method::GET, "/readyz", &metrics, &state).status();
+        let ctx = context(Metrics::new(), &lifecycle);
+        let status = || respond(&Method::GET, "/readyz", &ctx).status();
 
         assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE, "starting");
         assert!(lifecycle.set(State::Ready));
@@ -281,15 +331,27 @@ mod tests {
         assert!(lifecycle.set(State::Draining));
         assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE);
         // Liveness is independent of readiness.
-        assert_eq!(respond(&Method::GET, "/healthz", &metrics, &state).status(), StatusCode::OK);
+        assert_eq!(respond(&Method::GET, "/healthz", &ctx).status(), StatusCode::OK);
     }
 
     #[test]
     fn status_is_json_and_read_only() {
-        let health = HealthRegistry::new();
-        let r = status(&Method::GET, &health);
+        let lifecycle = Lifecycle::new();
+        let ctx = context(Metrics::new(), &lifecycle);
+        let r = respond(&Method::GET, "/status", &ctx);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(content_type(&r), "application/json");
-        assert_eq!(status(&Method::POST, &health).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(respond(&Method::POST, "/status", &ctx).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn the_default_access_list_is_loopback_only() {
+        let allow = loopback_only();
+        assert!(allow.allows("127.0.0.1".parse().expect("ip")));
+        assert!(allow.allows("127.0.0.2".parse().expect("ip")));
+        assert!(allow.allows("::1".parse().expect("ip")));
+        assert!(allow.allows("::ffff:127.0.0.1".parse().expect("ip")), "IPv4-mapped loopback");
+        assert!(!allow.allows("10.0.0.1".parse().expect("ip")));
+        assert!(!allow.allows("::ffff:10.0.0.1".parse().expect("ip")));
     }
 }

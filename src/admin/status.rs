@@ -1,0 +1,225 @@
+//! What the status page and `/status` show, gathered in one place: the
+//! [`StatusBoard`] the gateway keeps up to date (listeners as configured
+//! and bound, the last reload), plus the live sources it points to (backend
+//! health, the ring of recent associations, the metrics' counters). A
+//! request takes one [`Snapshot`] of all of it; the HTML page and the JSON
+//! are two renderings of that snapshot.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::backend::health::StatusView;
+use crate::backend::HealthRegistry;
+use crate::config::{ListenerConfig, Security};
+use crate::lifecycle::State;
+use crate::metrics::{Metrics, Outcome};
+use crate::pki::CertificateInfo;
+use crate::recent::{RecentAssociation, RecentAssociations};
+
+/// A certificate is highlighted when it expires within this many days.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// State the gateway publishes for the admin endpoint. Shared; cheap to read.
+#[derive(Debug)]
+pub struct StatusBoard {
+    pub health: Arc<HealthRegistry>,
+    pub recent: Arc<RecentAssociations>,
+    started: SystemTime,
+    listeners: RwLock<BTreeMap<String, ListenerView>>,
+    last_reload: Mutex<Option<ReloadView>>,
+}
+
+impl StatusBoard {
+    pub fn new(health: Arc<HealthRegistry>, recent: Arc<RecentAssociations>) -> StatusBoard {
+        StatusBoard {
+            health,
+            recent,
+            started: SystemTime::now(),
+            listeners: RwLock::default(),
+            last_reload: Mutex::default(),
+        }
+    }
+
+    /// Replaces the listeners shown (at start and after each successful reload).
+    pub fn set_listeners(&self, listeners: impl IntoIterator<Item = ListenerView>) {
+        let map = listeners.into_iter().map(|l| (l.name.clone(), l)).collect();
+        *self.listeners.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// Records a reload's result; `error` is the message logged on failure.
+    pub fn reload_finished(&self, error: Option<String>) {
+        let view = ReloadView { at: SystemTime::now(), ok: error.is_none(), error };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// Everything one response shows, read once.
+    pub fn snapshot(&self, state: State, metrics: &Metrics) -> Snapshot {
+        let now = SystemTime::now();
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| ListenerStatus::new(l.clone(), metrics))
+            .collect();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            state: state.as_str(),
+            now,
+            started: self.started,
+            uptime_seconds: now.duration_since(self.started).unwrap_or(Duration::ZERO).as_secs(),
+            last_reload: self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            listeners,
+            backends: self.health.status(),
+            recent_associations: self.recent.newest_first(),
+        }
+    }
+}
+
+/// The `/status` document and the page's content.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub version: &'static str,
+    /// `starting`, `ready`, `reloading`, `draining`, `stopped`.
+    pub state: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub now: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub started: SystemTime,
+    pub uptime_seconds: u64,
+    pub last_reload: Option<ReloadView>,
+    pub listeners: Vec<ListenerStatus>,
+    /// Each backend's servers in configured (failover) order.
+    #[serde(flatten)]
+    pub backends: StatusView,
+    /// Newest first, at most [`crate::recent::CAPACITY`].
+    pub recent_associations: Vec<RecentAssociation>,
+}
+
+impl Snapshot {
+    pub fn to_json(&self) -> String {
+        // Plain structs of strings and numbers: serialization cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned()) + "\n"
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadView {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// A listener as configured and bound; fixed until the next reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerView {
+    pub name: String,
+    pub address: SocketAddr,
+    /// "Secured" (TLS) or "UNSECURED" (`insecure_plaintext`), the guide's words.
+    pub security: &'static str,
+    pub certificate: Option<CertificateView>,
+    pub tls_versions: Vec<String>,
+    /// "Anonymous" or "Authenticated" (client certificates required); TLS only.
+    pub scu: Option<&'static str>,
+    pub allow: Vec<String>,
+    /// `None`: any calling AE title.
+    pub calling_ae_titles: Option<Vec<String>>,
+    /// Called AE title (or `*`) → backend.
+    pub routes: Vec<(String, String)>,
+    pub max_connections: usize,
+    pub proxy_protocol: bool,
+}
+
+impl ListenerView {
+    pub fn new(config: &ListenerConfig, address: SocketAddr, certificate: Option<&CertificateInfo>) -> ListenerView {
+        let (security, tls_versions, scu) = match &config.security {
+            Security::Tls(t) => (
+                "Secured",
+                t.versions.iter().map(|v| format!("TLS {v}")).collect(),
+                Some(if t.client_auth.required() { "Authenticated" } else { "Anonymous" }),
+            ),
+            Security::Plaintext => ("UNSECURED", Vec::new(), None),
+        };
+        let routes = config
+            .routes
+            .exact
+            .iter()
+            .map(|(ae, b)| (ae.to_string(), b.clone()))
+            .chain(config.routes.fallback.iter().map(|b| ("*".to_owned(), b.clone())))
+            .collect();
+        ListenerView {
+            name: config.name.clone(),
+            address,
+            security,
+            certificate: certificate.map(CertificateView::new),
+            tls_versions,
+            scu,
+            allow: config.allow.iter().map(|n| n.to_string()).collect(),
+            calling_ae_titles: config.calling_ae_titles.as_ref().map(|l| l.iter().map(|a| a.to_string()).collect()),
+            routes,
+            max_connections: config.max_connections,
+            proxy_protocol: config.proxy_protocol.is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateView {
+    pub subject: String,
+    pub fingerprint_sha256: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    #[serde(skip)]
+    not_after_unix: i64,
+}
+
+impl CertificateView {
+    fn new(c: &CertificateInfo) -> CertificateView {
+        let unix = c.not_after.unix_timestamp();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+        CertificateView {
+            subject: c.subject.clone(),
+            fingerprint_sha256: c.fingerprint_sha256.clone(),
+            not_after: humantime::format_rfc3339_seconds(at).to_string(),
+            not_after_unix: unix,
+        }
+    }
+
+    /// Whole days left, from the clock now (the page is read for years).
+    pub fn days_left(&self) -> i64 {
+        (self.not_after_unix - OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86_400)
+    }
+}
+
+/// A listener with its live counters.
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    #[serde(flatten)]
+    pub view: ListenerView,
+    pub certificate_days_left: Option<i64>,
+    pub active_connections: i64,
+    /// `dicomgate_connections_total` by outcome, since start.
+    pub connections: BTreeMap<&'static str, u64>,
+}
+
+impl ListenerStatus {
+    fn new(view: ListenerView, metrics: &Metrics) -> ListenerStatus {
+        let connections = Outcome::ALL.iter().map(|o| (o.as_str(), metrics.connections(&view.name, *o))).collect();
+        ListenerStatus {
+            certificate_days_left: view.certificate.as_ref().map(CertificateView::days_left),
+            active_connections: metrics.active(&view.name),
+            connections,
+            view,
+        }
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
