@@ -89,6 +89,7 @@ struct Inner {
     backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
+    audit_messages_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -184,8 +185,18 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            audit_messages_total: counter(
+                "dicomgate_audit_messages_total",
+                "IHE ATNA audit messages, by sink and result (sent, or dropped undelivered).",
+                &["sink", "result"],
+            ),
             registry,
         };
+        // Both results exported as 0 from the start, so an alert on
+        // increase(...{result="dropped"}) works on a fresh process.
+        for result in ["sent", "dropped"] {
+            inner.audit_messages_total.with_label_values(&["syslog", result]);
+        }
         Metrics { inner: Arc::new(inner) }
     }
 
@@ -282,6 +293,19 @@ impl Metrics {
         self.inner.config_reloads_total.with_label_values(&[result]).inc();
     }
 
+    /// Counts one audit message handed to the syslog receiver (`sent`) or
+    /// given up on (`dropped`: queue full, sink removed, or still queued at exit).
+    pub fn audit_message(&self, sent: bool, n: u64) {
+        let result = if sent { "sent" } else { "dropped" };
+        self.inner.audit_messages_total.with_label_values(&["syslog", result]).inc_by(n);
+    }
+
+    /// Current value of `dicomgate_audit_messages_total{sink="syslog",result}`.
+    pub fn audit_messages(&self, sent: bool) -> u64 {
+        let result = if sent { "sent" } else { "dropped" };
+        self.inner.audit_messages_total.with_label_values(&["syslog", result]).get()
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -337,6 +361,7 @@ mod tests {
             "dicomgate_dimse_operations_total",
             "dicomgate_tls_certificate_expiry_timestamp_seconds",
             "dicomgate_config_reloads_total",
+            "dicomgate_audit_messages_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::atna::{self, AtnaError, AuditSink};
 use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
@@ -56,6 +57,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Audit(#[from] AtnaError),
     #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
     NoConfigFile,
 }
@@ -92,6 +95,7 @@ pub struct Gateway {
     admin: Option<(SocketAddr, TcpListener)>,
     backends: Backends,
     health: Arc<HealthRegistry>,
+    atna: AuditSink,
 }
 
 type Backends = BTreeMap<String, Arc<BackendRuntime>>;
@@ -103,6 +107,7 @@ impl Gateway {
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
         let backends = build_backends(&config, &health)?;
+        let audit = atna::Prepared::new(&config)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let built = build_listener(lc, &backends)?;
@@ -117,7 +122,9 @@ impl Gateway {
             }
             None => None,
         };
-        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin, backends, health })
+        // Last, once nothing can fail: it starts the delivery task.
+        let atna = AuditSink::start(audit, metrics.clone());
+        Ok(Gateway { config, metrics, lifecycle: Arc::new(Lifecycle::new()), listeners, admin, backends, health, atna })
     }
 
     /// The backend servers' health (the `/status` view).
@@ -158,9 +165,9 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut reload: mpsc::Receiver<()>,
     ) -> Result<(), ServeError> {
-        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health } = self;
+        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health, atna } = self;
         let tracker = TaskTracker::new();
-        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new() };
+        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new(), atna: atna.clone() };
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|(address, tcp)| {
             tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz, /status)");
@@ -179,6 +186,7 @@ impl Gateway {
         let mut monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
         tracing::info!("dicomgate ready");
+        atna.application_started();
 
         tokio::pin!(shutdown);
         loop {
@@ -187,8 +195,10 @@ impl Gateway {
                 Some(()) = reload.recv() => {
                     lifecycle.set(State::Reloading);
                     match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
-                        Ok((new, backends)) => {
+                        Ok((new, backends, audit)) => {
                             config = new;
+                            atna.apply(audit);
+                            atna.config_reloaded(Ok(()));
                             // Dropping the old monitors stops them.
                             health.publish(&backends, &metrics);
                             monitors = Monitors::start(backends.values(), &metrics);
@@ -196,6 +206,7 @@ impl Gateway {
                         }
                         Err(e) => {
                             metrics.config_reload(false);
+                            atna.config_reloaded(Err(e.to_string()));
                             tracing::error!("reload failed, still serving the previous configuration:\n{e}");
                         }
                     }
@@ -226,6 +237,8 @@ impl Gateway {
             let _ = task.await;
         }
         tracing::info!("dicomgate stopped");
+        atna.application_stopped();
+        atna.close(atna::FLUSH_AT_EXIT).await;
         Ok(())
     }
 }
@@ -253,10 +266,11 @@ async fn reload_config(
     services: &Services,
     tracker: &TaskTracker,
     health: &HealthRegistry,
-) -> Result<(Config, Backends), ServeError> {
+) -> Result<(Config, Backends, atna::Prepared), ServeError> {
     let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
     let new = Config::load(path)?;
     let backends = build_backends(&new, health)?;
+    let audit = atna::Prepared::new(&new)?;
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
@@ -311,7 +325,7 @@ async fn reload_config(
         tracing::warn!("log settings changed: take effect at the next restart");
     }
     tracing::info!(file = %path.display(), listeners = new.listeners.len(), removed = removed.len(), "configuration reloaded");
-    Ok((new, backends))
+    Ok((new, backends, audit))
 }
 
 /// The startup banner line for one listener (also after each reload).

@@ -75,6 +75,8 @@ pub struct Services {
     /// Cancelled when the shutdown grace period is over: live associations get
     /// A-ABORT.
     pub force_abort: CancellationToken,
+    /// The IHE ATNA audit trail (Security Alerts for refused peers).
+    pub atna: crate::atna::AuditSink,
 }
 
 /// Serves one accepted connection to its end; never panics on peer input.
@@ -96,6 +98,7 @@ pub async fn handle(
         services.metrics.observe_association(name, elapsed.as_secs_f64());
     }
     audit.emit(outcome, elapsed);
+    services.atna.connection_ended(outcome, &audit);
 }
 
 async fn serve(
@@ -257,7 +260,11 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let services = Services { metrics: Metrics::new(), force_abort: CancellationToken::new() };
+        let services = Services {
+            metrics: Metrics::new(),
+            force_abort: CancellationToken::new(),
+            atna: crate::atna::AuditSink::disabled(),
+        };
         let task = handle(tcp, peer, rt, Admission::Admitted(permit), services);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
