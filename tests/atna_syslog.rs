@@ -137,9 +137,11 @@ async fn tls_receiver_with_client_certificate_gets_start_alert_and_stop() {
     // A cloud client without a certificate: the handshake fails.
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
     if let Ok(mut s) = raw::tls_over(tcp, pki().client_config(None)).await {
-        // TLS 1.3: the refusal arrives after the client's Finished.
+        // TLS 1.3: the refusal (alert certificate_required) arrives after
+        // the client's Finished; whatever comes back, no association.
         let _ = raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await;
-        raw::expect_abort_or_close(&mut s, support::PROMPT).await;
+        let next = raw::read_pdu(&mut s, support::PROMPT).await;
+        assert!(!matches!(next, raw::Next::Pdu(_)), "no PDU without a client certificate: {next:?}");
     }
     let alert = receiver
         .wait_for("Security Alert for the missing client certificate", ARRIVE, |m| {
@@ -155,6 +157,25 @@ async fn tls_receiver_with_client_certificate_gets_start_alert_and_stop() {
         receiver.wait_for("Application Stop", ARRIVE, |m| is_event(m, APPLICATION_ACTIVITY, APPLICATION_STOP)).await;
     assert_well_formed(&stopped);
     assert_eq!(gw.metrics.audit_messages(false), 0);
+}
+
+/// ATNA node authentication works both ways: without its certificate the
+/// gateway is refused by the repository, and keeps serving regardless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_receiver_refuses_a_gateway_without_client_certificate_and_the_gateway_serves_on() {
+    require_rsyslog!();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    pki().write_to(tmp.path());
+    let receiver = Rsyslog::start(tmp.path(), ReceiverTls::ClientCertificate).await;
+    let scp = TestScp::spawn(PACS_AE).await;
+    let yaml = gateway_yaml(scp.addr, &audit_yaml(&receiver.address(), "tls", "    ca: ca.pem\n"));
+    let mut gw = start(tmp.path(), &yaml).await;
+    scu::echo_plain(gw.addr(), CLOUD_AE, PACS_AE).await.expect("echo while the repository refuses us");
+    gw.signal_shutdown();
+    gw.join(Duration::from_secs(20)).await;
+    assert_eq!(gw.metrics.audit_messages(true), 0, "{:#?}", receiver.messages());
+    assert_eq!(gw.metrics.audit_messages(false), 2, "Application Start and Stop, undeliverable");
+    assert!(receiver.messages().is_empty(), "{:#?}", receiver.messages());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

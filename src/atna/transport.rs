@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
@@ -25,6 +25,9 @@ use crate::tls;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One message written to the socket.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS 1.3: how long to listen for the receiver refusing our client
+/// certificate after the handshake (see [`Connector::connect`]).
+pub const TLS13_REFUSAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything needed to connect, loaded once per configuration (the CA and
 /// client identity files are read when the configuration is applied, so a
@@ -82,7 +85,25 @@ impl Connector {
             (SyslogTransport::Tls(_), Some((connector, name))) => {
                 let tcp = TcpStream::connect(target).await?;
                 let _ = tcp.set_nodelay(true);
-                let stream = connector.connect(name.clone(), tcp).await?;
+                let mut stream = connector.connect(name.clone(), tcp).await?;
+                // In TLS 1.3 the client's handshake ends before the server
+                // has checked the client certificate; a refusal comes as an
+                // alert afterwards, and a message written meanwhile would be
+                // counted as sent and lost. The receiver never sends data, so
+                // a read that is still pending after a moment means accepted.
+                if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                    let mut byte = [0u8; 1];
+                    match timeout(TLS13_REFUSAL_WAIT, stream.read(&mut byte)).await {
+                        Err(_) | Ok(Ok(1..)) => {}
+                        Ok(Ok(0)) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                "the receiver closed the connection after the TLS handshake",
+                            ))
+                        }
+                        Ok(Err(e)) => return Err(e),
+                    }
+                }
                 Ok(Connection::Tls(Box::new(stream)))
             }
             (SyslogTransport::Tls(_), None) => Err(io::Error::other("TLS client configuration missing")),

@@ -174,3 +174,56 @@ fn tls(v: &mut Validator<'_>, raw: &RawSyslog) -> Option<SyslogTransport> {
     };
     ca.map(|ca| SyslogTransport::Tls(BackendTlsConfig { ca, server_name, client_identity }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, SyslogTransport};
+
+    const LISTENER: &str = "backends: {pacs: {ae_title: PACS, servers: [\"127.0.0.1:104\"]}}\n\
+        listeners: {store: {listen: \"127.0.0.1:0\", insecure_plaintext: true, allow: [127.0.0.1/32], routes: {PACS: pacs}}}\n";
+
+    fn load(audit: &str) -> Result<Config, Vec<String>> {
+        Config::from_yaml_str(&format!("{LISTENER}{audit}"), Path::new("/etc/dicomgate"))
+            .map_err(|e| e.issues().iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn absent_means_no_trail_and_tls_is_the_default_transport() {
+        assert_eq!(load("").expect("valid").audit.syslog, None);
+        let c = load("audit: {syslog: {address: \"arr.local:6514\", ca: arr-ca.pem}}").expect("valid");
+        let syslog = c.audit.syslog.expect("syslog");
+        assert_eq!(syslog.address.to_string(), "arr.local:6514");
+        match syslog.transport {
+            SyslogTransport::Tls(t) => {
+                assert_eq!(t.ca, Path::new("/etc/dicomgate/arr-ca.pem"), "relative to the file's directory");
+                assert_eq!(t.client_identity, None);
+            }
+            other => panic!("expected tls, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let cases = [
+            ("audit: {syslog: {address: \"arr.local\", transport: udp}}", "audit.syslog.address: "),
+            ("audit: {syslog: {address: \"arr.local:514\", transport: relp}}", "audit.syslog.transport: "),
+            ("audit: {syslog: {address: \"arr.local:6514\"}}", "audit.syslog.ca: is missing"),
+            (
+                "audit: {syslog: {address: \"arr.local:514\", transport: tcp, ca: x.pem}}",
+                "audit.syslog.ca: applies only",
+            ),
+            (
+                "audit: {syslog: {address: \"arr.local:6514\", ca: c.pem, certificate: n.pem}}",
+                "audit.syslog.private_key: is missing",
+            ),
+            ("audit: {source_id: \"\"}", "audit.source_id: "),
+            ("audit: {syslog: {address: \"a:1\", transport: udp, port: 1}}", "audit.syslog.port: "),
+        ];
+        for (yaml, expected) in cases {
+            let issues = load(yaml).expect_err(yaml);
+            assert!(issues.iter().any(|i| i.starts_with(expected)), "{yaml}: expected {expected:?} in {issues:?}");
+        }
+    }
+}
