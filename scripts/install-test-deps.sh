@@ -19,7 +19,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
-[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

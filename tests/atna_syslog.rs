@@ -159,6 +159,28 @@ async fn tls_receiver_with_client_certificate_gets_start_alert_and_stop() {
     assert_eq!(gw.metrics.audit_messages(false), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_receiver_gets_one_message_per_datagram() {
+    require_rsyslog!();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    pki().write_to(tmp.path());
+    let receiver = Rsyslog::start_with_udp(tmp.path()).await;
+    let scp = TestScp::spawn(PACS_AE).await;
+    let address = format!("127.0.0.1:{}", receiver.udp_port.expect("udp"));
+    let mut gw = start(tmp.path(), &gateway_yaml(scp.addr, &audit_yaml(&address, "udp", ""))).await;
+    let started = receiver
+        .wait_for("Application Start by UDP", ARRIVE, |m| is_event(m, APPLICATION_ACTIVITY, APPLICATION_START))
+        .await;
+    assert_well_formed(&started);
+    refused_calling_ae(&gw, "DATAGRAM").await;
+    let alert = receiver.wait_for("the alert by UDP", ARRIVE, |m| m.xml.contains("DATAGRAM")).await;
+    assert_well_formed(&alert);
+    gw.signal_shutdown();
+    gw.join(Duration::from_secs(15)).await;
+    receiver.wait_for("Application Stop by UDP", ARRIVE, |m| is_event(m, APPLICATION_ACTIVITY, APPLICATION_STOP)).await;
+    assert_eq!(receiver.messages().len(), 3, "{:#?}", receiver.messages());
+}
+
 /// ATNA node authentication works both ways: without its certificate the
 /// gateway is refused by the repository, and keeps serving regardless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,8 @@ impl Received {
 /// A running rsyslogd receiving on 127.0.0.1:`port`.
 pub struct Rsyslog {
     pub port: u16,
+    /// imudp on this port too (RFC 5426), when started with [`Rsyslog::start_with_udp`].
+    pub udp_port: Option<u16>,
     pub out: PathBuf,
     process: Option<ScpProcess>,
     dir: PathBuf,
@@ -84,6 +86,19 @@ impl Rsyslog {
 
     /// Starts (or restarts) rsyslogd on a given port.
     pub async fn start_on(dir: &Path, tls: ReceiverTls, port: u16) -> Rsyslog {
+        Rsyslog::spawn(dir, tls, port, None).await
+    }
+
+    /// Plain imtcp plus imudp on a second port. rsyslogd activates its
+    /// inputs together, so once the TCP port listens the UDP one is bound.
+    pub async fn start_with_udp(dir: &Path) -> Rsyslog {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe a free UDP port");
+        let udp_port = udp.local_addr().expect("addr").port();
+        drop(udp);
+        Rsyslog::spawn(dir, ReceiverTls::Off, free_port(), Some(udp_port)).await
+    }
+
+    async fn spawn(dir: &Path, tls: ReceiverTls, port: u16, udp_port: Option<u16>) -> Rsyslog {
         let work = dir.join("rsyslog-work");
         std::fs::create_dir_all(&work).expect("rsyslog work dir");
         let out = dir.join("received.log");
@@ -112,6 +127,11 @@ impl Rsyslog {
              string=\"%syslogfacility%|%syslogseverity%|%app-name%|%procid%|%msgid%|%msg%\\n\")\n",
         );
         conf.push_str(&format!("input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n"));
+        if let Some(udp) = udp_port {
+            conf.push_str(&format!(
+                "module(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" port=\"{udp}\")\n"
+            ));
+        }
         conf.push_str(&format!("action(type=\"omfile\" file=\"{}\" template=\"atna\")\n", out.display()));
         let conf_path = dir.join("rsyslog.conf");
         std::fs::write(&conf_path, conf).expect("write rsyslog.conf");
@@ -119,7 +139,7 @@ impl Rsyslog {
         let _ = std::fs::remove_file(&pid);
         let argv = args(&["-n", "-f", &conf_path.display().to_string(), "-i", &pid.display().to_string()]);
         let process = ScpProcess::spawn_named("rsyslogd", "rsyslogd", &argv, port, dir).await;
-        Rsyslog { port, out, process: Some(process), dir: dir.to_owned(), tls }
+        Rsyslog { port, udp_port, out, process: Some(process), dir: dir.to_owned(), tls }
     }
 
     /// `HOST:PORT` for `audit.syslog.address`.
