@@ -120,10 +120,11 @@ impl AuditEvent {
             application_role: false,
         };
         let mut description = format!("{} on listener {}", reason.as_str(), record.listener);
-        if let Some(called) = &record.called_ae {
+        // The AE titles, unless the detail already names them.
+        if let Some(called) = record.called_ae.as_deref().filter(|c| !detail.contains(c)) {
             description.push_str(&format!(", called AE title {called:?}"));
         }
-        if let Some(calling) = calling {
+        if let Some(calling) = calling.filter(|c| !detail.contains(c)) {
             description.push_str(&format!(", calling AE title {calling:?}"));
         }
         if let Some(cert) = record.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) {
