@@ -57,7 +57,7 @@ mod tests {
         let time = Timestamp::from_unix(1_790_000_000).expect("valid time");
         let msg = format(time, "gw1", 42, Outcome::Success, "<AuditMessage/>");
         let text = String::from_utf8(msg).expect("utf-8");
-        assert_eq!(text, "<85>1 2026-09-22T14:13:20.000Z gw1 dicomgate 42 IHE+RFC-3881 - \u{FEFF}<AuditMessage/>");
+        assert_eq!(text, "<85>1 2026-09-21T14:13:20.000Z gw1 dicomgate 42 IHE+RFC-3881 - \u{FEFF}<AuditMessage/>");
         let failed = format(time, "gw1", 42, Outcome::MinorFailure, "x");
         assert!(failed.starts_with(b"<84>1 "), "facility 10, severity warning");
     }
