@@ -218,7 +218,10 @@ async fn receiver_down_at_start_does_not_stop_the_gateway_and_gets_the_queue_lat
     // The receiver comes up: the queued Application Start and alert follow.
     let receiver = Rsyslog::start_on(tmp.path(), ReceiverTls::Off, port).await;
     let started = receiver
-        .wait_for("the queued Application Start", ARRIVE, |m| is_event(m, APPLICATION_ACTIVITY, APPLICATION_START))
+        // The delivery task may be in its longest backoff (30 s).
+        .wait_for("the queued Application Start", Duration::from_secs(45), |m| {
+            is_event(m, APPLICATION_ACTIVITY, APPLICATION_START)
+        })
         .await;
     assert_well_formed(&started);
     receiver.wait_for("the queued alert", ARRIVE, |m| m.xml.contains("EARLYBIRD")).await;

@@ -236,9 +236,9 @@ impl AuditSink {
         let task = lock(&self.shared.task).take();
         if let Some(mut task) = task {
             if tokio::time::timeout(within, &mut task).await.is_err() {
-                // A message in the middle of its send is lost uncounted;
-                // everything still queued is counted below.
                 task.abort();
+                let _ = task.await;
+                self.shared.queue.abandon_in_flight();
             }
         }
         let left = self.shared.queue.drop_all();

@@ -10,6 +10,7 @@
 //! per message.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,11 +32,20 @@ pub struct Queue {
     capacity: usize,
     ready: Notify,
     metrics: Metrics,
+    /// A message is out of the queue, being sent (so an aborted delivery
+    /// task can still be counted exactly).
+    in_flight: AtomicBool,
 }
 
 impl Queue {
     pub fn new(capacity: usize, metrics: Metrics) -> Queue {
-        Queue { messages: Mutex::new(VecDeque::new()), capacity: capacity.max(1), ready: Notify::new(), metrics }
+        Queue {
+            messages: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            metrics,
+            in_flight: AtomicBool::new(false),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Vec<u8>>> {
@@ -61,6 +71,7 @@ impl Queue {
     /// Puts back a message whose send failed, unless newer ones filled the
     /// queue meanwhile (then it is the oldest, and is the one dropped).
     fn unpop(&self, msg: Vec<u8>) {
+        self.in_flight.store(false, Ordering::Release);
         let mut q = self.lock();
         if q.len() >= self.capacity {
             drop(q);
@@ -71,7 +82,21 @@ impl Queue {
     }
 
     fn pop(&self) -> Option<Vec<u8>> {
-        self.lock().pop_front()
+        let msg = self.lock().pop_front();
+        self.in_flight.store(msg.is_some(), Ordering::Release);
+        msg
+    }
+
+    fn sent(&self) {
+        self.in_flight.store(false, Ordering::Release);
+        self.metrics.audit_message(true, 1);
+    }
+
+    /// Counts as dropped the message a stopped delivery task was sending.
+    pub fn abandon_in_flight(&self) {
+        if self.in_flight.swap(false, Ordering::AcqRel) {
+            self.metrics.audit_message(false, 1);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -178,7 +203,7 @@ pub async fn deliver(
         };
         match conn.send(&msg).await {
             Ok(()) => {
-                queue.metrics.audit_message(true, 1);
+                queue.sent();
                 backoff = FIRST_BACKOFF;
             }
             Err(e) => {
