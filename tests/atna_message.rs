@@ -136,6 +136,10 @@ fn scanner_noise_and_normal_traffic_are_not_audited() {
     ] {
         assert!(AuditEvent::for_connection(outcome, &r).is_none(), "{outcome:?} is counted, not audited");
     }
+    // A load balancer's TCP health check on a TLS listener.
+    let mut probe = AuditRecord::new("store", peer());
+    probe.detail = Some("TLS handshake failed: tls handshake eof".into());
+    assert!(AuditEvent::for_connection(ConnectionOutcome::TlsError, &probe).is_none());
 }
 
 #[test]

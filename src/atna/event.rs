@@ -10,8 +10,8 @@
 //! | calling / called AE title refused | 110113 Security Alert | 110126 Node Authentication | 4 |
 //! | client certificate refused or missing, TLS handshake failed | 110113 Security Alert | 110126 Node Authentication | 4 |
 //!
-//! Nothing is sent per denied source address, connection limit, timeout or
-//! protocol error: an attacker can produce those for free (they are counted
+//! Nothing is sent per denied source address, connection limit, timeout,
+//! protocol error, or TCP connection closed before the TLS ClientHello: an attacker can produce those for free (they are counted
 //! in `dicomgate_connections_total` instead), and none of them is a node
 //! that got as far as presenting an identity.
 
@@ -103,6 +103,9 @@ impl AuditEvent {
             // rustls names certificate problems in its error text
             // ("peer sent no certificates", "invalid peer certificate: …");
             // everything else is a failed handshake (versions, suites, alerts).
+            // Closed before a ClientHello: a load balancer's TCP health
+            // check or a port probe, not a node presenting an identity.
+            ConnectionOutcome::TlsError if detail.contains("handshake eof") => return None,
             ConnectionOutcome::TlsError if detail.contains("certificate") => Refusal::ClientCertificate,
             ConnectionOutcome::TlsError => Refusal::TlsHandshake,
             _ => return None,
