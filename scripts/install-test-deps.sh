@@ -8,6 +8,8 @@
 #   testssl.sh testssl (TLS policy audit of a listener, tests/security_tls.rs)
 #   haproxy    the L4 load balancer in front of the gateway (PROXY protocol tests)
 #   chromium   headless rendering and screenshot of the status page (tests/admin_page.rs)
+#   rsyslog    the syslog receiver of the ATNA audit trail tests (imtcp, RFC 6587)
+#   rsyslog-gnutls  its TLS driver (RFC 5425, client certificates), tests/atna_syslog.rs
 set -euo pipefail
 
 need=()
@@ -18,6 +20,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

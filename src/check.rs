@@ -50,6 +50,15 @@ pub fn check_command(args: &CheckArgs) -> u8 {
             }
         }
     }
+    // The audit trail's CA and client identity, loaded as `run` loads them.
+    match crate::atna::Prepared::new(&config) {
+        Ok(_) => {
+            if let Some(s) = &config.audit.syslog {
+                println!("audit: IHE ATNA messages to syslog {} {}", s.transport.as_str(), s.address);
+            }
+        }
+        Err(e) => report.errors.push(e.to_string()),
+    }
     let mut echo_failed = false;
     if args.echo && report.errors.is_empty() {
         echo_failed = !echo_backends(&config);

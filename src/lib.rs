@@ -20,6 +20,7 @@
 //! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
 //! - [`relay`]: PDU-framed relay in both directions.
 //! - [`audit`]: the one structured event per connection.
+//! - [`atna`]: IHE ATNA audit messages (DICOM PS3.15 A.5) to a syslog receiver.
 //! - [`metrics`]: every metric name and label.
 //! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod atna;
 pub mod audit;
 pub mod backend;
 pub mod check;

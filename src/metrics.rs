@@ -91,6 +91,7 @@ struct Inner {
     config_reloads_total: IntCounterVec,
     admin_requests_denied_total: prometheus::IntCounter,
     listener_max_connections: IntGaugeVec,
+    audit_messages_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -199,6 +200,11 @@ impl Metrics {
                 "The listener's max_connections, to compare dicomgate_active_connections with.",
                 &["listener"],
             ),
+            audit_messages_total: counter(
+                "dicomgate_audit_messages_total",
+                "IHE ATNA audit messages, by sink and result (sent, or dropped undelivered).",
+                &["sink", "result"],
+            ),
             registry,
         };
         // Both results exported as 0 from the start, so dashboards and
@@ -207,6 +213,11 @@ impl Metrics {
             inner.config_reloads_total.with_label_values(&[result]);
         }
         register_process_collector(&inner.registry);
+        // Both results exported as 0 from the start, so an alert on
+        // increase(...{result="dropped"}) works on a fresh process.
+        for result in ["sent", "dropped"] {
+            inner.audit_messages_total.with_label_values(&["syslog", result]);
+        }
         Metrics { inner: Arc::new(inner) }
     }
 
@@ -314,6 +325,19 @@ impl Metrics {
         self.inner.admin_requests_denied_total.inc();
     }
 
+    /// Counts one audit message handed to the syslog receiver (`sent`) or
+    /// given up on (`dropped`: queue full, sink removed, or still queued at exit).
+    pub fn audit_message(&self, sent: bool, n: u64) {
+        let result = if sent { "sent" } else { "dropped" };
+        self.inner.audit_messages_total.with_label_values(&["syslog", result]).inc_by(n);
+    }
+
+    /// Current value of `dicomgate_audit_messages_total{sink="syslog",result}`.
+    pub fn audit_messages(&self, sent: bool) -> u64 {
+        let result = if sent { "sent" } else { "dropped" };
+        self.inner.audit_messages_total.with_label_values(&["syslog", result]).get()
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -391,6 +415,7 @@ mod tests {
             "process_open_fds",
             "process_cpu_seconds_total",
             "process_start_time_seconds",
+            "dicomgate_audit_messages_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

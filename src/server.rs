@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::status::{ListenerView, StatusBoard};
+use crate::atna::{self, AtnaError, AuditSink};
 use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
@@ -58,6 +59,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Audit(#[from] AtnaError),
     #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
     NoConfigFile,
 }
@@ -101,6 +104,7 @@ pub struct Gateway {
     backends: Backends,
     health: Arc<HealthRegistry>,
     board: Arc<StatusBoard>,
+    atna: AuditSink,
 }
 
 type Backends = BTreeMap<String, Arc<BackendRuntime>>;
@@ -112,6 +116,7 @@ impl Gateway {
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
         let backends = build_backends(&config, &health)?;
+        let audit = atna::Prepared::new(&config)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let built = build_listener(lc, &backends)?;
@@ -129,7 +134,9 @@ impl Gateway {
         let board = Arc::new(StatusBoard::new(health.clone(), Arc::new(RecentAssociations::new())));
         board.set_listeners(listeners.iter().map(|b| b.view()));
         let lifecycle = Arc::new(Lifecycle::new());
-        Ok(Gateway { config, metrics, lifecycle, listeners, admin, backends, health, board })
+        // Last, once nothing can fail: it starts the delivery task.
+        let atna = AuditSink::start(audit, metrics.clone());
+        Ok(Gateway { config, metrics, lifecycle, listeners, admin, backends, health, board, atna })
     }
 
     /// The backend servers' health (the `/status` view).
@@ -175,10 +182,14 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut reload: mpsc::Receiver<()>,
     ) -> Result<(), ServeError> {
-        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health, board } = self;
+        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health, board, atna } = self;
         let tracker = TaskTracker::new();
-        let services =
-            Services { metrics: metrics.clone(), force_abort: CancellationToken::new(), recent: board.recent.clone() };
+        let services = Services {
+            metrics: metrics.clone(),
+            force_abort: CancellationToken::new(),
+            recent: board.recent.clone(),
+            atna: atna.clone(),
+        };
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|(address, tcp)| {
             let allow = Arc::new(config.admin.clone().unwrap_or_else(|| (*crate::admin::loopback_only()).clone()));
@@ -204,6 +215,7 @@ impl Gateway {
         let mut monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
         tracing::info!("dicomgate ready");
+        atna.application_started();
 
         tokio::pin!(shutdown);
         loop {
@@ -212,10 +224,12 @@ impl Gateway {
                 Some(()) = reload.recv() => {
                     lifecycle.set(State::Reloading);
                     match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
-                        Ok((new, backends, views)) => {
+                        Ok((new, backends, views, audit)) => {
                             board.set_listeners(views);
                             board.reload_finished(None);
                             config = new;
+                            atna.apply(audit);
+                            atna.config_reloaded(Ok(()));
                             // Dropping the old monitors stops them.
                             health.publish(&backends, &metrics);
                             monitors = Monitors::start(backends.values(), &metrics);
@@ -224,6 +238,7 @@ impl Gateway {
                         Err(e) => {
                             metrics.config_reload(false);
                             board.reload_finished(Some(e.to_string()));
+                            atna.config_reloaded(Err(e.to_string()));
                             tracing::error!("reload failed, still serving the previous configuration:\n{e}");
                         }
                     }
@@ -254,6 +269,8 @@ impl Gateway {
             let _ = task.await;
         }
         tracing::info!("dicomgate stopped");
+        atna.application_stopped();
+        atna.close(atna::FLUSH_AT_EXIT).await;
         Ok(())
     }
 }
@@ -281,10 +298,11 @@ async fn reload_config(
     services: &Services,
     tracker: &TaskTracker,
     health: &HealthRegistry,
-) -> Result<(Config, Backends, Vec<ListenerView>), ServeError> {
+) -> Result<(Config, Backends, Vec<ListenerView>, atna::Prepared), ServeError> {
     let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
     let new = Config::load(path)?;
     let backends = build_backends(&new, health)?;
+    let audit = atna::Prepared::new(&new)?;
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
@@ -343,7 +361,7 @@ async fn reload_config(
         tracing::warn!("log settings changed: take effect at the next restart");
     }
     tracing::info!(file = %path.display(), listeners = new.listeners.len(), removed = removed.len(), "configuration reloaded");
-    Ok((new, backends, views))
+    Ok((new, backends, views, audit))
 }
 
 /// The startup banner line for one listener (also after each reload).

@@ -8,6 +8,7 @@
 //! serde_yaml is archived upstream; it is used only in `from_yaml` so it can
 //! be swapped in one place.
 
+mod audit;
 mod error;
 mod raw;
 mod validate;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use audit::{AuditConfig, SyslogConfig, SyslogTransport};
 pub use error::{ConfigError, Issue};
 use ipnet::IpNet;
 pub use validate::DEFAULT_ADMIN_ALLOW;
@@ -32,6 +34,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    /// `audit:`: the IHE ATNA audit trail (syslog), if any.
+    pub audit: AuditConfig,
     pub shutdown: ShutdownConfig,
     pub backends: BTreeMap<String, Arc<BackendConfig>>,
     pub listeners: BTreeMap<String, Arc<ListenerConfig>>,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub audit: Option<super::audit::RawAudit>,
     pub shutdown: Option<RawShutdown>,
     #[serde(default)]
     pub backends: BTreeMap<String, RawBackend>,

@@ -44,13 +44,13 @@ const DEFAULT_MAX_PDU_LENGTH: u32 = 4 * 1024 * 1024;
 /// refuse less than the fixed 4 KiB DCMTK minimum.
 const MIN_MAX_PDU_LENGTH: u32 = 4096;
 
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     base: &'a Path,
-    issues: Vec<Issue>,
+    pub(super) issues: Vec<Issue>,
 }
 
 impl Validator<'_> {
-    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(Issue { path: path.into(), message: message.into() });
     }
 
@@ -63,7 +63,7 @@ impl Validator<'_> {
         }
     }
 
-    fn file_path(&mut self, key: &str, value: &str) -> Option<PathBuf> {
+    pub(super) fn file_path(&mut self, key: &str, value: &str) -> Option<PathBuf> {
         if value.trim().is_empty() {
             self.issue(key, "is empty: expected a file path");
             return None;
@@ -138,6 +138,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
 
     let admin = raw.admin.and_then(|a| admin::validate_admin(&mut v, a));
     let log = validate_log(&mut v, raw.log);
+    let audit = super::audit::validate_audit(&mut v, raw.audit);
     let grace_period =
         v.duration("shutdown.grace_period", raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()), DEFAULT_GRACE);
 
@@ -179,7 +180,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
     if !v.issues.is_empty() {
         return Err(ConfigError::Invalid { file: None, issues: v.issues });
     }
-    Ok(Config { source: None, admin, log, shutdown: ShutdownConfig { grace_period }, backends, listeners })
+    Ok(Config { source: None, admin, log, audit, shutdown: ShutdownConfig { grace_period }, backends, listeners })
 }
 
 fn validate_log(v: &mut Validator<'_>, raw: Option<RawLog>) -> LogConfig {
@@ -325,7 +326,7 @@ fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBackend) -> Optio
 
 /// `HOST:PORT`, `[v6]:PORT`; the port is required (there is no default DICOM
 /// port that every SCP uses: 104, 11112 and site-specific ports all occur).
-fn parse_server_address(s: &str) -> Option<ServerAddress> {
+pub(super) fn parse_server_address(s: &str) -> Option<ServerAddress> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Some(ServerAddress { host: sa.ip().to_string(), port: sa.port() });
     }

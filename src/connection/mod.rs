@@ -77,6 +77,8 @@ pub struct Services {
     pub force_abort: CancellationToken,
     /// The status page's ring of finished connections.
     pub recent: Arc<crate::recent::RecentAssociations>,
+    /// The IHE ATNA audit trail (Security Alerts for refused peers).
+    pub atna: crate::atna::AuditSink,
 }
 
 /// Serves one accepted connection to its end; never panics on peer input.
@@ -99,6 +101,7 @@ pub async fn handle(
     }
     audit.emit(outcome, elapsed);
     services.recent.record(&audit, outcome, elapsed);
+    services.atna.connection_ended(outcome, &audit);
 }
 
 async fn serve(
@@ -264,6 +267,7 @@ mod tests {
             metrics: Metrics::new(),
             force_abort: CancellationToken::new(),
             recent: Arc::new(crate::recent::RecentAssociations::new()),
+            atna: crate::atna::AuditSink::disabled(),
         };
         let task = handle(tcp, peer, rt, Admission::Admitted(permit), services);
         let size = std::mem::size_of_val(&task);

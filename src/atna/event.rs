@@ -1,0 +1,182 @@
+//! What the gateway audits, and the one mapping from a finished connection
+//! (its [`Outcome`] and [`AuditRecord`]) to an ATNA event. Pure.
+//!
+//! | trigger | EventID | EventTypeCode | outcome |
+//! |---|---|---|---|
+//! | ready (start, and after a binary upgrade) | 110100 Application Activity | 110120 Application Start | 0 |
+//! | stopped (SIGTERM/SIGINT, after the drain) | 110100 Application Activity | 110121 Application Stop | 0 |
+//! | reload applied | 110113 Security Alert | 110131 Software Configuration, 110129 Security Configuration | 0 |
+//! | reload refused (old configuration kept) | 110113 Security Alert | 110131, 110129 | 8 |
+//! | calling / called AE title refused | 110113 Security Alert | 110126 Node Authentication | 4 |
+//! | client certificate refused or missing, TLS handshake failed | 110113 Security Alert | 110126 Node Authentication | 4 |
+//!
+//! Nothing is sent per denied source address, connection limit, timeout,
+//! protocol error, or TCP connection closed before the TLS ClientHello: an attacker can produce those for free (they are counted
+//! in `dicomgate_connections_total` instead), and none of them is a node
+//! that got as far as presenting an identity.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use super::message::{codes, Code, Outcome};
+use crate::audit::AuditRecord;
+use crate::metrics::Outcome as ConnectionOutcome;
+
+/// One auditable event, with the time it happened.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub time: Timestamp,
+    pub kind: EventKind,
+    pub outcome: Outcome,
+    /// `EventOutcomeDescription`: why, in words (no PHI, no secrets).
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    ApplicationStart,
+    ApplicationStop,
+    ConfigReload,
+    PeerRefused { reason: Refusal, peer: Participant },
+}
+
+/// Why a peer's association was refused before it reached a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    CallingAeTitle,
+    CalledAeTitle,
+    ClientCertificate,
+    TlsHandshake,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::CallingAeTitle => "calling AE title refused",
+            Refusal::CalledAeTitle => "called AE title refused",
+            Refusal::ClientCertificate => "client certificate refused or missing",
+            Refusal::TlsHandshake => "TLS handshake failed",
+        }
+    }
+}
+
+/// An `ActiveParticipant` (PS3.15 A.5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    pub user_id: String,
+    pub alternative_user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub requestor: bool,
+    pub address: Option<IpAddr>,
+    /// RoleIDCode (110150, DCM, "Application").
+    pub application_role: bool,
+}
+
+impl EventKind {
+    /// EventID and EventTypeCodes (PS3.15 A.5.3.1 and A.5.3.11).
+    pub fn codes(&self) -> (Code, &'static [Code]) {
+        match self {
+            EventKind::ApplicationStart => (codes::APPLICATION_ACTIVITY, &[codes::APPLICATION_START]),
+            EventKind::ApplicationStop => (codes::APPLICATION_ACTIVITY, &[codes::APPLICATION_STOP]),
+            // The file holds both what the software does (routes, backends)
+            // and security settings (allow lists, certificates, AE titles).
+            EventKind::ConfigReload => {
+                (codes::SECURITY_ALERT, &[codes::SOFTWARE_CONFIGURATION, codes::SECURITY_CONFIGURATION])
+            }
+            EventKind::PeerRefused { .. } => (codes::SECURITY_ALERT, &[codes::NODE_AUTHENTICATION]),
+        }
+    }
+}
+
+impl AuditEvent {
+    pub fn now(kind: EventKind, outcome: Outcome, description: Option<String>) -> AuditEvent {
+        AuditEvent { time: Timestamp::now(), kind, outcome, description }
+    }
+
+    /// The Security Alert for a connection that ended with `outcome`, if it
+    /// is one the gateway reports (see the module table).
+    pub fn for_connection(outcome: ConnectionOutcome, record: &AuditRecord) -> Option<AuditEvent> {
+        let detail = record.detail.as_deref().unwrap_or("");
+        let reason = match outcome {
+            ConnectionOutcome::RejectedCallingAe => Refusal::CallingAeTitle,
+            ConnectionOutcome::RejectedCalledAe => Refusal::CalledAeTitle,
+            // rustls names certificate problems in its error text
+            // ("peer sent no certificates", "invalid peer certificate: …");
+            // everything else is a failed handshake (versions, suites, alerts).
+            // Closed before a ClientHello: a load balancer's TCP health
+            // check or a port probe, not a node presenting an identity.
+            ConnectionOutcome::TlsError if detail.contains("handshake eof") => return None,
+            ConnectionOutcome::TlsError if detail.contains("certificate") => Refusal::ClientCertificate,
+            ConnectionOutcome::TlsError => Refusal::TlsHandshake,
+            _ => return None,
+        };
+        let peer = record.peer?;
+        let calling = record.calling_ae.as_deref().filter(|ae| !ae.is_empty());
+        let participant = Participant {
+            // The calling AE title is what the peer claimed to be; without
+            // one (TLS failures) its address is all that identifies it.
+            user_id: calling.map_or_else(|| peer.to_string(), str::to_owned),
+            alternative_user_id: calling.map(|ae| format!("AETITLES={ae}")),
+            user_name: None,
+            requestor: true,
+            address: Some(peer.ip()),
+            application_role: false,
+        };
+        let mut description = format!("{} on listener {}", reason.as_str(), record.listener);
+        // The AE titles, unless the detail already names them.
+        if let Some(called) = record.called_ae.as_deref().filter(|c| !detail.contains(c)) {
+            description.push_str(&format!(", called AE title {called:?}"));
+        }
+        if let Some(calling) = calling.filter(|c| !detail.contains(c)) {
+            description.push_str(&format!(", calling AE title {calling:?}"));
+        }
+        if let Some(cert) = record.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) {
+            description.push_str(&format!(", client certificate SHA-256 {cert}"));
+        }
+        if let Some(proxy) = record.proxy {
+            description.push_str(&format!(", via load balancer {proxy}"));
+        }
+        if !detail.is_empty() {
+            description.push_str(": ");
+            description.push_str(detail);
+        }
+        Some(AuditEvent::now(
+            EventKind::PeerRefused { reason, peer: participant },
+            Outcome::MinorFailure,
+            Some(description),
+        ))
+    }
+}
+
+/// A UTC time with milliseconds, written as RFC 3339 (`2026-11-30T13:01:31.123Z`):
+/// both an RFC 5424 TIMESTAMP and an `xsd:dateTime` with a time zone, as
+/// PS3.15 A.5.2.5 requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(time::OffsetDateTime);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(time::OffsetDateTime::now_utc())
+    }
+
+    pub fn from_unix(seconds: i64) -> Option<Timestamp> {
+        time::OffsetDateTime::from_unix_timestamp(seconds).ok().map(Timestamp)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        )
+    }
+}

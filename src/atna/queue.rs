@@ -1,0 +1,257 @@
+//! Delivery: a bounded in-memory queue and the one background task that
+//! empties it into the receiver.
+//!
+//! Producers (connection tasks, the lifecycle) only push: a push never waits
+//! and never fails; when the queue is full the OLDEST message is dropped and
+//! counted, so an outage of the receiver costs old messages, never an
+//! association's time or the gateway's memory. The task connects on demand,
+//! retries with exponential backoff, and reconnects when the configuration
+//! names another receiver (reload). It logs one warning per outage, not one
+//! per message.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::transport::{Connection, Connector};
+use crate::metrics::Metrics;
+
+/// Messages held while the receiver is unreachable (a few hours of refusals
+/// at a busy site; about 2 MB at most).
+pub const CAPACITY: usize = 1000;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The bounded queue shared by producers and the delivery task.
+pub struct Queue {
+    messages: Mutex<VecDeque<Vec<u8>>>,
+    capacity: usize,
+    ready: Notify,
+    metrics: Metrics,
+    /// A message is out of the queue, being sent (so an aborted delivery
+    /// task can still be counted exactly).
+    in_flight: AtomicBool,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, metrics: Metrics) -> Queue {
+        Queue {
+            messages: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            metrics,
+            in_flight: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Vec<u8>>> {
+        // A panic while holding this lock cannot leave the deque invalid
+        // (every operation is one push or pop), so a poisoned lock is usable.
+        self.messages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `msg`; when full, drops the oldest message first.
+    pub fn push(&self, msg: Vec<u8>) {
+        let dropped = {
+            let mut q = self.lock();
+            let dropped = if q.len() >= self.capacity { q.pop_front().is_some() } else { false };
+            q.push_back(msg);
+            dropped
+        };
+        if dropped {
+            self.metrics.audit_message(false, 1);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Puts back a message whose send failed, unless newer ones filled the
+    /// queue meanwhile (then it is the oldest, and is the one dropped).
+    fn unpop(&self, msg: Vec<u8>) {
+        self.in_flight.store(false, Ordering::Release);
+        let mut q = self.lock();
+        if q.len() >= self.capacity {
+            drop(q);
+            self.metrics.audit_message(false, 1);
+        } else {
+            q.push_front(msg);
+        }
+    }
+
+    fn pop(&self) -> Option<Vec<u8>> {
+        let msg = self.lock().pop_front();
+        self.in_flight.store(msg.is_some(), Ordering::Release);
+        msg
+    }
+
+    fn sent(&self) {
+        self.in_flight.store(false, Ordering::Release);
+        self.metrics.audit_message(true, 1);
+    }
+
+    /// Counts as dropped the message a stopped delivery task was sending.
+    pub fn abandon_in_flight(&self) {
+        if self.in_flight.swap(false, Ordering::AcqRel) {
+            self.metrics.audit_message(false, 1);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Empties the queue, counting every message as dropped.
+    pub fn drop_all(&self) -> usize {
+        let n = {
+            let mut q = self.lock();
+            let n = q.len();
+            q.clear();
+            n
+        };
+        self.metrics.audit_message(false, n as u64);
+        n
+    }
+}
+
+/// The delivery task. Runs until `closing` is cancelled AND the queue is
+/// empty or the receiver unreachable (the caller bounds how long it waits),
+/// or until every [`super::AuditSink`] handle is gone.
+pub async fn deliver(
+    queue: Arc<Queue>,
+    mut connector: watch::Receiver<Option<Arc<Connector>>>,
+    closing: CancellationToken,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut outage = false;
+    let mut active: Option<Arc<Connector>> = None;
+    loop {
+        let latest = connector.borrow_and_update().clone();
+        let same = match (&latest, &active) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            // Reloaded: another receiver, or re-read CA and client files.
+            connection = None;
+            outage = false;
+            backoff = FIRST_BACKOFF;
+            active = latest;
+        }
+        let Some(current) = active.clone() else {
+            // No sink configured: nothing should be queued; what is, is lost.
+            queue.drop_all();
+            if closing.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                r = connector.changed() => if r.is_err() { return },
+                _ = closing.cancelled() => {}
+            }
+            continue;
+        };
+        let Some(msg) = queue.pop() else {
+            if closing.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = queue.ready.notified() => {}
+                r = connector.changed() => if r.is_err() { return },
+                _ = closing.cancelled() => {}
+            }
+            continue;
+        };
+        let conn = match connection.as_mut() {
+            Some(conn) => conn,
+            None => match current.connect().await {
+                Ok(conn) => {
+                    if outage {
+                        tracing::info!(receiver = ?current, "audit receiver reachable again");
+                    }
+                    outage = false;
+                    connection.insert(conn)
+                }
+                Err(e) => {
+                    queue.unpop(msg);
+                    if !outage {
+                        tracing::warn!(
+                            receiver = ?current, error = %e, queued = queue.len(),
+                            "cannot reach the audit receiver; queueing audit messages (the oldest are dropped beyond {CAPACITY}) and retrying"
+                        );
+                    }
+                    outage = true;
+                    if closing.is_cancelled() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        r = connector.changed() => if r.is_err() { return },
+                        _ = closing.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        match conn.send(&msg).await {
+            Ok(()) => {
+                queue.sent();
+                backoff = FIRST_BACKOFF;
+            }
+            Err(e) => {
+                // Also a receiver that accepts the handshake and then refuses
+                // us (TLS 1.3 reports a refused client certificate on the
+                // first write): back off as for a failed connect.
+                connection = None;
+                queue.unpop(msg);
+                if !outage {
+                    tracing::warn!(receiver = ?current, error = %e, "audit receiver connection lost; reconnecting");
+                }
+                outage = true;
+                if closing.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    r = connector.changed() => if r.is_err() { return },
+                    _ = closing.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let metrics = Metrics::new();
+        let q = Queue::new(3, metrics.clone());
+        for i in 0..5u8 {
+            q.push(vec![i]);
+        }
+        assert_eq!(metrics.audit_messages(false), 2);
+        assert_eq!(q.pop(), Some(vec![2]), "0 and 1 were the oldest");
+        q.unpop(vec![2]);
+        q.push(vec![5]);
+        // Full again (2, 3, 4 → 3, 4, 5): a failed send of the oldest drops it.
+        let oldest = q.pop().expect("non-empty");
+        q.push(vec![6]);
+        q.unpop(oldest);
+        assert_eq!(metrics.audit_messages(false), 4);
+        assert_eq!(q.drop_all(), 3);
+        assert_eq!(metrics.audit_messages(false), 7);
+        assert!(q.is_empty());
+    }
+}
