@@ -7,14 +7,16 @@
 //! The "unsupported protocol version" row cannot be provoked by `echo` (it
 //! always requests version 1); the core's raw-PDU tests cover it.
 
-mod support_pki;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support_pki::{code, dicomgate, gen_cert, stderr, stdout, storescp, text};
+use support::cli::{code, dicomgate, gen_cert, stderr, stdout};
+use support::dcmtk::storescp;
+use support::tools::output_text;
 
 const REJECTED: i32 = 3;
 const TLS: i32 = 5;
@@ -126,25 +128,26 @@ fn echo_args(addr: SocketAddr, calling: &str, called: &str, extra: &[&str]) -> V
 }
 
 fn assert_rejected(out: &Output, words: &str) {
-    assert_eq!(code(out), REJECTED, "{}", text(out));
-    assert!(stderr(out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")), "{}", text(out));
+    assert_eq!(code(out), REJECTED, "{}", output_text(out));
+    assert!(stderr(out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")), "{}", output_text(out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue4_echo_through_dicomgate_accepted_and_each_rejection_in_words() {
-    require_tool!("storescp", "--version", "dcmtk");
+    require_tool!("storescp");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let (_scp, scp_port) = storescp(dir.path(), &[]);
-    let dead_port = support_pki::free_port();
+    let scp = storescp("STORESCP", &[], dir.path()).await;
+    let scp_port = scp.addr.port();
+    let dead_port = support::ports::free_port();
     let gw = start(&yaml(&pki, scp_port, dead_port), dir.path()).await;
     let ca = pki.scp_cert.display().to_string();
     let tls = ["--tls", "--ca", ca.as_str()];
 
     let ok = echo(echo_args(gw.store, "BUTTERFLY", "PACS", &tls)).await;
-    assert_eq!(code(&ok), 0, "{}", text(&ok));
-    assert_eq!(stdout(&ok).lines().next(), Some("Accepted"), "{}", text(&ok));
+    assert_eq!(code(&ok), 0, "{}", output_text(&ok));
+    assert_eq!(stdout(&ok).lines().next(), Some("Accepted"), "{}", output_text(&ok));
 
     let calling = echo(echo_args(gw.store, "INTRUDER", "PACS", &tls)).await;
     assert_rejected(&calling, "rejected-permanent, service-user, calling-AE-title-not-recognized (1/1/3)");
@@ -167,13 +170,14 @@ async fn issue4_echo_through_dicomgate_accepted_and_each_rejection_in_words() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue4_listener_pinning_a_gen_cert_client_certificate() {
-    require_tool!("storescp", "--version", "dcmtk");
-    require_tool!("echoscu", "--version", "dcmtk");
+    require_tool!("storescp");
+    require_tool!("echoscu");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let (_scp, scp_port) = storescp(dir.path(), &[]);
-    let gw = start(&yaml(&pki, scp_port, support_pki::free_port()), dir.path()).await;
+    let scp = storescp("STORESCP", &[], dir.path()).await;
+    let scp_port = scp.addr.port();
+    let gw = start(&yaml(&pki, scp_port, support::ports::free_port()), dir.path()).await;
     let s = |p: &PathBuf| p.display().to_string();
 
     // SCU authentication "Authenticated": the pinned certificate gets in...
@@ -184,11 +188,11 @@ async fn issue4_listener_pinning_a_gen_cert_client_certificate() {
         &["--tls", "--ca", &s(&pki.scp_cert), "--cert", &s(&pki.client_cert), "--key", &s(&pki.client_key)],
     ))
     .await;
-    assert_eq!(code(&with_cert), 0, "{}", text(&with_cert));
+    assert_eq!(code(&with_cert), 0, "{}", output_text(&with_cert));
 
     // ...an anonymous client does not, and is told why.
     let anonymous = echo(echo_args(gw.pinned, "BUTTERFLY", "PACS", &["--tls", "--ca", &s(&pki.scp_cert)])).await;
-    assert_eq!(code(&anonymous), TLS, "{}", text(&anonymous));
+    assert_eq!(code(&anonymous), TLS, "{}", output_text(&anonymous));
 
     // DCMTK's echoscu with the same gen-cert pair (OpenSSL client side).
     let port = gw.pinned.port().to_string();
@@ -203,7 +207,7 @@ async fn issue4_listener_pinning_a_gen_cert_client_certificate() {
     })
     .await
     .expect("echoscu thread");
-    assert!(echoscu.status.success(), "echoscu:\n{}", text(&echoscu));
+    assert!(echoscu.status.success(), "echoscu:\n{}", output_text(&echoscu));
 
     gw.stop().await;
 }

@@ -160,7 +160,7 @@ async fn presented_certificate(port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let pacs = slow_pacs(dir.path()).await;
     let (store, admin) = (free_port(), free_port());
@@ -207,7 +207,7 @@ async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reload_keeps_serving_and_names_the_key() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let out = dir.path().join("received");
@@ -235,7 +235,7 @@ async fn invalid_reload_keeps_serving_and_names_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let pacs = slow_pacs(dir.path()).await;
     let (store, admin) = (free_port(), free_port());
@@ -271,7 +271,7 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_one_audit_object_per_connection() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let a = args(&["-aet", "STORESCP", "--ignore", &port.to_string()]);
