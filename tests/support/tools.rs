@@ -130,17 +130,40 @@ impl ScpProcess {
     }
 }
 
-/// Whether a socket listens on 127.0.0.1:`port` or 0.0.0.0:`port` (Linux
-/// /proc/net/tcp{,6}).
-pub fn is_listening(port: u16) -> bool {
+/// Socket inodes listening on TCP `port` at any local address (Linux
+/// /proc/net/tcp{,6}: column 1 is `ADDR:PORT` in hex, 3 the state, `0A`
+/// LISTEN, 9 the inode).
+fn listening_inodes(port: u16) -> Vec<String> {
     let wanted = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                cols.len() > 3 && cols[1].ends_with(&wanted) && cols[3] == "0A"
-            })
-        })
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[1].ends_with(&wanted) && cols[3] == "0A" {
+                inodes.push(cols[9].to_owned());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether a socket listens on TCP `port`, whoever owns it.
+pub fn is_listening(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
+/// Whether process `pid` itself holds a socket listening on TCP `port`
+/// (one of its /proc/PID/fd entries is that socket).
+pub fn listens_in(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        inodes.iter().any(|inode| target == format!("socket:[{inode}]"))
     })
 }
 
