@@ -9,7 +9,7 @@
 //! count and every wait has a deadline; the daemon and `storescp` are killed
 //! by their PIDs when a test ends.
 
-mod support_robust;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support_robust::attack::{flood, slowloris, Pressure, Slow};
-use support_robust::daemon::{gen_cert, require_nofile, Daemon, Scrape};
-use support_robust::dcmtk::{assert_echo, echoscu, Storescp};
-use support_robust::hostile::{check_case, hostile_cases, run_case, Port, ACSE, EARLY, LATE, NOT_SPECIFIED};
-use support_robust::{size_from_env, MIB_IN_KIB};
+use support::attack::{flood, size_from_env, slowloris, Pressure, Slow};
+use support::daemon::{gen_cert, require_nofile, Daemon, Scrape, MIB_IN_KIB};
+use support::dcmtk::{assert_echo, cloud_echoscu, storescp};
+use support::hostile::{check_case, hostile_cases, run_case, Port, ACSE, EARLY, LATE, NOT_SPECIFIED};
+use support::tools::ScpProcess;
 use tokio::time::Instant;
 
 /// File descriptors and memory allowed above the warmed-up baseline.
@@ -84,23 +84,23 @@ async fn wait_until_counted(daemon: &Daemon, expected: u64) -> Scrape {
 }
 
 /// A TLS certificate, `storescp` and the daemon in `dir`.
-async fn start(dir: &Path, max_connections: usize) -> (Daemon, Storescp) {
-    support_robust::init();
+async fn start(dir: &Path, max_connections: usize) -> (Daemon, ScpProcess) {
+    support::init();
     gen_cert(dir, 365).await;
-    let scp = Storescp::start(dir).await;
+    let scp = storescp(support::PACS_AE, &[], dir).await;
     let daemon = Daemon::start(&write_config(dir, scp.addr, max_connections)).await;
     (daemon, scp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acse_deadline() {
-    require_tools!("echoscu", &["--version"], "dcmtk"; "storescp", &["--version"], "dcmtk");
+    require_tool!("echoscu", "storescp");
     let n = size_from_env("ABUSE_SLOWLORIS", 300);
     require_nofile(2 * n as u64 + 256);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut daemon, mut scp) = start(dir.path(), n + 64).await;
     let (tls_addr, plain_addr) = (daemon.addr("tls"), daemon.addr("plain"));
-    let client = support_robust::wire::insecure_client();
+    let client = support::wire::insecure_client();
 
     let pressure = Arc::new(Pressure::default());
     let give_up = ACSE + LATE + Duration::from_secs(2);
@@ -131,8 +131,8 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
     let open_at_echo = pressure.open.load(Ordering::SeqCst);
     let echo_started = Instant::now();
     let (tls_echo, plain_echo) = tokio::join!(
-        echoscu(tls_addr, true, Duration::from_secs(30)),
-        echoscu(plain_addr, false, Duration::from_secs(30))
+        cloud_echoscu(tls_addr, true, Duration::from_secs(30)),
+        cloud_echoscu(plain_addr, false, Duration::from_secs(30))
     );
     let echo_took = echo_started.elapsed();
     let open_after_echo = pressure.open.load(Ordering::SeqCst);
@@ -140,7 +140,7 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
 
     let mut lives = Vec::new();
     for t in tasks {
-        lives.extend(support_robust::within(give_up * 2, "slowloris tasks to end", t).await.expect("slowloris task"));
+        lives.extend(support::within(give_up * 2, "slowloris tasks to end", t).await.expect("slowloris task"));
     }
     eprintln!(
         "slowloris: {n} concurrent ({open_at_echo} open when echoscu started, {open_after_echo} when it ended), \
@@ -151,7 +151,7 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
         assert!(
             echo.status.success(),
             "echoscu (tls {tls}) under slowloris failed:\n{}",
-            support_robust::daemon::output_text(echo)
+            support::tools::output_text(echo)
         );
     }
     assert!(open_at_echo >= wanted, "the pressure was gone before echoscu ran");
@@ -184,14 +184,14 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_and_close_flood_leaves_fds_and_memory_at_baseline() {
-    require_tools!("echoscu", &["--version"], "dcmtk"; "storescp", &["--version"], "dcmtk");
+    require_tool!("echoscu", "storescp");
     let n = size_from_env("ABUSE_FLOOD", 2000);
     let parallel = 64;
     require_nofile(4 * parallel as u64 + 256);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut daemon, mut scp) = start(dir.path(), 256).await;
     let (tls_addr, plain_addr) = (daemon.addr("tls"), daemon.addr("plain"));
-    let client = support_robust::wire::insecure_client();
+    let client = support::wire::insecure_client();
 
     // Warm-up: every code path once (allocator arenas, TLS, backend), then the baseline.
     let warm = 200;
@@ -240,11 +240,11 @@ async fn a_connect_and_close_flood_leaves_fds_and_memory_at_baseline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_first_bytes_are_closed_or_rejected_within_their_deadline_and_service_continues() {
-    require_tools!("echoscu", &["--version"], "dcmtk"; "storescp", &["--version"], "dcmtk");
+    require_tool!("echoscu", "storescp");
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut daemon, mut scp) = start(dir.path(), 256).await;
     let (tls_addr, plain_addr, big_addr) = (daemon.addr("tls"), daemon.addr("plain"), daemon.addr("big"));
-    let client = support_robust::wire::insecure_client();
+    let client = support::wire::insecure_client();
     assert_echo(tls_addr, true).await;
     assert_echo(plain_addr, false).await;
     daemon.wait_idle(&["tls", "plain"], Duration::from_secs(10)).await;
@@ -258,7 +258,7 @@ async fn hostile_first_bytes_are_closed_or_rejected_within_their_deadline_and_se
         tokio::spawn(async move {
             let mut peak = 0;
             while sampling.load(Ordering::SeqCst) {
-                peak = support_robust::daemon::rss_kib_of(pid).unwrap_or(0).max(peak);
+                peak = support::daemon::rss_kib_of(pid).unwrap_or(0).max(peak);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             peak
@@ -279,26 +279,26 @@ async fn hostile_first_bytes_are_closed_or_rejected_within_their_deadline_and_se
     // the association is released. 128 × 100 (~400 KiB): DCMTK 3.6.7 never
     // answers a context with more than 50 transfer syntaxes, so the gateway's
     // answer deadline must end it (A-ABORT), or an SCP that does answer is relayed.
-    let mut s = support_robust::wire::tls_connect(big_addr, client.clone()).await.expect("TLS to big");
-    support_robust::wire::send(&mut s, &support_robust::wire::associate_rq(128, 20)).await.expect("send RQ");
-    let ac = support_robust::wire::read_pdu(&mut s, ACSE * 2 + LATE).await;
+    let mut s = support::wire::tls_connect(big_addr, client.clone()).await.expect("TLS to big");
+    support::raw::send(&mut s, &support::wire::associate_rq(128, 20)).await.expect("send RQ");
+    let ac = support::wire::read_pdu(&mut s, ACSE * 2 + LATE).await;
     assert_eq!(ac.as_ref().map(|(t, _)| *t), Some(0x02), "A-ASSOCIATE-AC for 128 × 20 through `big`: {ac:02X?}");
-    support_robust::wire::send(&mut s, &support_robust::wire::RELEASE_RQ).await.expect("send A-RELEASE-RQ");
-    let rp = support_robust::wire::read_pdu(&mut s, Duration::from_secs(5)).await;
+    support::raw::send(&mut s, &support::raw::RELEASE_RQ).await.expect("send A-RELEASE-RQ");
+    let rp = support::wire::read_pdu(&mut s, Duration::from_secs(5)).await;
     assert_eq!(rp.map(|(t, _)| t), Some(0x06), "A-RELEASE-RP for the 128 × 20 association");
     drop(s);
 
-    let wide = support_robust::wire::associate_rq(128, 100);
-    let mut s = support_robust::wire::tls_connect(big_addr, client.clone()).await.expect("TLS to big");
+    let wide = support::wire::associate_rq(128, 100);
+    let mut s = support::wire::tls_connect(big_addr, client.clone()).await.expect("TLS to big");
     let sent = Instant::now();
-    support_robust::wire::send(&mut s, &wide).await.expect("send the wide RQ");
-    let answer = support_robust::wire::read_pdu(&mut s, ACSE * 2 + LATE).await;
+    support::raw::send(&mut s, &wide).await.expect("send the wide RQ");
+    let answer = support::wire::read_pdu(&mut s, ACSE * 2 + LATE).await;
     let waited = sent.elapsed();
     let (answer_type, answer_body) = answer.expect("an answer to the wide RQ within the answer deadline");
     match answer_type {
         0x02 => {
-            support_robust::wire::send(&mut s, &support_robust::wire::RELEASE_RQ).await.expect("send A-RELEASE-RQ");
-            let rp = support_robust::wire::read_pdu(&mut s, Duration::from_secs(5)).await;
+            support::raw::send(&mut s, &support::raw::RELEASE_RQ).await.expect("send A-RELEASE-RQ");
+            let rp = support::wire::read_pdu(&mut s, Duration::from_secs(5)).await;
             assert_eq!(rp.map(|(t, _)| t), Some(0x06), "A-RELEASE-RP for the wide association");
         }
         0x03 => {}
@@ -309,7 +309,7 @@ async fn hostile_first_bytes_are_closed_or_rejected_within_their_deadline_and_se
 
     let mut table = Vec::new();
     for (i, run) in runs.into_iter().enumerate() {
-        let ending = support_robust::within(ACSE * 4 + LATE, &cases[i].name, run).await.expect("case task");
+        let ending = support::within(ACSE * 4 + LATE, &cases[i].name, run).await.expect("case task");
         table.push(check_case(&cases[i], &ending));
     }
     sampling.store(false, Ordering::SeqCst);
@@ -375,18 +375,16 @@ fn audit_line(daemon: &Daemon, listener: &str) -> serde_json::Value {
 
 /// A daemon in front of an SCP that never answers; returns it with the RQ
 /// sent through `tls`, the client's view of the ending and what the SCP received.
-async fn rq_to_a_silent_scp(dir: &Path) -> (Daemon, Vec<u8>, support_robust::wire::Ending, Option<Vec<u8>>) {
-    support_robust::init();
+async fn rq_to_a_silent_scp(dir: &Path) -> (Daemon, Vec<u8>, support::wire::Ending, Option<Vec<u8>>) {
+    support::init();
     gen_cert(dir, 365).await;
     let (scp, mut received) = silent_scp().await;
     let daemon = Daemon::start(&write_config(dir, scp, 16)).await;
-    let rq = support_robust::wire::associate_rq(1, 1);
-    let mut s = support_robust::wire::tls_connect(daemon.addr("tls"), support_robust::wire::insecure_client())
-        .await
-        .expect("TLS");
+    let rq = support::wire::associate_rq(1, 1);
+    let mut s = support::wire::tls_connect(daemon.addr("tls"), support::wire::insecure_client()).await.expect("TLS");
     let sent = Instant::now();
-    support_robust::wire::send(&mut s, &rq).await.expect("send RQ");
-    let ending = support_robust::wire::read_until_close(&mut s, sent, ACSE + LATE).await;
+    support::raw::send(&mut s, &rq).await.expect("send RQ");
+    let ending = support::wire::read_until_close(&mut s, sent, ACSE + LATE).await;
     let at_scp = tokio::time::timeout(LATE, received.recv()).await.ok().flatten();
     daemon.wait_idle(&["tls"], Duration::from_secs(10)).await;
     (daemon, rq, ending, at_scp)

@@ -5,6 +5,8 @@
 //! promtool comes from Debian's `prometheus` package. Without it the promtool
 //! test is skipped, except under `CI=true`, where that is a failure.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -75,10 +77,6 @@ fn parse(raw: &[u8]) -> Reply {
     let headers =
         lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())).collect();
     Reply { status, headers, body: body.to_owned() }
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// Every metric family of DESIGN.md with at least one sample.
@@ -162,20 +160,14 @@ async fn metrics_are_valid_prometheus_text() {
     assert!(r.body.contains(r#"dicomgate_connections_total{listener="store",outcome="forwarded"} 1"#), "{}", r.body);
     assert!(r.body.contains(r#"dicomgate_backend_up{backend="pacs",server="10.20.0.16:104"} 0"#));
 
+    require_tool!("promtool");
     let promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn();
-    let mut child = match promtool {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ci() => {
-            eprintln!("skipped: promtool not installed (apt-get install -y prometheus)");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI (apt-get install -y prometheus): {e}"),
-    };
+    let mut child = promtool.expect("run promtool check metrics");
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped stdin");

@@ -37,7 +37,7 @@ async fn setup(dir: &Path) -> (ScpProcess, RunningGateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findscu_calls_worklist_and_wlmscpfs_answers_as_mwl() {
-    require_tools!(["wlmscpfs", "findscu", "dump2dcm"]);
+    require_tool!("wlmscpfs", "findscu", "dump2dcm");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (mut scp, gw) = setup(dir).await;
@@ -60,7 +60,7 @@ async fn findscu_calls_worklist_and_wlmscpfs_answers_as_mwl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ac_carries_the_titles_the_client_sent_and_without_rewrite_the_scp_refuses() {
-    require_tools!(["wlmscpfs", "dump2dcm"]);
+    require_tool!("wlmscpfs", "dump2dcm");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (mut scp, gw) = setup(dir).await;

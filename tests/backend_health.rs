@@ -62,7 +62,7 @@ async fn assert_echo_ok(gw: &RunningGateway, called: &str, dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_moves_on() {
-    require_tools!(["storescp", "echoscu"]);
+    require_tool!("storescp", "echoscu");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let first = storescp("PACS", &[], dir).await;
@@ -135,7 +135,7 @@ async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
-    require_tools!(["storescp", "echoscu"]);
+    require_tool!("storescp", "echoscu");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let (hung, hung_task) = silent_server().await;
@@ -174,7 +174,7 @@ async fn a_hung_server_is_skipped_once_the_echo_check_marks_it_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_echo_with_an_ae_title_the_scp_does_not_serve_marks_it_down_and_a_reload_fixes_it() {
-    require_tools!(["wlmscpfs", "dump2dcm", "echoscu"]);
+    require_tool!("wlmscpfs", "dump2dcm", "echoscu");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     // wlmscpfs has one directory per AE title it serves: MWL only.

@@ -68,7 +68,7 @@ const IMAGE_DUMP: &str = r#"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dicom_tls_to_storescp_with_a_client_certificate() {
-    require_tools!(["storescp", "echoscu", "storescu", "dump2dcm"]);
+    require_tool!("storescp", "echoscu", "storescu", "dump2dcm");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;
@@ -106,7 +106,7 @@ async fn dicom_tls_to_storescp_with_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_client_certificate_the_scp_refuses_and_the_check_says_so() {
-    require_tools!(["storescp", "echoscu"]);
+    require_tool!("storescp", "echoscu");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;
@@ -126,7 +126,7 @@ async fn without_the_client_certificate_the_scp_refuses_and_the_check_says_so() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_scp_certificate_from_another_ca_fails_the_connect_and_the_client_gets_2_3_1() {
-    require_tools!(["storescp", "echoscu"]);
+    require_tool!("storescp", "echoscu");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut scp = tls_storescp(dir).await;

@@ -7,14 +7,16 @@
 //! The "unsupported protocol version" row cannot be provoked by `echo` (it
 //! always requests version 1); the core's raw-PDU tests cover it.
 
-mod support_pki;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use support_pki::{code, dicomgate, gen_cert, stderr, stdout, storescp, text};
+use support::cli::{code, dicomgate, gen_cert, stderr, stdout};
+use support::dcmtk::storescp;
+use support::gateway::RunningGateway;
+use support::tools::output_text;
 
 const REJECTED: i32 = 3;
 const TLS: i32 = 5;
@@ -37,6 +39,7 @@ fn yaml(pki: &Pki, scp_port: u16, dead_port: u16) -> String {
     let client = pki.client_cert.display();
     format!(
         r#"
+shutdown: {{grace_period: 1s}}
 backends:
   pacs:
     ae_title: STORESCP
@@ -74,37 +77,6 @@ listeners:
     )
 }
 
-struct Running {
-    store: SocketAddr,
-    pinned: SocketAddr,
-    limited: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(config_text: &str, dir: &Path) -> Running {
-    let config = dicomgate::Config::from_yaml_str(config_text, dir).expect("config");
-    let gw = dicomgate::Gateway::bind(config, dicomgate::Metrics::new()).await.expect("bind");
-    let addr = |name| gw.listener_addr(name).expect("listener address");
-    let (store, pinned, limited) = (addr("store"), addr("pinned"), addr("limited"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = gw
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Running { store, pinned, limited, stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(70), self.task).await;
-    }
-}
-
 /// `dicomgate echo` off the runtime's workers.
 async fn echo(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -126,39 +98,40 @@ fn echo_args(addr: SocketAddr, calling: &str, called: &str, extra: &[&str]) -> V
 }
 
 fn assert_rejected(out: &Output, words: &str) {
-    assert_eq!(code(out), REJECTED, "{}", text(out));
-    assert!(stderr(out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")), "{}", text(out));
+    assert_eq!(code(out), REJECTED, "{}", output_text(out));
+    assert!(stderr(out).contains(&format!("association rejected: A-ASSOCIATE-RJ {words}")), "{}", output_text(out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue4_echo_through_dicomgate_accepted_and_each_rejection_in_words() {
-    require_tool!("storescp", "--version", "dcmtk");
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    require_tool!("storescp");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let (_scp, scp_port) = storescp(dir.path(), &[]);
-    let dead_port = support_pki::free_port();
-    let gw = start(&yaml(&pki, scp_port, dead_port), dir.path()).await;
+    let scp = storescp("STORESCP", &[], dir.path()).await;
+    let scp_port = scp.addr.port();
+    let dead_port = support::ports::free_port();
+    let gw = RunningGateway::start_yaml(dir.path(), &yaml(&pki, scp_port, dead_port)).await;
+    let (store, limited) = (gw.addr_of("store"), gw.addr_of("limited"));
     let ca = pki.scp_cert.display().to_string();
     let tls = ["--tls", "--ca", ca.as_str()];
 
-    let ok = echo(echo_args(gw.store, "BUTTERFLY", "PACS", &tls)).await;
-    assert_eq!(code(&ok), 0, "{}", text(&ok));
-    assert_eq!(stdout(&ok).lines().next(), Some("Accepted"), "{}", text(&ok));
+    let ok = echo(echo_args(store, "BUTTERFLY", "PACS", &tls)).await;
+    assert_eq!(code(&ok), 0, "{}", output_text(&ok));
+    assert_eq!(stdout(&ok).lines().next(), Some("Accepted"), "{}", output_text(&ok));
 
-    let calling = echo(echo_args(gw.store, "INTRUDER", "PACS", &tls)).await;
+    let calling = echo(echo_args(store, "INTRUDER", "PACS", &tls)).await;
     assert_rejected(&calling, "rejected-permanent, service-user, calling-AE-title-not-recognized (1/1/3)");
 
-    let called = echo(echo_args(gw.store, "BUTTERFLY", "NOSUCHAE", &tls)).await;
+    let called = echo(echo_args(store, "BUTTERFLY", "NOSUCHAE", &tls)).await;
     assert_rejected(&called, "rejected-permanent, service-user, called-AE-title-not-recognized (1/1/7)");
 
-    let dead = echo(echo_args(gw.store, "BUTTERFLY", "DEAD", &tls)).await;
+    let dead = echo(echo_args(store, "BUTTERFLY", "DEAD", &tls)).await;
     assert_rejected(&dead, "rejected-transient, service-provider (presentation), temporary-congestion (2/3/1)");
 
     // One connection holds the only permit (it sends nothing); the next is
     // over the limit.
-    let holder = tokio::net::TcpStream::connect(gw.limited).await.expect("holder");
-    let limited = echo(echo_args(gw.limited, "BUTTERFLY", "PACS", &[])).await;
+    let holder = tokio::net::TcpStream::connect(limited).await.expect("holder");
+    let limited = echo(echo_args(limited, "BUTTERFLY", "PACS", &[])).await;
     assert_rejected(&limited, "rejected-transient, service-provider (presentation), local-limit-exceeded (2/3/2)");
     drop(holder);
 
@@ -167,31 +140,32 @@ async fn issue4_echo_through_dicomgate_accepted_and_each_rejection_in_words() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue4_listener_pinning_a_gen_cert_client_certificate() {
-    require_tool!("storescp", "--version", "dcmtk");
-    require_tool!("echoscu", "--version", "dcmtk");
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    require_tool!("storescp");
+    require_tool!("echoscu");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
-    let (_scp, scp_port) = storescp(dir.path(), &[]);
-    let gw = start(&yaml(&pki, scp_port, support_pki::free_port()), dir.path()).await;
+    let scp = storescp("STORESCP", &[], dir.path()).await;
+    let scp_port = scp.addr.port();
+    let gw = RunningGateway::start_yaml(dir.path(), &yaml(&pki, scp_port, support::ports::free_port())).await;
+    let pinned = gw.addr_of("pinned");
     let s = |p: &PathBuf| p.display().to_string();
 
     // SCU authentication "Authenticated": the pinned certificate gets in...
     let with_cert = echo(echo_args(
-        gw.pinned,
+        pinned,
         "BUTTERFLY",
         "PACS",
         &["--tls", "--ca", &s(&pki.scp_cert), "--cert", &s(&pki.client_cert), "--key", &s(&pki.client_key)],
     ))
     .await;
-    assert_eq!(code(&with_cert), 0, "{}", text(&with_cert));
+    assert_eq!(code(&with_cert), 0, "{}", output_text(&with_cert));
 
     // ...an anonymous client does not, and is told why.
-    let anonymous = echo(echo_args(gw.pinned, "BUTTERFLY", "PACS", &["--tls", "--ca", &s(&pki.scp_cert)])).await;
-    assert_eq!(code(&anonymous), TLS, "{}", text(&anonymous));
+    let anonymous = echo(echo_args(pinned, "BUTTERFLY", "PACS", &["--tls", "--ca", &s(&pki.scp_cert)])).await;
+    assert_eq!(code(&anonymous), TLS, "{}", output_text(&anonymous));
 
     // DCMTK's echoscu with the same gen-cert pair (OpenSSL client side).
-    let port = gw.pinned.port().to_string();
+    let port = pinned.port().to_string();
     let (key, cert, ca) = (s(&pki.client_key), s(&pki.client_cert), s(&pki.scp_cert));
     let echoscu = tokio::task::spawn_blocking(move || {
         Command::new("echoscu")
@@ -203,7 +177,7 @@ async fn issue4_listener_pinning_a_gen_cert_client_certificate() {
     })
     .await
     .expect("echoscu thread");
-    assert!(echoscu.status.success(), "echoscu:\n{}", text(&echoscu));
+    assert!(echoscu.status.success(), "echoscu:\n{}", output_text(&echoscu));
 
     gw.stop().await;
 }

@@ -2,12 +2,13 @@
 //! checked with OpenSSL itself, and the pair proven usable by rustls (the
 //! TLS stack of the daemon that will serve it).
 
-mod support_pki;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use support_pki::{code, dicomgate, gen_cert, mode, openssl, stderr, stdout, text};
+use support::cli::{code, dicomgate, gen_cert, mode, openssl, stderr, stdout};
+use support::tools::output_text;
 
 /// Fingerprint as `openssl x509 -fingerprint -sha256` prints it.
 fn openssl_fingerprint(cert: &Path) -> String {
@@ -17,7 +18,7 @@ fn openssl_fingerprint(cert: &Path) -> String {
 
 #[test]
 fn issue4_gen_cert_rsa_default_is_a_leaf_openssl_reads() {
-    require_tool!("openssl", "version", "openssl");
+    require_tool!("openssl");
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display().to_string();
     let out = dicomgate(&[
@@ -33,7 +34,7 @@ fn issue4_gen_cert_rsa_default_is_a_leaf_openssl_reads() {
         "--days",
         "3650",
     ]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(code(&out), 0, "{}", output_text(&out));
     let cert = dir.path().join("scp_cert.pem");
     let key = dir.path().join("scp_key.pem");
 
@@ -68,7 +69,7 @@ fn issue4_gen_cert_rsa_default_is_a_leaf_openssl_reads() {
 
 #[test]
 fn issue4_gen_cert_ecdsa_p256_passes_openssl_ec_check() {
-    require_tool!("openssl", "version", "openssl");
+    require_tool!("openssl");
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = gen_cert(dir.path(), "pacs-gw", "ecdsa-p256", &["--san", "localhost"]);
     let ec = openssl(&["ec", "-in", &key.display().to_string(), "-check", "-noout"]);
@@ -82,7 +83,7 @@ fn issue4_gen_cert_ecdsa_p256_passes_openssl_ec_check() {
 
 #[test]
 fn issue4_gen_cert_pkcs12_opens_with_openssl_3() {
-    require_tool!("openssl", "version", "openssl");
+    require_tool!("openssl");
     let dir = tempfile::tempdir().expect("tempdir");
     let pfx = dir.path().join("Qpath-certificate.pfx");
     let password = dir.path().join("password.txt");
@@ -130,7 +131,7 @@ fn issue4_gen_cert_never_overwrites_without_force() {
     let before = (std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key"));
 
     let again = dicomgate(&["gen-cert", "--dir", &d, "--key-type", "ecdsa-p256"]);
-    assert_eq!(code(&again), 1, "{}", text(&again));
+    assert_eq!(code(&again), 1, "{}", output_text(&again));
     let err = stderr(&again);
     assert!(err.contains("scp_cert.pem") && err.contains("scp_key.pem"), "{err}");
     assert!(err.contains("--force"), "{err}");
@@ -155,14 +156,14 @@ fn issue4_gen_cert_never_overwrites_without_force() {
         "--password-file",
         &password.display().to_string(),
     ]);
-    assert_eq!(code(&refused), 1, "{}", text(&refused));
+    assert_eq!(code(&refused), 1, "{}", output_text(&refused));
     assert!(!other.path().join("scp_key.pem").exists());
     assert!(!other.path().join("scp_cert.pem").exists());
     assert_eq!(std::fs::read(&pfx).expect("pfx"), b"not mine");
 
     // --force replaces the pair.
     let forced = dicomgate(&["gen-cert", "--dir", &d, "--key-type", "ecdsa-p256", "--force"]);
-    assert_eq!(code(&forced), 0, "{}", text(&forced));
+    assert_eq!(code(&forced), 0, "{}", output_text(&forced));
     assert_ne!(std::fs::read(&cert).expect("cert"), before.0);
     assert_eq!(mode(&key), 0o600);
 }
@@ -172,8 +173,8 @@ fn issue4_gen_cert_bad_input_is_a_usage_error_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display().to_string();
     let bad_san = dicomgate(&["gen-cert", "--dir", &d, "--san", "not a name"]);
-    assert_eq!(code(&bad_san), 2, "{}", text(&bad_san));
-    assert!(stderr(&bad_san).contains("\"not a name\""), "{}", text(&bad_san));
+    assert_eq!(code(&bad_san), 2, "{}", output_text(&bad_san));
+    assert!(stderr(&bad_san).contains("\"not a name\""), "{}", output_text(&bad_san));
     let empty_pw = dir.path().join("empty");
     std::fs::write(&empty_pw, "").expect("pw");
     let no_pw = dicomgate(&[
@@ -185,8 +186,8 @@ fn issue4_gen_cert_bad_input_is_a_usage_error_and_writes_nothing() {
         "--password-file",
         &empty_pw.display().to_string(),
     ]);
-    assert_eq!(code(&no_pw), 2, "{}", text(&no_pw));
-    assert!(stderr(&no_pw).contains("password file is empty"), "{}", text(&no_pw));
+    assert_eq!(code(&no_pw), 2, "{}", output_text(&no_pw));
+    assert!(stderr(&no_pw).contains("password file is empty"), "{}", output_text(&no_pw));
     assert!(!dir.path().join("scp_key.pem").exists());
 }
 

@@ -5,98 +5,36 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use support::daemon::Daemon;
 use support::dicom_file::{new_uid, ScImage};
-use support::gateway::http_get;
 use support::pki::{pki, CapturingVerifier};
 use support::tools::{args, free_port, output_text, run_scu, ScpProcess};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-const READY: Duration = Duration::from_secs(30);
-
-/// The gateway binary, its stderr in a file, killed (by PID) on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    admin: u16,
-}
-
-impl Daemon {
-    async fn start(config: &Path, dir: &Path, admin: u16) -> Daemon {
-        let log = dir.join("dicomgate.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dicomgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn dicomgate");
-        let daemon = Daemon { child, log, admin };
-        daemon.wait_for_log("dicomgate ready", READY).await;
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_for_log(&self, needle: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.log_text().contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {needle:?} in the log within {within:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().expect("kill");
-        assert!(status.success(), "kill -s {name} {pid}");
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        http_get(([127, 0, 0, 1], self.admin).into(), path).await
-    }
-
-    async fn metric(&self, line_prefix: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
 
 fn write_identity(dir: &Path, cert_pem: &str, key_pem: &str) {
     std::fs::write(dir.join("scp_cert.pem"), cert_pem).expect("cert");
     std::fs::write(dir.join("scp_key.pem"), key_pem).expect("key");
 }
 
-fn config_text(store: u16, admin: u16, backend: u16, json: bool) -> String {
+/// The daemon's configuration: its listener and admin endpoint on port 0
+/// (the kernel picks; [`Daemon`] reads the bound addresses from the startup
+/// lines), the backend on `backend`.
+fn config_text(backend: u16, json: bool) -> String {
     format!(
         r#"
-admin: {{listen: "127.0.0.1:{admin}"}}
+admin: {{listen: "127.0.0.1:0"}}
 log: {{format: {format}, level: info}}
 shutdown: {{grace_period: 60s}}
 backends:
   pacs: {{ae_title: STORESCP, servers: ["127.0.0.1:{backend}"]}}
 listeners:
   store:
-    listen: "127.0.0.1:{store}"
+    listen: "127.0.0.1:0"
     tls: {{certificate: scp_cert.pem, private_key: scp_key.pem}}
     allow: [127.0.0.0/8]
     calling_ae_titles: [BUTTERFLY]
@@ -133,9 +71,9 @@ async fn slow_pacs(dir: &Path) -> ScpProcess {
     ScpProcess::spawn("storescp", &a, port, dir).await
 }
 
-fn storescu(store: u16, files: &[String]) -> Vec<String> {
+fn storescu(store: SocketAddr, files: &[String]) -> Vec<String> {
     let mut a = args(&["+tla", "-ic", "-aet", "BUTTERFLY", "-aec", "STORESCP", "-to", "30", "-ta", "30", "-td", "60"]);
-    a.extend(["127.0.0.1".to_owned(), store.to_string()]);
+    a.extend([store.ip().to_string(), store.port().to_string()]);
     a.extend(files.iter().cloned());
     a
 }
@@ -144,12 +82,12 @@ fn received(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("received")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// The leaf certificate a new TLS connection to `port` is shown.
-async fn presented_certificate(port: u16) -> Vec<u8> {
+/// The leaf certificate a new TLS connection to `addr` is shown.
+async fn presented_certificate(addr: SocketAddr) -> Vec<u8> {
     support::init();
     let verifier = CapturingVerifier::new();
     let connector = tokio_rustls::TlsConnector::from(verifier.client_config());
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
     let _tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
         .await
@@ -160,15 +98,15 @@ async fn presented_certificate(port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let pacs = slow_pacs(dir.path()).await;
-    let (store, admin) = (free_port(), free_port());
     let first = &pki().server;
     write_identity(dir.path(), &first.cert_pem, &first.key_pem);
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, config_text(store, admin, pacs.addr.port(), false)).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin).await;
+    std::fs::write(&config, config_text(pacs.addr.port(), false)).expect("config");
+    let daemon = Daemon::start(&config).await;
+    let store = daemon.addr("store");
     assert_eq!(presented_certificate(store).await, first.cert_der.to_vec());
 
     let files = images(&dir.path().join("images"), 4, 512);
@@ -194,7 +132,7 @@ async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
     let out = transfer.await.expect("storescu task");
     assert!(out.status.success(), "the live transfer was cut:\n{}", output_text(&out));
     assert_eq!(received(dir.path()), files.len());
-    assert_eq!(daemon.metric(r#"dicomgate_config_reloads_total{result="success"}"#).await, 1.0);
+    assert_eq!(daemon.scrape().await.value("dicomgate_config_reloads_total", &[("result", "success")]), 1.0);
     // The audit line is written when the gateway's side of the association
     // has closed too, a moment after storescu exits.
     daemon.wait_for_log("dimse=\"C-STORE rq=4 success=4\"", Duration::from_secs(10)).await;
@@ -207,42 +145,42 @@ async fn reload_rotates_the_certificate_without_cutting_a_live_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reload_keeps_serving_and_names_the_key() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let out = dir.path().join("received");
     std::fs::create_dir_all(&out).expect("dir");
     let a = args(&["-aet", "STORESCP", "-od", &out.display().to_string(), &port.to_string()]);
     let _pacs = ScpProcess::spawn("storescp", &a, port, dir.path()).await;
-    let (store, admin) = (free_port(), free_port());
     write_identity(dir.path(), &pki().server.cert_pem, &pki().server.key_pem);
     let config = dir.path().join("config.yaml");
-    let good = config_text(store, admin, port, false);
+    let good = config_text(port, false);
     std::fs::write(&config, &good).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin).await;
+    let daemon = Daemon::start(&config).await;
+    let store = daemon.addr("store");
 
     std::fs::write(&config, good.replace("allow: [127.0.0.0/8]", "allow: [127.0.0.0/33]")).expect("broken config");
     daemon.signal("HUP");
     daemon.wait_for_log("reload failed", Duration::from_secs(10)).await;
     assert!(daemon.log_text().contains("listeners.store.allow[0]"), "{}", daemon.log_text());
-    assert_eq!(daemon.metric(r#"dicomgate_config_reloads_total{result="failure"}"#).await, 1.0);
+    assert_eq!(daemon.scrape().await.value("dicomgate_config_reloads_total", &[("result", "failure")]), 1.0);
     assert_eq!(daemon.get("/readyz").await.0, 200);
 
-    let echo = args(&["+tla", "-ic", "-aet", "BUTTERFLY", "-aec", "STORESCP", "127.0.0.1", &store.to_string()]);
+    let echo = args(&["+tla", "-ic", "-aet", "BUTTERFLY", "-aec", "STORESCP", "127.0.0.1", &store.port().to_string()]);
     let o = run_scu("echoscu", &echo, dir.path(), Duration::from_secs(30)).await;
     assert!(o.status.success(), "still serving the old configuration:\n{}", output_text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let pacs = slow_pacs(dir.path()).await;
-    let (store, admin) = (free_port(), free_port());
     write_identity(dir.path(), &pki().server.cert_pem, &pki().server.key_pem);
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, config_text(store, admin, pacs.addr.port(), false)).expect("config");
-    let mut daemon = Daemon::start(&config, dir.path(), admin).await;
+    std::fs::write(&config, config_text(pacs.addr.port(), false)).expect("config");
+    let mut daemon = Daemon::start(&config).await;
+    let store = daemon.addr("store");
     assert_eq!(daemon.get("/readyz").await.0, 200);
 
     let files = images(&dir.path().join("images"), 3, 256);
@@ -258,32 +196,31 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
     daemon.signal("TERM");
     daemon.wait_for_log("draining live associations", Duration::from_secs(10)).await;
     assert_eq!(daemon.get("/readyz").await.0, 503, "not ready while draining");
-    assert!(TcpStream::connect(("127.0.0.1", store)).await.is_err(), "no new connections while draining");
+    assert!(TcpStream::connect(store).await.is_err(), "no new connections while draining");
 
     let out = transfer.await.expect("storescu task");
     assert!(out.status.success(), "the transfer in flight was cut:\n{}", output_text(&out));
     assert_eq!(received(dir.path()), files.len(), "every file arrived");
-    let status =
-        tokio::time::timeout(Duration::from_secs(30), daemon.child.wait()).await.expect("exits").expect("status");
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
     drop(pacs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_one_audit_object_per_connection() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let a = args(&["-aet", "STORESCP", "--ignore", &port.to_string()]);
     let _pacs = ScpProcess::spawn("storescp", &a, port, dir.path()).await;
-    let (store, admin) = (free_port(), free_port());
     write_identity(dir.path(), &pki().server.cert_pem, &pki().server.key_pem);
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, config_text(store, admin, port, true)).expect("config");
-    let daemon = Daemon::start(&config, dir.path(), admin).await;
+    std::fs::write(&config, config_text(port, true)).expect("config");
+    let daemon = Daemon::start(&config).await;
+    let store = daemon.addr("store");
 
     for calling in ["BUTTERFLY", "INTRUDER"] {
-        let echo = args(&["+tla", "-ic", "-aet", calling, "-aec", "STORESCP", "127.0.0.1", &store.to_string()]);
+        let echo = args(&["+tla", "-ic", "-aet", calling, "-aec", "STORESCP", "127.0.0.1", &store.port().to_string()]);
         run_scu("echoscu", &echo, dir.path(), Duration::from_secs(30)).await;
     }
     // Each audit line is written when the gateway's side has closed, which

@@ -145,7 +145,7 @@ fn store_rsp(message_id: u16, status: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storescu_files_are_counted_as_c_store_successes() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let _pacs =
@@ -176,7 +176,7 @@ async fn storescu_files_are_counted_as_c_store_successes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_store_failures_from_the_scp_are_counted_as_failures() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = storing_scp(0xA700).await;
     let (addr, metrics, _stop) = gateway(backend, "").await;
@@ -319,7 +319,7 @@ async fn recorder(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_storescu_session_frames_identically_in_any_chunking() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let _pacs =

@@ -90,7 +90,7 @@ async fn echoscu(s: &Setup, tls: Vec<String>) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoscu_tls_through_gateway_to_storescp() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let mut s = setup(false, tls_default()).await;
     let out = echoscu(&s, tls_anonymous(&s.gw)).await;
     assert!(out.status.success(), "echoscu failed:\n{}", output_text(&out));
@@ -106,7 +106,7 @@ fn tls_default() -> Security {
 async fn echoscu_with_pinned_guide_style_certificate() {
     // The guide's "SCU authentication: Authenticated": the cloud presents its
     // self-signed CA:true certificate, pinned at the gateway.
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let pinned = Security::Tls { client_ca: None, client_certificates: vec!["cloud.pem".into()] };
     let s = setup(false, pinned).await;
     let out = echoscu(&s, tls_with_identity(&s.gw, "cloud")).await;
@@ -120,7 +120,7 @@ async fn echoscu_with_pinned_guide_style_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoscu_rejected_calling_ae_sees_rejection() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let s = setup(false, tls_default()).await;
     let mut a = tls_anonymous(&s.gw);
     a.extend(timeouts());
@@ -138,7 +138,7 @@ async fn echoscu_rejected_calling_ae_sees_rejection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storescu_tls_twenty_files_arrive_bit_identical() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let mut s = setup(false, tls_default()).await;
     let dir = s.work.path();
     std::fs::create_dir_all(dir.join("send")).expect("mkdir");
@@ -200,7 +200,7 @@ fn received_datasets(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findscu_worklist_through_gateway_to_wlmscpfs() {
-    require_dcmtk!();
+    require_tool!(dcmtk);
     let mut s = setup(true, tls_default()).await;
     let dir = s.work.path();
     std::fs::create_dir_all(dir.join("responses")).expect("mkdir");

@@ -17,7 +17,7 @@ use support::{scu, wait_for_active, CLOUD_AE, PACS_AE, PROMPT};
 /// `shutdown.grace_period` in the generated configuration.
 const GRACE: Duration = Duration::from_secs(1);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_with_nothing_live_returns_promptly() {
     let scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).start().await;
@@ -28,7 +28,7 @@ async fn shutdown_with_nothing_live_returns_promptly() {
     assert!(started.elapsed() < GRACE, "idle gateway took {:?} to stop", started.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_drains_for_the_grace_period_then_aborts() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let mut gw = GatewaySpec::store(&[scp.addr]).start().await;

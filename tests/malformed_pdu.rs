@@ -127,7 +127,7 @@ async fn rq_too_short_for_its_fixed_fields_is_aborted_or_closed() {
     wait_for_count(&gw.metrics, "store", Outcome::ProtocolError, 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn truncated_rq_then_silence_is_ended_at_the_acse_timeout() {
     let (mut scp, gw) = start().await;
     let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
@@ -146,7 +146,7 @@ async fn truncated_rq_then_silence_is_ended_at_the_acse_timeout() {
     wait_for_count(&gw.metrics, "store", Outcome::Timeout, 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn silent_client_after_tls_is_ended_at_the_acse_timeout() {
     let (mut scp, gw) = start().await;
     let mut s = raw::tls_connect(gw.addr(), pki().client_config(None)).await.expect("TLS");
@@ -159,7 +159,7 @@ async fn silent_client_after_tls_is_ended_at_the_acse_timeout() {
     wait_for_count(&gw.metrics, "store", Outcome::Timeout, 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn silent_tcp_client_without_tls_is_ended_at_the_acse_timeout() {
     // "accept → complete A-ASSOCIATE-RQ (TLS included)": a peer that never
     // sends a ClientHello must not hold a connection slot forever.

@@ -5,20 +5,14 @@
 //! Without promtool (Debian: prometheus) this is skipped, except under
 //! `CI=true`, where that is a failure.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 #[test]
 fn alert_rules_are_valid_and_fire_as_documented() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(!ci(), "promtool is required in CI (apt-get install -y prometheus)");
-        eprintln!("skipped: promtool not installed (apt-get install -y prometheus)");
-        return;
-    }
+    require_tool!("promtool");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-deploy.sh");
     let out = Command::new("bash").arg(&script).output().expect("run check-deploy.sh");
     assert!(

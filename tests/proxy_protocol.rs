@@ -131,13 +131,13 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v1_carries_the_client_address() {
-    require_tools!(["haproxy", "storescp"]);
+    require_tool!("haproxy", "storescp");
     allow_list_applies_to_the_carried_address("v1", "v1", "send-proxy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v2_carries_the_client_address() {
-    require_tools!(["haproxy", "storescp"]);
+    require_tool!("haproxy", "storescp");
     allow_list_applies_to_the_carried_address("v2", "v2", "send-proxy-v2").await;
 }
 
@@ -147,7 +147,7 @@ const V2_LOCAL: [u8; 16] =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refused() {
-    require_tools!(["storescp"]);
+    require_tool!("storescp");
     logs::capture();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
@@ -200,7 +200,7 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
 /// The shipped example (deploy/haproxy/haproxy.cfg) parses.
 #[tokio::test]
 async fn the_example_haproxy_cfg_is_valid() {
-    require_tools!(["haproxy"]);
+    require_tool!("haproxy");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg");
     let dir = tempfile::tempdir().expect("tempdir");
     let a = args(&["-c", "-f", &example.display().to_string()]);

@@ -18,7 +18,7 @@ use support::{scu, wait_for_active, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
 
 const DIMSE: Duration = Duration::from_secs(1);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
     let mut scp = TestScp::spawn(PACS_AE).await;
     let gw = GatewaySpec::store(&[scp.addr]).listener(|l| l.dimse = "1s".into()).start().await;
@@ -64,7 +64,7 @@ async fn idle_association_is_aborted_on_both_sides_after_dimse_timeout() {
     wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn idle_abort_bytes_are_exact() {
     // The same over a raw socket: `07 00 00000004 00 00 02 00`.
     let scp = TestScp::spawn(PACS_AE).await;

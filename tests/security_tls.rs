@@ -8,12 +8,13 @@
 //! an admin deploys), trusted by the scanner with `--add-ca` the way the cloud
 //! trusts the uploaded certificate. Loopback only; testssl does no DNS.
 
-mod support_robust;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use support_robust::daemon::{gen_cert, output_text, run_to_exit, run_until, Daemon};
+use support::daemon::{gen_cert, run_to_exit, run_until, Daemon};
+use support::tools::output_text;
 
 /// testssl.sh findings that come from the test certificate, not from the
 /// gateway's TLS policy. Nothing else may be filtered.
@@ -71,7 +72,7 @@ fn find<'a>(findings: &'a [Finding], id: &str) -> &'a Finding {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testssl_finds_no_old_protocol_no_weak_suite_and_nothing_medium_or_worse() {
-    require_tools!("testssl", &["--version"], "testssl.sh"; "openssl", &["version"], "openssl");
+    require_tool!("testssl", "openssl");
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut gateway, cert) = start_tls_gateway(dir.path()).await;
     let addr = gateway.addr("store");
@@ -168,7 +169,7 @@ fn client_cannot_send(text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_with_tls_1_1_or_1_0_is_refused() {
-    require_tools!("openssl", &["version"], "openssl");
+    require_tool!("openssl");
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut gateway, _) = start_tls_gateway(dir.path()).await;
     let addr = gateway.addr("store");

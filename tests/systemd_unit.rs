@@ -6,20 +6,14 @@
 //! Without systemd-analyze (Debian: systemd) this is skipped, except under
 //! `CI=true`, where that is a failure.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 #[test]
 fn unit_verifies_and_exposure_is_at_most_1_5() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        assert!(!ci(), "systemd-analyze is required in CI (apt-get install -y systemd)");
-        eprintln!("skipped: systemd-analyze not installed (apt-get install -y systemd)");
-        return;
-    }
+    require_tool!("systemd-analyze");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-systemd.sh");
     let out = Command::new("bash").arg(&script).env_remove("MAX_EXPOSURE").output().expect("run check-systemd.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,7 +1,11 @@
-//! DCMTK peers: the availability check of the interop suite
-//! (`require_dcmtk!`), `dump2dcm`, `echoscu`, and the SCPs the backend tests
-//! put behind the gateway (`storescp`, `wlmscpfs` with one worklist item).
-//! The process plumbing is in [`super::tools`].
+//! DCMTK as the independent peers: the programs `require_tool!(dcmtk)`
+//! checks, `dump2dcm`, `echoscu` (plain with chosen AE titles, or as the
+//! cloud over TLS), and the SCPs put behind the gateway (`storescp`,
+//! `wlmscpfs` with one worklist item). All run with `TCP_NODELAY=1` (DCMTK
+//! 3.6.7 otherwise waits ~40 ms per PDU for a delayed ACK). DCMTK SCPs take
+//! their port on the command line and cannot bind port 0 and report it,
+//! hence [`super::ports::free_port`]. The process plumbing is in
+//! [`super::tools`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,23 +14,8 @@ use std::time::Duration;
 
 use super::tools::{args, free_port, output_text, run_scu, ScpProcess};
 
-/// The DCMTK programs the interop suite runs.
+/// The DCMTK programs the suites run (`require_tool!(dcmtk)`).
 pub const TOOLS: [&str; 6] = ["echoscu", "storescu", "findscu", "storescp", "wlmscpfs", "dump2dcm"];
-
-/// Returns from the test (printing "skipped: dcmtk missing") when DCMTK is
-/// not installed, except under `CI=true`, where it panics.
-#[macro_export]
-macro_rules! require_dcmtk {
-    () => {
-        if !$crate::support::tools::tools_present(
-            &$crate::support::dcmtk::TOOLS,
-            Some("dcmtk"),
-            "apt-get install -y dcmtk",
-        ) {
-            return;
-        }
-    };
-}
 
 /// Turns a DCMTK text dump into a DICOM file with `dump2dcm`.
 pub async fn dump2dcm(dump: &str, out: &Path, dir: &Path) {
@@ -54,6 +43,24 @@ pub async fn echoscu(addr: SocketAddr, calling: &str, called: &str, dir: &Path) 
         &addr.port().to_string(),
     ]);
     run_scu("echoscu", &a, dir, Duration::from_secs(30)).await
+}
+
+/// `echoscu` as the cloud (`CLOUD` calling `PACS`; with `tls`, `+tla -ic`:
+/// TLS without verifying the certificate, as the README walk-through does)
+/// to `addr`, under `deadline`.
+pub async fn cloud_echoscu(addr: SocketAddr, tls: bool, deadline: Duration) -> Output {
+    let mut a = args(&["-aet", super::CLOUD_AE, "-aec", super::PACS_AE, "-to", "10", "-ta", "10", "-td", "10"]);
+    if tls {
+        a.extend(args(&["+tla", "-ic"]));
+    }
+    a.extend([addr.ip().to_string(), addr.port().to_string()]);
+    run_scu("echoscu", &a, &std::env::temp_dir(), deadline).await
+}
+
+/// Asserts that a C-ECHO from the cloud through the gateway succeeds.
+pub async fn assert_echo(addr: SocketAddr, tls: bool) {
+    let out = cloud_echoscu(addr, tls, Duration::from_secs(30)).await;
+    assert!(out.status.success(), "echoscu to {addr} (tls {tls}) failed:\n{}", output_text(&out));
 }
 
 /// `storescp` with AE title `ae` (it accepts any called AE title) and

@@ -1,21 +1,33 @@
-//! Shared test harness: the in-memory test PKI, a gateway started on port 0
-//! from generated (or literal) YAML with reload, health and admin access, a
-//! plain dicom-ul test SCP and SCU, raw PDU helpers for misbehaving peers and
-//! PROXY-protocol clients, external programs (DCMTK, HAProxy) as children
-//! killed on drop, and a log capture for the audit line.
+//! The one test harness of every `tests/*.rs` binary (each declares
+//! `mod support;` once):
 //!
-//! Missing tools skip a test locally and fail it under `CI=true`. Every wait
-//! has a deadline; ports are taken from the kernel (bound to 0); only
-//! children this harness spawned are killed, by their own handle.
+//! - in-process gateway: [`gateway`] (generated or literal YAML, port 0,
+//!   reload, health, admin), [`pki`] (the in-memory test PKI), [`logs`];
+//! - the real binary as a child: [`daemon`] (`dicomgate run`, bound
+//!   addresses read from its startup lines), [`cli`] (one-shot commands);
+//! - peers: [`scp`] / [`scu`] (dicom-ul), [`dimse`], [`dicom_file`], [`raw`]
+//!   (hand-built PDUs, PROXY headers, raw TLS), [`wire`], [`hostile`] and
+//!   [`attack`] (misbehaving and flooding clients);
+//! - external programs: [`tools`] (availability, children killed on drop),
+//!   [`dcmtk`], [`ports`] (for children that cannot bind port 0).
+//!
+//! Missing tools skip a test locally and fail it under `CI=true`
+//! ([`require_tool!`], [`ci`]). Every wait has a deadline; only children
+//! this harness spawned are killed, by their own handle.
 //!
 //! Every test binary compiles this module on its own and uses only part of
-//! it, hence the `dead_code` allowance.
+//! it: without the allowance each binary would warn about the helpers the
+//! others use.
 #![allow(dead_code)]
 
+pub mod attack;
+pub mod cli;
+pub mod daemon;
 pub mod dcmtk;
 pub mod dicom_file;
 pub mod dimse;
 pub mod gateway;
+pub mod hostile;
 pub mod logs;
 pub mod pki;
 pub mod ports;
@@ -23,6 +35,7 @@ pub mod raw;
 pub mod scp;
 pub mod scu;
 pub mod tools;
+pub mod wire;
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +49,32 @@ pub const PROMPT: Duration = Duration::from_secs(5);
 /// The calling AE title the test cloud uses, and the SCP's.
 pub const CLOUD_AE: &str = "CLOUD";
 pub const PACS_AE: &str = "PACS";
+
+/// Whether this is a CI run, where a missing tool fails the test instead of
+/// skipping it (`CI` set to anything but empty, `0` or `false`).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Returns from the test when one of the programs is missing, printing
+/// `skipped: [..] missing (apt-get install -y PACKAGE)` on stderr, except
+/// under `CI=true`, where it panics (a CI box without the tool is broken).
+///
+/// `require_tool!("openssl")`, `require_tool!("haproxy", "storescp")`, or
+/// `require_tool!(dcmtk)` for every DCMTK program the suites run.
+#[macro_export]
+macro_rules! require_tool {
+    (dcmtk) => {
+        if !$crate::support::tools::present(&$crate::support::dcmtk::TOOLS) {
+            return;
+        }
+    };
+    ($($tool:expr),+ $(,)?) => {
+        if !$crate::support::tools::present(&[$($tool),+]) {
+            return;
+        }
+    };
+}
 
 /// Installs the process-wide rustls crypto provider once (dicom-ul needs
 /// one chosen; a second install in the same process is harmless).

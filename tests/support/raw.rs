@@ -37,10 +37,10 @@ pub fn ae_raw(bytes: &[u8], pad: u8) -> [u8; 16] {
     f
 }
 
-fn item(out: &mut Vec<u8>, item_type: u8, body: &[u8]) {
+pub(super) fn item(out: &mut Vec<u8>, item_type: u8, body: &[u8]) {
     out.push(item_type);
     out.push(0);
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(&u16::try_from(body.len()).expect("item fits in 64 KiB").to_be_bytes());
     out.extend_from_slice(body);
 }
 

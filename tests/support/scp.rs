@@ -1,7 +1,8 @@
 //! A plain (non-TLS) test SCP built on dicom-ul's async server association:
 //! accepts any AE titles and the Verification SOP class, answers C-ECHO,
 //! releases on request, and reports every event on a channel so tests can
-//! assert what reached the backend (or that nothing did).
+//! assert what reached the backend (or that nothing did). Also a one-shot
+//! fake SCP answering the first PDU with fixed bytes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,4 +153,33 @@ async fn serve(stream: TcpStream, ae_title: String, tx: mpsc::UnboundedSender<Sc
             }
         }
     }
+}
+
+/// A fake SCP on a thread (for the synchronous `echo` command tests): accepts one connection, reads the A-ASSOCIATE-RQ
+/// and answers with `reply` (e.g. an A-ASSOCIATE-RJ), then closes.
+pub fn one_shot_scp(reply: Vec<u8>) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut header = [0u8; 6];
+        if s.read_exact(&mut header).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = s.write_all(&reply);
+        let _ = s.flush();
+        // Wait for the client to close first, so our reply is not lost to
+        // a reset.
+        let _ = s.read(&mut [0u8; 64]);
+    });
+    addr
 }

@@ -1,5 +1,6 @@
-//! External programs (DCMTK, HAProxy): availability (skip locally, fail
-//! under `CI=true`), long-running peers killed on drop (by their own PID, via
+//! External programs (DCMTK, HAProxy, OpenSSL, promtool, …): availability
+//! (the body of [`crate::require_tool!`]: skip locally, fail under
+//! `CI=true`), long-running peers killed on drop (by their own PID, via
 //! tokio's `kill_on_drop`), client runs under a deadline, free ports, and
 //! waiting for a child to listen without connecting to it (a probe
 //! association would disturb an SCP and its log).
@@ -11,54 +12,48 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// Whether `program` runs at all (`--version` or `-v`, whichever it knows:
-/// DCMTK takes the first, HAProxy the second).
+/// Whether `program` runs at all: one of `--version`, `-v` or `version`
+/// exits 0 (DCMTK knows the first, HAProxy the second, OpenSSL the third).
 pub fn available(program: &str) -> bool {
-    ["--version", "-v"].iter().any(|flag| {
+    ["--version", "-v", "version"].iter().any(|flag| {
         std::process::Command::new(program)
             .arg(flag)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+            .is_ok_and(|s| s.success())
     })
 }
 
-/// Whether this is a CI run (where a missing tool is a failure, not a skip).
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+/// The Debian package that provides `program`, for the skip/fail message.
+fn package_of(program: &str) -> &str {
+    match program {
+        "echoscu" | "storescu" | "findscu" | "storescp" | "wlmscpfs" | "dump2dcm" => "dcmtk",
+        "promtool" => "prometheus",
+        "testssl" => "testssl.sh",
+        "systemd-analyze" => "systemd",
+        other => other,
+    }
 }
 
-/// Whether every one of `tools` runs. When one does not: panics under
-/// `CI=true` (naming `install`, how to get them), else prints
-/// `skipped: WHAT missing` (`WHAT` is `what`, or the missing programs) and
-/// returns false, so the test can return.
-pub fn tools_present(tools: &[&str], what: Option<&str>, install: &str) -> bool {
+/// Whether every one of `tools` runs (the body of [`require_tool!`]). When
+/// one does not: panics under `CI=true`, else prints `skipped: [..] missing`
+/// with the packages to install on stderr and returns false.
+pub fn present(tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !available(t)).collect();
     if missing.is_empty() {
         return true;
     }
-    if in_ci() {
-        panic!("{missing:?} required in CI ({install})");
+    let mut packages: Vec<&str> = missing.iter().map(|t| package_of(t)).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let install = format!("apt-get install -y {}", packages.join(" "));
+    if super::ci() {
+        panic!("{missing:?} required in CI ({install}; scripts/install-test-deps.sh installs them)");
     }
-    match what {
-        Some(what) => eprintln!("skipped: {what} missing"),
-        None => eprintln!("skipped: {missing:?} missing"),
-    }
+    eprintln!("skipped: {missing:?} missing ({install})");
     false
-}
-
-/// Returns from the test when one of the programs is missing (printing
-/// `skipped: [...] missing`), except under `CI=true`, where it panics:
-/// `require_tools!(["haproxy", "storescp"])`.
-#[macro_export]
-macro_rules! require_tools {
-    ($tools:expr) => {
-        if !$crate::support::tools::tools_present(&$tools, None, "scripts/install-test-deps.sh installs them") {
-            return;
-        }
-    };
 }
 
 pub use super::ports::free_port;
@@ -135,19 +130,40 @@ impl ScpProcess {
     }
 }
 
-/// Whether a socket listens on 127.0.0.1:`port` or 0.0.0.0:`port` (Linux
-/// /proc/net/tcp{,6}).
-pub fn is_listening(port: u16) -> bool {
+/// Socket inodes listening on TCP `port` at any local address (Linux
+/// /proc/net/tcp{,6}: column 1 is `ADDR:PORT` in hex, 3 the state, `0A`
+/// LISTEN, 9 the inode).
+fn listening_inodes(port: u16) -> Vec<String> {
     let wanted = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table)
-            .map(|text| {
-                text.lines().skip(1).any(|line| {
-                    let cols: Vec<&str> = line.split_whitespace().collect();
-                    cols.len() > 3 && cols[1].ends_with(&wanted) && cols[3] == "0A"
-                })
-            })
-            .unwrap_or(false)
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[1].ends_with(&wanted) && cols[3] == "0A" {
+                inodes.push(cols[9].to_owned());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether a socket listens on TCP `port`, whoever owns it.
+pub fn is_listening(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
+/// Whether process `pid` itself holds a socket listening on TCP `port`
+/// (one of its /proc/PID/fd entries is that socket).
+pub fn listens_in(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        inodes.iter().any(|inode| target == format!("socket:[{inode}]"))
     })
 }
 
@@ -167,7 +183,7 @@ pub async fn run_scu(program: &str, args: &[String], dir: &Path, deadline: Durat
 /// stdout + stderr of a finished process, for assertion messages.
 pub fn output_text(out: &Output) -> String {
     format!(
-        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

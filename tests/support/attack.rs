@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::wire;
+use super::{raw, wire};
 
 /// The slow ways of holding a connection open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub async fn slowloris(
     tokio::time::sleep(start_after).await;
     let mut lives = Vec::new();
     let rq = wire::associate_rq(1, 1);
-    let hello = wire::client_hello(tls.clone());
+    let hello = raw::client_hello(tls.clone());
     while !pressure.stop.load(Ordering::SeqCst) {
         let Ok(tcp) = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await else {
             panic!("{kind:?}: connect to {addr} timed out");
@@ -209,4 +209,10 @@ async fn flash(kind: Flash, source: IpAddr, target: SocketAddr, tls: Arc<rustls:
         }
     }
     Ok(())
+}
+
+/// Reads a size from the environment (the larger runs of `scripts/abuse.sh`),
+/// else the CI default.
+pub fn size_from_env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -74,7 +74,7 @@ pub fn hostile_cases() -> Vec<Case> {
     use Port::*;
     use When::*;
     let mut cases = Vec::new();
-    let mut rng = super::Prng::new(7);
+    let mut rng = Prng::new(7);
     for seed in 0..3 {
         // Random bytes whose first byte is no PDU type (and no TLS record type).
         let mut junk = rng.bytes(4096);
@@ -234,4 +234,28 @@ pub fn check_case(c: &Case, ending: &Ending) -> String {
         ),
     }
     format!("{:>8.0?}  {}", closed, c.name)
+}
+
+/// A small deterministic PRNG (xorshift64*), so "random" inputs are the same
+/// on every run and a failure can be replayed from its seed.
+#[derive(Debug, Clone)]
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next_u64() >> 32) as u8).collect()
+    }
 }

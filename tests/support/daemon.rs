@@ -1,9 +1,11 @@
 //! The real `dicomgate run` as a child process: started from a YAML file
-//! with `listen: 127.0.0.1:0` everywhere and JSON logs, so the bound
-//! addresses are read from its own startup lines (no port races); its open
-//! file descriptors and resident memory read from /proc; its metrics scraped
-//! from the admin endpoint. The child is killed (by its PID, via tokio's
-//! `kill_on_drop`) when the handle is dropped.
+//! with `listen: 127.0.0.1:0` everywhere (listeners and `admin.listen`), so
+//! the kernel picks the ports and the bound addresses are read back from the
+//! daemon's own startup lines, text or JSON (no bind-drop-reuse race); its
+//! open file descriptors and resident memory read from /proc; its metrics
+//! scraped from the admin endpoint; signals sent to its PID. The child is
+//! killed (by its PID, via tokio's `kill_on_drop`) when the handle is
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 /// How long the daemon may take to say "dicomgate ready" on a loaded box.
@@ -68,24 +69,17 @@ pub async fn run_until(args: &[&str], deadline: Duration) -> Result<Output, Stri
     }
 }
 
-/// stdout + stderr of a finished process, for assertion messages.
-pub fn output_text(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `dicomgate gen-cert` into `dir` (RSA 2048, the default key type, which
 /// every DCMTK TLS profile can use): `scp_cert.pem`, `scp_key.pem`.
 pub async fn gen_cert(dir: &Path, days: u32) -> (PathBuf, PathBuf) {
-    let (dir_s, days_s) = (dir.display().to_string(), days.to_string());
-    let args = ["gen-cert", "--dir", &dir_s, "--cn", "localhost", "--san", "127.0.0.1", "--san", "localhost"];
-    let out = run_to_exit(&[&args[..], &["--days", &days_s]].concat(), Duration::from_secs(60)).await;
-    assert!(out.status.success(), "gen-cert failed:\n{}", output_text(&out));
-    (dir.join("scp_cert.pem"), dir.join("scp_key.pem"))
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let days = days.to_string();
+        let extra = ["--san", "127.0.0.1", "--san", "localhost", "--days", &days];
+        super::cli::gen_cert(&dir, "localhost", "rsa2048", &extra)
+    })
+    .await
+    .expect("gen-cert thread")
 }
 
 /// A running daemon.
@@ -98,9 +92,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `dicomgate run --config CONFIG` (stderr to `CONFIG.log`) and
-    /// waits for its "dicomgate ready" line. The YAML must ask for
-    /// `log: {format: json}` so the startup lines can be read.
+    /// Starts `dicomgate run --config CONFIG` (stderr to `CONFIG.log`, at the
+    /// configured log format; `RUST_LOG` removed so the configured level
+    /// holds) and waits for its "dicomgate ready" line. `log.level` must let
+    /// the info-level startup lines through.
     pub async fn start(config: &Path) -> Daemon {
         let log = config.with_extension("log");
         let file = std::fs::File::create(&log).expect("create daemon log");
@@ -108,6 +103,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -144,6 +140,40 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log contains `needle`; panics with the log after `within`.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.log_text().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {needle:?} in the log within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, …) to the daemon's PID.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid.to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -s {name} {pid}");
+    }
+
+    /// Waits for the daemon to exit on its own; panics (with the log) after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.expect("wait for dicomgate"),
+            Err(_) => panic!("dicomgate still running after {within:?}:\n{}", self.log_text()),
+        }
+    }
+
+    /// `GET path` on the admin endpoint: (status code, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("admin.listen in the daemon's configuration");
+        super::gateway::http_get(admin, path).await
+    }
+
     /// Panics (with the log) if the daemon has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -163,20 +193,9 @@ impl Daemon {
 
     /// Scrapes `/metrics` from the admin endpoint (the config must set `admin.listen`).
     pub async fn scrape(&self) -> Scrape {
-        let admin = self.admin.expect("admin.listen in the daemon's configuration");
-        let text = super::within(Duration::from_secs(10), "GET /metrics", async {
-            let mut s = TcpStream::connect(admin).await.expect("connect to the admin endpoint");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .await
-                .expect("send GET /metrics");
-            let mut raw = Vec::new();
-            s.read_to_end(&mut raw).await.expect("read /metrics");
-            String::from_utf8_lossy(&raw).into_owned()
-        })
-        .await;
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
-        Scrape(body.to_owned())
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        Scrape(body)
     }
 
     /// Waits until no connection is active on any of `listeners`.
@@ -195,32 +214,53 @@ impl Daemon {
     }
 }
 
+/// MiB in KiB, for RSS margins.
+pub const MIB_IN_KIB: u64 = 1024;
+
 /// Resident set size of process `pid` in KiB (VmRSS), if it still runs.
 pub fn rss_kib_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
 }
 
-/// Listener addresses and the admin address, once "dicomgate ready" is logged.
+/// Listener addresses and the admin address, once "dicomgate ready" is
+/// logged. Reads JSON lines (`log.format: json`) and text lines (where
+/// tracing writes the message, then `key=value` fields).
 fn parse_startup(log: &str) -> Option<(BTreeMap<String, SocketAddr>, Option<SocketAddr>)> {
     let mut listeners = BTreeMap::new();
     let mut admin = None;
     let mut ready = false;
     for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let message = v["message"].as_str().unwrap_or_default();
-        let address = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
-        match (message, address) {
+        let (message, listener, address) = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => (
+                v["message"].as_str().unwrap_or_default().to_owned(),
+                v["listener"].as_str().map(str::to_owned),
+                v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()),
+            ),
+            Err(_) => text_fields(line),
+        };
+        match (message.as_str(), listener, address) {
             // "listening", or "listening WITHOUT TLS …" for a plaintext listener.
-            (m, Some(a)) if m.starts_with("listening") && v["listener"].is_string() => {
-                listeners.insert(v["listener"].as_str().unwrap_or_default().to_owned(), a);
+            (m, Some(name), Some(a)) if m.starts_with("listening") => {
+                listeners.insert(name, a);
             }
-            (m, Some(a)) if m.starts_with("admin endpoint listening") => admin = Some(a),
-            ("dicomgate ready", _) => ready = true,
+            (m, None, Some(a)) if m.starts_with("admin endpoint listening") => admin = Some(a),
+            ("dicomgate ready", _, _) => ready = true,
             _ => {}
         }
     }
     ready.then_some((listeners, admin))
+}
+
+/// (message, `listener=`, `address=`) of a text log line such as
+/// `… INFO dicomgate::server: listening listener=store address=127.0.0.1:4242 …`.
+fn text_fields(line: &str) -> (String, Option<String>, Option<SocketAddr>) {
+    let Some((_, rest)) = line.split_once("dicomgate::server: ") else {
+        return (String::new(), None, None);
+    };
+    let field = |key: &str| rest.split(' ').find_map(|w| w.strip_prefix(key)).map(|v| v.trim_matches('"').to_owned());
+    let message = rest.split(" listener=").next().unwrap_or(rest).split(" address=").next().unwrap_or(rest);
+    (message.to_owned(), field("listener="), field("address=").and_then(|a| a.parse().ok()))
 }
 
 /// One scrape of the Prometheus text exposition.

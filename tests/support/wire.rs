@@ -1,38 +1,22 @@
-//! Hostile and hand-built peers: A-ASSOCIATE-RQ bytes of any size, a TLS
-//! client that trusts anything (the attacker does not care who we are),
-//! a ClientHello as raw bytes to drip, and "what did the gateway do and when"
-//! readers that time the close.
+//! What the robustness suites add to [`super::raw`]: A-ASSOCIATE-RQ bytes
+//! of any size, a TLS client that trusts anything (the attacker does not
+//! care who we are), a TLS connect without a deadline of its own (floods set
+//! theirs), and "what did the gateway do and when" readers that time the
+//! close. The rest (AE fields, `send`, A-RELEASE-RQ) is [`super::raw`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use super::dcmtk::{CLOUD_AE, PACS_AE};
-
-pub const VERIFICATION: &str = "1.2.840.10008.1.1";
-pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
-
-/// A 16-byte AE title field, space padded (PS3.8 §9.3.2).
-pub fn ae(title: &str) -> [u8; 16] {
-    let mut f = [b' '; 16];
-    f[..title.len()].copy_from_slice(title.as_bytes());
-    f
-}
-
-fn item(out: &mut Vec<u8>, item_type: u8, body: &[u8]) {
-    out.push(item_type);
-    out.push(0);
-    out.extend_from_slice(&u16::try_from(body.len()).expect("item fits in 64 KiB").to_be_bytes());
-    out.extend_from_slice(body);
-}
+use super::dimse::{IMPLICIT_VR_LE, VERIFICATION};
+use super::raw::{ae, item, tls_over};
+use super::{CLOUD_AE, PACS_AE};
 
 /// An A-ASSOCIATE-RQ (PS3.8 §9.3.2) from `CLOUD` to `PACS` proposing
 /// `contexts` presentation contexts (Verification first), each with
@@ -66,9 +50,6 @@ pub fn associate_rq(contexts: usize, syntaxes: usize) -> Vec<u8> {
     pdu
 }
 
-/// A-RELEASE-RQ (PS3.8 §9.3.6).
-pub const RELEASE_RQ: [u8; 10] = [0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0];
-
 /// A TLS client configuration that trusts any server (an attacker does not
 /// verify): the echo SCU's `--insecure` configuration.
 pub fn insecure_client() -> Arc<rustls::ClientConfig> {
@@ -76,30 +57,10 @@ pub fn insecure_client() -> Arc<rustls::ClientConfig> {
     dicomgate::echo::client_config(&dicomgate::echo::Trust::Insecure, None).expect("insecure client config")
 }
 
-fn server_name() -> ServerName<'static> {
-    ServerName::try_from("localhost").expect("server name")
-}
-
-/// TCP connect and TLS handshake.
+/// TCP connect and TLS handshake, with no deadline of its own (unlike
+/// [`super::raw::tls_connect`]): the caller's deadline applies.
 pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(config).connect(server_name(), tcp).await
-}
-
-/// The bytes of a TLS ClientHello, to drip by hand.
-pub fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
-    let mut conn = rustls::ClientConnection::new(config, server_name()).expect("client connection");
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).expect("write ClientHello");
-    }
-    out
-}
-
-/// Writes and flushes (TLS buffers until flushed).
-pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> io::Result<()> {
-    s.write_all(bytes).await?;
-    s.flush().await
+    tls_over(TcpStream::connect(addr).await?, config).await
 }
 
 /// What the gateway sent until it closed the connection, and when it closed.
