@@ -298,9 +298,7 @@ async fn chromium(extra: &[String], url: &str) -> std::process::Output {
 /// Headless Chromium renders the page: its DOM has the content, the hostile
 /// AE title is a text node, and a screenshot is written for a person.
 async fn render_in_chromium(admin: SocketAddr) {
-    if !support::tools::tools_present(&["chromium"], None, "scripts/install-test-deps.sh installs it") {
-        return;
-    }
+    require_tool!("chromium");
     let url = format!("http://{admin}/");
     let out = chromium(&["--dump-dom".to_owned()], &url).await;
     let dom = String::from_utf8_lossy(&out.stdout);

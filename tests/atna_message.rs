@@ -4,7 +4,6 @@
 //! XML. Pure: no network.
 
 mod support;
-mod support_atna;
 
 use std::net::SocketAddr;
 
@@ -13,7 +12,7 @@ use dicomgate::atna::message::{self, codes, Outcome};
 use dicomgate::atna::Identity;
 use dicomgate::audit::AuditRecord;
 use dicomgate::metrics::Outcome as ConnectionOutcome;
-use support_atna::schema;
+use support::atna::schema;
 
 fn identity() -> Identity {
     Identity {

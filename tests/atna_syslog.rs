@@ -6,18 +6,17 @@
 //! delivered is counted as dropped.
 
 mod support;
-mod support_atna;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use support::atna::{assert_well_formed, is_event, ReceiverTls, Rsyslog};
 use support::gateway::{GatewaySpec, ListenerSpec, RunningGateway, Security};
 use support::pki::pki;
 use support::raw;
 use support::scp::TestScp;
 use support::{scu, CLOUD_AE, PACS_AE};
-use support_atna::{assert_well_formed, is_event, ReceiverTls, Rsyslog};
 use tokio::process::Command;
 
 /// Generous: a 2-core box shared by several suites, and rsyslog's file
@@ -33,11 +32,7 @@ const SOFTWARE_CONFIGURATION: &str = "110131";
 
 macro_rules! require_rsyslog {
     () => {
-        if !support::tools::tools_present(
-            &["rsyslogd"],
-            Some("rsyslogd (Debian: rsyslog, rsyslog-gnutls)"),
-            "scripts/install-test-deps.sh installs rsyslog and rsyslog-gnutls",
-        ) {
+        if !support::atna::receiver_present() {
             return;
         }
     };
@@ -331,7 +326,7 @@ async fn daemon_sends_application_stop_at_sigterm() {
         .wait_for("Application Stop at SIGTERM", ARRIVE, |m| is_event(m, APPLICATION_ACTIVITY, APPLICATION_STOP))
         .await;
     assert_eq!(stopped.procid, pid);
-    if let Err(problems) = support_atna::schema::check(&stopped.xml) {
+    if let Err(problems) = support::atna::schema::check(&stopped.xml) {
         panic!("{problems:?}\n{}", stopped.xml);
     }
 }

@@ -9,7 +9,8 @@
 //!   (hand-built PDUs, PROXY headers, raw TLS), [`wire`], [`hostile`] and
 //!   [`attack`] (misbehaving and flooding clients);
 //! - external programs: [`tools`] (availability, children killed on drop),
-//!   [`dcmtk`], [`ports`] (for children that cannot bind port 0).
+//!   [`dcmtk`], [`ports`] (for children that cannot bind port 0), [`atna`]
+//!   (an rsyslogd receiver and the PS3.15 A.5.1 AuditMessage checker).
 //!
 //! Missing tools skip a test locally and fail it under `CI=true`
 //! ([`require_tool!`], [`ci`]). Every wait has a deadline; only children
@@ -20,6 +21,7 @@
 //! others use.
 #![allow(dead_code)]
 
+pub mod atna;
 pub mod attack;
 pub mod cli;
 pub mod daemon;

@@ -33,6 +33,7 @@ fn package_of(program: &str) -> &str {
         "promtool" => "prometheus",
         "testssl" => "testssl.sh",
         "systemd-analyze" => "systemd",
+        "rsyslogd" => "rsyslog",
         other => other,
     }
 }

@@ -5,14 +5,30 @@
 //! rsyslogd runs in the foreground (`-n`) with its own configuration, PID
 //! file (`-i`) and work directory in the test's temporary directory, and is
 //! killed through its own child handle: nothing on the system is touched.
-#![allow(dead_code)]
-
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::tools::{args, free_port, ScpProcess};
+
+/// Whether rsyslogd and its TLS driver (rsyslog-gnutls) are installed; like
+/// [`crate::support::tools::present`], a missing one fails under `CI=true`.
+pub fn receiver_present() -> bool {
+    if !crate::support::tools::present(&["rsyslogd"]) {
+        return false;
+    }
+    let gtls = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|arch| arch.path().join("rsyslog/lmnsd_gtls.so").exists());
+    if !gtls {
+        assert!(!crate::support::ci(), "rsyslog-gnutls required in CI (apt-get install -y rsyslog-gnutls)");
+        eprintln!("skipped: rsyslog-gnutls missing (apt-get install -y rsyslog-gnutls)");
+    }
+    gtls
+}
 
 /// How the receiver authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
