@@ -127,6 +127,9 @@ impl Gateway {
     pub async fn bind_with(config: Config, metrics: Metrics, mut inherited: Inherited) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
         let backends = build_backends(&config, &health)?;
+        let mut known: Vec<&str> = config.listeners.keys().map(String::as_str).collect();
+        known.extend(config.admin.as_ref().map(|_| ADMIN_FD_NAME));
+        inherited.check_names(&known)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let built = build_listener(lc, &backends)?;
@@ -143,8 +146,6 @@ impl Gateway {
             }
             None => None,
         };
-        let known: Vec<&str> = config.listeners.keys().map(String::as_str).collect();
-        inherited.finish(&known)?;
         let ready_report = inherited.take_ready_channel();
         let lifecycle = Arc::new(Lifecycle::new());
         Ok(Gateway { config, metrics, lifecycle, listeners, admin, backends, health, ready_report, upgrade: None })

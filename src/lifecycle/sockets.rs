@@ -48,8 +48,8 @@ pub enum SocketError {
     )]
     AddressMismatch { key: String, configured: SocketAddr, name: String, passed: SocketAddr },
     #[error(
-        "a socket was passed as {name:?} (FileDescriptorName=), but no listener has that name (listeners: {known}; \
-         \"admin\" is the admin endpoint)"
+        "a socket was passed as {name:?} (FileDescriptorName=), but nothing here has that name (expected one of: \
+         {known}; a listener's name, or \"admin\" for the admin endpoint)"
     )]
     Unclaimed { name: String, known: String },
 }
@@ -159,10 +159,12 @@ impl Inherited {
         Ok(Some(tcp))
     }
 
-    /// Errors if a passed socket was claimed by no listener (a typo in
-    /// FileDescriptorName= would otherwise leave a port nobody serves).
-    pub fn finish(&mut self, known: &[&str]) -> Result<(), SocketError> {
-        match self.listeners.keys().next() {
+    /// Errors if a passed socket is for none of the `known` names (a typo
+    /// in FileDescriptorName= would otherwise leave a port nobody serves).
+    /// Checked before anything binds, so the error is this one and not the
+    /// bind failing on the port the misnamed socket holds.
+    pub fn check_names(&self, known: &[&str]) -> Result<(), SocketError> {
+        match self.listeners.keys().find(|n| !known.contains(&n.as_str())) {
             Some(name) => Err(SocketError::Unclaimed { name: name.clone(), known: known.join(", ") }),
             None => Ok(()),
         }
