@@ -319,3 +319,40 @@ async fn restarting_behind_a_held_socket_refuses_no_connection() {
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(EXIT).await, Some(0));
 }
+
+/// The shipped socket units and the service they point at pass
+/// `systemd-analyze verify` together (the service's binary replaced by a
+/// stand-in where dicomgate is not installed, as scripts/check-systemd.sh does).
+#[test]
+fn socket_units_verify_with_the_service() {
+    if !tools_present(&["systemd-analyze"], Some("systemd-analyze"), "apt-get install -y systemd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stand_in = dir.path().join("dicomgate");
+    std::fs::write(&stand_in, "#!/bin/sh\nexit 0\n").expect("stand-in");
+    let status = Command::new("chmod").arg("0755").arg(&stand_in).status().expect("chmod");
+    assert!(status.success());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let units = ["dicomgate-store.socket", "dicomgate-worklist.socket", "dicomgate.service"];
+    for unit in units {
+        let text = std::fs::read_to_string(repo.join(unit)).unwrap_or_else(|e| panic!("{unit}: {e}"));
+        std::fs::write(dir.path().join(unit), text.replace("/usr/bin/dicomgate", &stand_in.display().to_string()))
+            .expect("unit copy");
+    }
+    for (unit, name, port) in
+        [("dicomgate-store.socket", "store", 2762), ("dicomgate-worklist.socket", "worklist", 2761)]
+    {
+        let text = std::fs::read_to_string(repo.join(unit)).expect("unit");
+        assert!(text.contains(&format!("\nFileDescriptorName={name}\n")), "{unit} names its socket {name}");
+        assert!(text.contains(&format!("\nListenStream=0.0.0.0:{port}\n")), "{unit} listens like config.example.yaml");
+        assert!(text.contains("\nService=dicomgate.service\n"), "{unit} feeds dicomgate.service");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units.iter().map(|u| dir.path().join(u)))
+        .output()
+        .expect("systemd-analyze");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
+}
