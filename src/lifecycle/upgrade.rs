@@ -294,6 +294,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_request_during_an_upgrade_is_ignored() {
+        let r = Arc::new(Relauncher { path: "/bin/sleep".into(), args: vec!["30".into()], deadline: READY_DEADLINE });
+        let mut task = None;
+        start(&mut task, Some(&r), std::iter::empty());
+        let first = task.as_ref().map(|t| t.id()).expect("an upgrade started");
+        start(&mut task, Some(&r), std::iter::empty());
+        assert_eq!(task.as_ref().map(|t| t.id()), Some(first), "still the first upgrade");
+        // Aborting drops the launch, which kills the sleeping successor.
+        task.take().expect("task").abort();
+    }
+
+    #[tokio::test]
     async fn a_missing_binary_is_a_spawn_error_naming_the_path() {
         let r = Relauncher { path: "/nonexistent/dicomgate".into(), args: vec![], deadline: Duration::from_secs(1) };
         let e = r.launch(Vec::new()).await.unwrap_err().to_string();
