@@ -43,6 +43,7 @@ struct Processes {
     first: Child,
     pids: Vec<u32>,
     log: PathBuf,
+    admin: u16,
 }
 
 impl Drop for Processes {
@@ -85,6 +86,9 @@ impl Processes {
         let new = pid_in(&lines[done]);
         assert_ne!(new, old, "the PID changes");
         self.pids.push(new);
+        // The admin socket moved too: the new process answers on it.
+        let (code, body) = http_get(([127, 0, 0, 1], self.admin).into(), "/readyz").await;
+        assert_eq!(code, 200, "/readyz after the upgrade: {body}");
         new
     }
 
@@ -232,7 +236,7 @@ async fn sigusr2_upgrades_under_load_without_failing_an_association() {
         .spawn()
         .expect("spawn dicomgate");
     let pid = first.id().expect("pid");
-    let mut procs = Processes { first, pids: vec![pid], log };
+    let mut procs = Processes { first, pids: vec![pid], log, admin };
     procs.wait_for("dicomgate ready", 1, READY).await;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,8 @@
 //!   `LISTEN_FDNAMES=store:worklist`, and `echoscu` over TLS succeeds through
 //!   both; a socket whose address differs from the listener's `listen`, or
 //!   whose name no listener has, stops the start with a clear error (exit 64).
-//!   A reload then adds a listener (it binds itself) and removes one.
+//!   A reload then adds a listener (it binds itself) and removes one, and a
+//!   SIGUSR2 hands both kinds of socket to a new process.
 //! - A restart as systemd does it with a .socket unit, without systemd as
 //!   PID 1: this test holds the listening socket (the .socket unit's role)
 //!   and starts each gateway process with it at fd 3 (`LISTEN_PID` set by a
@@ -177,8 +178,27 @@ async fn store_and_worklist_sockets_are_taken_by_name_and_serve_tls() {
         assert!(o.status.success(), "echoscu through {port} after reload:\n{}\n{}", output_text(&o), s.log_text());
     }
     assert!(!is_listening(worklist), "the removed listener's socket is closed:\n{}", s.log_text());
-    gw.signal("TERM");
+
+    // SIGUSR2 hands the socket systemd passed, and the one the reload bound,
+    // to a new process; the old one (our child) exits 0 after its drain.
+    gw.signal("USR2");
+    wait_log(&s, "upgrade: the new process is ready", 1).await;
+    let line = s.log_text().lines().find(|l| l.contains("upgrade: the new process is ready")).map(str::to_owned);
+    let successor = line.as_deref().and_then(|l| l.rsplit("pid=").next()).and_then(|p| p.trim().parse::<u32>().ok());
+    let successor = successor.unwrap_or_else(|| panic!("no pid in the ready line:\n{}", s.log_text()));
     assert_eq!(gw.wait_exit(EXIT).await, Some(0), "{}", s.log_text());
+    for port in [store, extra] {
+        let o = s.echo(port).await;
+        assert!(o.status.success(), "echoscu through {port} after the upgrade:\n{}\n{}", output_text(&o), s.log_text());
+    }
+    assert!(s.log_text().contains(&format!("dicomgate ready pid={successor}")), "{}", s.log_text());
+    let term = Command::new("kill").args(["-s", "TERM", &successor.to_string()]).status().expect("kill");
+    assert!(term.success(), "the successor runs");
+    let deadline = Instant::now() + EXIT;
+    while std::fs::read_to_string(format!("/proc/{successor}/stat")).is_ok_and(|st| !st.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "successor still running:\n{}", s.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Starts the gateway through `systemd-socket-activate` with one socket
