@@ -116,7 +116,8 @@ pub struct Inherited {
     pub source: Option<Source>,
     /// Why passed sockets were not for us (logged once logging is up).
     pub ignored: Option<String>,
-    listeners: BTreeMap<String, TcpListener>,
+    /// By name: the position in LISTEN_FDS (for errors) and the socket.
+    listeners: BTreeMap<String, (usize, TcpListener)>,
     ready: Option<UnixDatagram>,
 }
 
@@ -150,9 +151,9 @@ impl Inherited {
         key: &str,
         configured: SocketAddr,
     ) -> Result<Option<TcpListener>, SocketError> {
-        let Some(tcp) = self.listeners.remove(name) else { return Ok(None) };
-        let passed =
-            tcp.local_addr().map_err(|source| SocketError::Take { index: 0, name: name.into(), fd: 0, source })?;
+        let Some((index, tcp)) = self.listeners.remove(name) else { return Ok(None) };
+        let err = |source| SocketError::Take { index, name: name.into(), fd: 3 + index, source };
+        let passed = tcp.local_addr().map_err(err)?;
         if !address_matches(configured, passed) {
             return Err(SocketError::AddressMismatch { key: key.into(), configured, name: name.into(), passed });
         }
@@ -195,7 +196,7 @@ fn take(source: Source, names: Vec<String>) -> Result<Inherited, SocketError> {
         }
         let tcp = fds.take_tcp_listener(index).map_err(err)?;
         let Some(tcp) = tcp else { continue };
-        if out.listeners.insert(name.clone(), tcp).is_some() {
+        if out.listeners.insert(name.clone(), (index, tcp)).is_some() {
             return Err(SocketError::Duplicate { name });
         }
     }
