@@ -267,6 +267,8 @@ impl Gateway {
             // Dropping the launch kills a new process that is not ready yet.
             task.abort();
         }
+        // Our spare copy only: the admin task keeps answering (503) while we drain.
+        drop(admin_fd);
         if handed_over {
             lifecycle.hand_over();
             // The new process answers on the shared admin socket from now on.
