@@ -250,7 +250,8 @@ async fn sigusr2_upgrades_under_load_without_failing_an_association() {
     let old = procs.current();
     let new = procs.upgrade().await;
     procs.wait_exited(old).await;
-    assert_eq!(std::fs::read_link(format!("/proc/{new}/exe")).expect("exe"), binary, "runs the replaced file");
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("exe");
+    assert_eq!(exe, binary.canonicalize().expect("binary path"), "runs the replaced file, not the deleted one");
     wait_more(&ok, 3).await;
 
     // A broken configuration: the new process fails, the old one serves on.
