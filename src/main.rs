@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dicomgate::cli::{exit, Cli, Command, RunArgs};
+use dicomgate::lifecycle::sockets::{Inherited, Source};
+use dicomgate::lifecycle::upgrade::Relauncher;
 use dicomgate::{Config, Gateway, Metrics};
 use tokio::sync::mpsc;
 
@@ -22,6 +24,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &RunArgs) -> u8 {
+    // First, while we have one thread: this takes passed sockets and clears
+    // the LISTEN_* variables. The path is recorded before a package upgrade
+    // can replace the file.
+    let inherited = Inherited::from_env();
+    let relauncher = Relauncher::from_startup();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -30,6 +37,25 @@ fn run(args: &RunArgs) -> u8 {
         }
     };
     dicomgate::logging::init(&config.log);
+    let inherited = match inherited {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    if let Some(why) = &inherited.ignored {
+        tracing::warn!("passed sockets not taken: {why}; binding every listener");
+    }
+    match inherited.source {
+        Some(Source::Systemd) => {
+            tracing::info!(sockets = inherited.len(), "socket activation: sockets passed by systemd")
+        }
+        Some(Source::Upgrade { parent }) => {
+            tracing::info!(parent, sockets = inherited.len(), "upgrade: taking over the previous process's sockets")
+        }
+        None => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -39,15 +65,15 @@ fn run(args: &RunArgs) -> u8 {
     };
     runtime.block_on(async {
         // Before binding: a SIGHUP's default action would kill the process.
-        let (shutdown, reload) = match signals() {
+        let (shutdown, reload, upgrade) = match signals() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot install signal handlers: {e}");
                 return exit::FAILURE;
             }
         };
-        let gateway = match Gateway::bind(config, Metrics::new()).await {
-            Ok(g) => g,
+        let gateway = match Gateway::bind_with(config, Metrics::new(), inherited).await {
+            Ok(g) => g.with_upgrade(upgrade, relauncher),
             Err(e) => {
                 tracing::error!("{e}");
                 return exit::CONFIG;
@@ -66,11 +92,15 @@ fn run(args: &RunArgs) -> u8 {
 /// SIGTERM/SIGINT: the returned future completes (graceful drain); a second
 /// one ends the process at once, for an admin who will not wait for the grace
 /// period. SIGHUP: a reload request (several pending ones coalesce).
-fn signals() -> std::io::Result<(impl std::future::Future<Output = ()> + Send + 'static, mpsc::Receiver<()>)> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+/// SIGUSR2: a hitless upgrade request (one at a time).
+#[allow(clippy::type_complexity)]
+fn signals(
+) -> std::io::Result<(impl std::future::Future<Output = ()> + Send + 'static, mpsc::Receiver<()>, mpsc::Receiver<()>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<i32>();
     let (reload_tx, reload_rx) = mpsc::channel(1);
+    let (upgrade_tx, upgrade_rx) = mpsc::channel(1);
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut stop_tx = Some(stop_tx);
         for signal in signals.forever() {
@@ -78,6 +108,12 @@ fn signals() -> std::io::Result<(impl std::future::Future<Output = ()> + Send + 
                 // Full means a reload is already pending: it will read the
                 // file as it is now.
                 let _ = reload_tx.try_send(());
+                continue;
+            }
+            if signal == SIGUSR2 {
+                if upgrade_tx.try_send(()).is_err() {
+                    tracing::warn!("an upgrade is already in progress; SIGUSR2 ignored");
+                }
                 continue;
             }
             match stop_tx.take() {
@@ -96,5 +132,5 @@ fn signals() -> std::io::Result<(impl std::future::Future<Output = ()> + Send + 
             tracing::info!(signal, "shutdown requested");
         }
     };
-    Ok((stop, reload_rx))
+    Ok((stop, reload_rx, upgrade_rx))
 }

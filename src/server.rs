@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ use crate::atna::{self, AtnaError, AuditSink};
 use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
+use crate::lifecycle::sockets::{Inherited, SocketError, ADMIN_FD_NAME};
+use crate::lifecycle::upgrade::{self, Relauncher};
 use crate::lifecycle::{Lifecycle, State};
 use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
@@ -61,6 +65,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Audit(#[from] AtnaError),
+    #[error("{0}")]
+    Socket(#[from] SocketError),
     #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
     NoConfigFile,
 }
@@ -71,16 +77,23 @@ struct Built {
     certificate: Option<CertificateInfo>,
 }
 
+/// A listening socket, with a duplicate of its fd kept for handing to a
+/// new process on SIGUSR2 (the accept loop owns the `tcp`).
+struct Socket {
+    tcp: TcpListener,
+    address: SocketAddr,
+    fd: OwnedFd,
+}
+
 struct Bound {
     name: String,
-    address: SocketAddr,
-    tcp: TcpListener,
+    socket: Socket,
     built: Built,
 }
 
 impl Bound {
     fn view(&self) -> ListenerView {
-        ListenerView::new(&self.built.runtime.config, self.address, self.built.certificate.as_ref())
+        ListenerView::new(&self.built.runtime.config, self.socket.address, self.built.certificate.as_ref())
     }
 }
 
@@ -89,6 +102,7 @@ struct Slot {
     /// The configured `listen` address (may have port 0; `bound` is real).
     configured: SocketAddr,
     bound: SocketAddr,
+    fd: OwnedFd,
     publish: watch::Sender<Snapshot>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -100,11 +114,14 @@ pub struct Gateway {
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
     listeners: Vec<Bound>,
-    admin: Option<(SocketAddr, TcpListener)>,
+    admin: Option<Socket>,
     backends: Backends,
     health: Arc<HealthRegistry>,
     board: Arc<StatusBoard>,
     atna: AuditSink,
+    /// An upgraded process's channel to report readiness to its parent.
+    ready_report: Option<UnixDatagram>,
+    upgrade: Option<(mpsc::Receiver<()>, Relauncher)>,
 }
 
 type Backends = BTreeMap<String, Arc<BackendRuntime>>;
@@ -114,29 +131,61 @@ impl Gateway {
     /// binds every listener and the admin endpoint. On error nothing is left
     /// listening.
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
+        Self::bind_with(config, metrics, Inherited::none()).await
+    }
+
+    /// As [`Gateway::bind`], but a listener (or the admin endpoint, as
+    /// "admin") whose name is among the `inherited` sockets uses that socket
+    /// instead of binding; a passed socket no listener claims is an error.
+    pub async fn bind_with(config: Config, metrics: Metrics, mut inherited: Inherited) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
         let backends = build_backends(&config, &health)?;
         let audit = atna::Prepared::new(&config)?;
+        let mut known: Vec<&str> = config.listeners.keys().map(String::as_str).collect();
+        known.extend(config.admin.as_ref().map(|_| ADMIN_FD_NAME));
+        inherited.check_names(&known)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
             let built = build_listener(lc, &backends)?;
-            let (tcp, address) = bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?;
+            let key = format!("listeners.{name}.listen");
+            let passed = inherited.take_listener(name, &key, lc.listen)?;
+            let socket = listen_on(&key, lc.listen, passed).await?;
             metrics.register_listener(name);
-            listeners.push(Bound { name: name.clone(), address, tcp, built });
+            listeners.push(Bound { name: name.clone(), socket, built });
         }
         let admin = match &config.admin {
             Some(a) => {
-                let (tcp, address) = bind_addr("admin.listen", a.listen).await?;
-                Some((address, tcp))
+                let passed = inherited.take_listener(ADMIN_FD_NAME, "admin.listen", a.listen)?;
+                Some(listen_on("admin.listen", a.listen, passed).await?)
             }
             None => None,
         };
         let board = Arc::new(StatusBoard::new(health.clone(), Arc::new(RecentAssociations::new())));
         board.set_listeners(listeners.iter().map(|b| b.view()));
+        let ready_report = inherited.take_ready_channel();
         let lifecycle = Arc::new(Lifecycle::new());
         // Last, once nothing can fail: it starts the delivery task.
         let atna = AuditSink::start(audit, metrics.clone());
-        Ok(Gateway { config, metrics, lifecycle, listeners, admin, backends, health, board, atna })
+        Ok(Gateway {
+            config,
+            metrics,
+            lifecycle,
+            listeners,
+            admin,
+            backends,
+            health,
+            board,
+            atna,
+            ready_report,
+            upgrade: None,
+        })
+    }
+
+    /// Enables the hitless upgrade: each message on `requests` (SIGUSR2)
+    /// starts a new process with `relauncher` and hands over to it.
+    pub fn with_upgrade(mut self, requests: mpsc::Receiver<()>, relauncher: Relauncher) -> Gateway {
+        self.upgrade = Some((requests, relauncher));
+        self
     }
 
     /// The backend servers' health (the `/status` view).
@@ -151,12 +200,12 @@ impl Gateway {
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.address)
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.socket.address)
     }
 
     /// The bound address of the admin endpoint.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(a, _)| *a)
+        self.admin.as_ref().map(|a| a.address)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -182,7 +231,22 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut reload: mpsc::Receiver<()>,
     ) -> Result<(), ServeError> {
-        let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health, board, atna } = self;
+        let Gateway {
+            mut config,
+            metrics,
+            lifecycle,
+            listeners,
+            admin,
+            backends,
+            health,
+            board,
+            atna,
+            mut ready_report,
+            upgrade,
+        } = self;
+        let (mut upgrade_requests, relauncher) = upgrade.map_or((None, None), |(r, l)| (Some(r), Some(Arc::new(l))));
+        let mut upgrading = None;
+        let admin_fd = admin.as_ref().and_then(|a| a.fd.try_clone().ok());
         let tracker = TaskTracker::new();
         let services = Services {
             metrics: metrics.clone(),
@@ -191,7 +255,7 @@ impl Gateway {
             atna: atna.clone(),
         };
         let admin_stop = CancellationToken::new();
-        let admin_task = admin.map(|(address, tcp)| {
+        let admin_task = admin.map(|Socket { address, tcp, .. }| {
             let allow = Arc::new(config.admin.clone().unwrap_or_else(|| (*crate::admin::loopback_only()).clone()));
             let nets: Vec<String> = allow.allow.iter().map(|n| n.to_string()).collect();
             tracing::info!(%address, allow = %nets.join(","), "admin endpoint listening (/, /status, /metrics, /healthz, /readyz)");
@@ -206,7 +270,7 @@ impl Gateway {
 
         let mut slots = BTreeMap::new();
         for b in listeners {
-            banner(&b.name, b.address, &b.built, &metrics);
+            banner(&b.name, b.socket.address, &b.built, &metrics);
             let limits = Limits::new(b.built.runtime.config.max_connections);
             let slot = start_listener(b, limits, &services, &tracker);
             slots.insert(slot.0, slot.1);
@@ -214,14 +278,31 @@ impl Gateway {
         health.publish(&backends, &metrics);
         let mut monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
-        tracing::info!("dicomgate ready");
+        tracing::info!(pid = std::process::id(), "dicomgate ready");
         atna.application_started();
+        if let Some(channel) = ready_report.take() {
+            upgrade::report_ready(&channel);
+        }
 
         tokio::pin!(shutdown);
+        let mut handed_over = false;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(()) = reload.recv() => {
+                Some(()) = upgrade::next_request(&mut upgrade_requests) => {
+                    let sockets = slots.iter().map(|(n, s)| (n.as_str(), &s.fd));
+                    let sockets = sockets.chain(admin_fd.iter().map(|fd| (ADMIN_FD_NAME, fd)));
+                    upgrade::start(&mut upgrading, relauncher.as_ref(), sockets);
+                }
+                pid = upgrade::finished(&mut upgrading) => {
+                    if let Some(pid) = pid {
+                        tracing::info!(pid, "upgrade: the new process is ready; this one stops accepting and drains");
+                        handed_over = true;
+                        break;
+                    }
+                }
+                // Not during an upgrade: the new process reads the file itself.
+                Some(()) = reload.recv(), if upgrading.is_none() => {
                     lifecycle.set(State::Reloading);
                     match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
                         Ok((new, backends, views, audit)) => {
@@ -247,6 +328,17 @@ impl Gateway {
             }
         }
 
+        if let Some(task) = upgrading.take() {
+            // Dropping the launch kills a new process that is not ready yet.
+            task.abort();
+        }
+        // Our spare copy only: the admin task keeps answering (503) while we drain.
+        drop(admin_fd);
+        if handed_over {
+            lifecycle.hand_over();
+            // The new process answers on the shared admin socket from now on.
+            admin_stop.cancel();
+        }
         lifecycle.set(State::Draining);
         monitors.stop();
         for slot in slots.values() {
@@ -275,19 +367,34 @@ impl Gateway {
     }
 }
 
-async fn bind_addr(key: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+/// Uses the socket passed for `key` (already checked against `address`),
+/// or binds `address`.
+async fn listen_on(
+    key: &str,
+    address: SocketAddr,
+    passed: Option<std::net::TcpListener>,
+) -> Result<Socket, ServeError> {
     let err = |source| ServeError::Bind { key: key.to_owned(), address, source };
-    let tcp = TcpListener::bind(address).await.map_err(err)?;
+    let tcp = match passed {
+        Some(std) => {
+            std.set_nonblocking(true).map_err(err)?;
+            tracing::info!(key, "using the listening socket passed to this process");
+            TcpListener::from_std(std).map_err(err)?
+        }
+        None => TcpListener::bind(address).await.map_err(err)?,
+    };
     let bound = tcp.local_addr().map_err(err)?;
-    Ok((tcp, bound))
+    let fd = tcp.as_fd().try_clone_to_owned().map_err(err)?;
+    Ok(Socket { tcp, address: bound, fd })
 }
 
 fn start_listener(b: Bound, limits: Limits, services: &Services, tracker: &TaskTracker) -> (String, Slot) {
     let configured = b.built.runtime.config.listen;
     let (publish, snapshot) = watch::channel(Snapshot { runtime: b.built.runtime, limits });
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(b.tcp, snapshot, services.clone(), tracker.clone(), stop.clone()));
-    (b.name, Slot { configured, bound: b.address, publish, stop, task })
+    let Socket { tcp, address, fd } = b.socket;
+    let task = tokio::spawn(accept_loop(tcp, snapshot, services.clone(), tracker.clone(), stop.clone()));
+    (b.name, Slot { configured, bound: address, fd, publish, stop, task })
 }
 
 /// Re-reads the file and applies it, or changes nothing.
@@ -310,7 +417,8 @@ async fn reload_config(
     for (name, lc) in &new.listeners {
         let built = build_listener(lc, &backends)?;
         let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
-        let socket = if rebind { Some(bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?) } else { None };
+        let key = format!("listeners.{name}.listen");
+        let socket = if rebind { Some(listen_on(&key, lc.listen, None).await?) } else { None };
         prepared.push((name.clone(), built, socket));
     }
 
@@ -337,16 +445,15 @@ async fn reload_config(
                 };
                 slot.publish.send_replace(Snapshot { runtime: built.runtime, limits });
             }
-            (Some((tcp, address)), existing) => {
+            (Some(socket), existing) => {
                 if let Some(old) = existing {
                     old.stop.cancel();
-                    tracing::info!(listener = %name, from = %old.bound, to = %address, "listener moved");
+                    tracing::info!(listener = %name, from = %old.bound, to = %socket.address, "listener moved");
                 }
                 metrics.register_listener(&name);
-                banner(&name, address, &built, metrics);
-                views.push(ListenerView::new(&built.runtime.config, address, built.certificate.as_ref()));
-                let (name, slot) =
-                    start_listener(Bound { name, address, tcp, built }, Limits::new(max), services, tracker);
+                banner(&name, socket.address, &built, metrics);
+                views.push(ListenerView::new(&built.runtime.config, socket.address, built.certificate.as_ref()));
+                let (name, slot) = start_listener(Bound { name, socket, built }, Limits::new(max), services, tracker);
                 slots.insert(name, slot);
             }
             // An unchanged address always has a slot (see `rebind` above).

@@ -9,6 +9,14 @@
 //! Transitions only go forward into Draining/Stopped: once draining, nothing
 //! can make the daemon Ready again (and systemd is never told READY=1 after
 //! STOPPING=1). `/readyz` reads this state.
+//!
+//! [`sockets`] and [`upgrade`]: listening sockets passed by systemd or by
+//! the previous process, and the SIGUSR2 hand-over to a new process.
+
+pub mod sockets;
+pub mod upgrade;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -54,6 +62,9 @@ impl State {
 #[derive(Debug)]
 pub struct Lifecycle {
     tx: watch::Sender<State>,
+    /// Set once a new process has taken over (SIGUSR2): from then on it is
+    /// the service's main process and our STOPPING=1 must not reach systemd.
+    handed_over: AtomicBool,
 }
 
 impl Default for Lifecycle {
@@ -64,7 +75,7 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     pub fn new() -> Lifecycle {
-        Lifecycle { tx: watch::Sender::new(State::Starting) }
+        Lifecycle { tx: watch::Sender::new(State::Starting), handed_over: AtomicBool::new(false) }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<State> {
@@ -85,10 +96,17 @@ impl Lifecycle {
             }
             changed
         });
-        if changed {
+        if changed && !self.handed_over.load(Ordering::SeqCst) {
             notify_systemd(next);
         }
         changed
+    }
+
+    /// A new process is ready and is the main process now: drain without
+    /// telling systemd anything more.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::SeqCst);
+        self.set(State::Draining);
     }
 }
 

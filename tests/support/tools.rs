@@ -32,7 +32,7 @@ fn package_of(program: &str) -> &str {
         "echoscu" | "storescu" | "findscu" | "storescp" | "wlmscpfs" | "dump2dcm" => "dcmtk",
         "promtool" => "prometheus",
         "testssl" => "testssl.sh",
-        "systemd-analyze" => "systemd",
+        "systemd-analyze" | "systemd-socket-activate" => "systemd",
         "rsyslogd" => "rsyslog",
         other => other,
     }
