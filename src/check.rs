@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{exit, CheckArgs};
 use crate::config::{BackendConfig, Config, ListenerConfig, Security};
 use crate::echo::{c_echo, EchoRequest, EchoTls};
+use crate::exit;
 use crate::pki::{self, CertificateInfo};
 use crate::tls;
 
@@ -31,8 +31,8 @@ struct Report {
 }
 
 /// Runs `dicomgate check`; returns the process exit code.
-pub fn check_command(args: &CheckArgs) -> u8 {
-    let config = match Config::load(&args.config) {
+pub fn check_command(config_file: &Path, echo: bool) -> u8 {
+    let config = match Config::load(config_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -51,7 +51,7 @@ pub fn check_command(args: &CheckArgs) -> u8 {
         }
     }
     let mut echo_failed = false;
-    if args.echo && report.errors.is_empty() {
+    if echo && report.errors.is_empty() {
         echo_failed = !echo_backends(&config);
     }
     for w in &report.warnings {

@@ -24,6 +24,7 @@
 //! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
 //! - [`check`]: `dicomgate check`, everything `run` would load, without running.
+//! - [`cli`]: the clap arguments (only `main` uses them); [`exit`]: the process exit codes.
 //! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
 //! - [`admin`]: the admin HTTP endpoint (/metrics, /healthz, /readyz, /status).
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod config;
 pub mod connection;
 pub mod dicom;
 pub mod echo;
+pub mod exit;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

@@ -118,7 +118,7 @@ pub fn ensure_generated(tls: &ListenerTlsConfig) -> Result<Option<String>, TlsEr
                 common_name: "dicomgate".to_owned(),
                 subject_alt_names: vec!["localhost".to_owned()],
                 days: 3650,
-                key_type: crate::cli::KeyType::Rsa2048,
+                key_type: crate::pki::KeyType::Rsa2048,
             })?;
             // Key first, 0600 from creation: a crash in between leaves no
             // certificate without its key.
@@ -498,7 +498,7 @@ mod tests {
             common_name: "test".to_owned(),
             subject_alt_names: vec!["localhost".to_owned()],
             days: 1,
-            key_type: crate::cli::KeyType::EcdsaP256,
+            key_type: crate::pki::KeyType::EcdsaP256,
         })
         .unwrap();
         let cert = CertificateDer::from(generated.certificate_der.clone());
