@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::metrics::Outcome;
 use crate::tls::SessionInfo;
 
-/// Everything known about a connection, filled in phase by phase.
+/// Everything known about a connection, in words: built once, when it ends,
+/// from what its phases returned ([`crate::connection::record::record`]).
 #[derive(Debug, Default)]
 pub struct AuditRecord {
     pub listener: String,
@@ -37,10 +38,6 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn new(listener: &str, peer: SocketAddr) -> AuditRecord {
-        AuditRecord { listener: listener.to_owned(), peer: Some(peer), ..AuditRecord::default() }
-    }
-
     /// Emits the event at target `dicomgate::audit` (info for forwarded and
     /// policy outcomes, which are the normal business of a gateway).
     pub fn emit(&self, outcome: Outcome, duration: Duration) {

@@ -18,6 +18,7 @@ pub mod framer;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -97,7 +98,7 @@ impl Side {
 }
 
 /// How the relayed association ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum RelayEnd {
     /// A-RELEASE-RQ/RP exchanged, then both closed.
     Released,
@@ -105,30 +106,52 @@ pub enum RelayEnd {
     Aborted { by: Side, source: u8, reason: u8 },
     /// A peer closed the connection between PDUs without releasing.
     Closed { by: Side },
-    /// A peer closed the connection in the middle of a PDU.
-    Truncated { by: Side },
+    /// A peer's stream ended uncleanly (see [`Truncation`]).
+    Truncated { by: Side, how: Truncation },
     /// A peer sent something that is not a valid PDU here.
     ProtocolError { by: Side, error: FrameError },
-    /// Reading from or writing to a peer failed.
-    Io { side: Side, error: String },
+    /// Reading from or writing to a peer failed; `side` is the peer whose
+    /// stream failed.
+    Io { side: Side, error: IoFailure },
     /// Neither side sent anything for the DIMSE timeout.
     IdleTimeout,
     /// The gateway was shutting down and the grace period ended.
     Shutdown,
 }
 
+/// How a stream ended without a clean close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// In the middle of a PDU.
+    MidPdu,
+    /// Between PDUs, but a TLS peer closed TCP without close_notify
+    /// (RFC 8446 §6.1: the data cannot be known to be complete).
+    NoCloseNotify,
+}
+
+/// A failed read or write, kept whole for the audit (shared: the report is
+/// cloned).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IoFailure {
+    #[error("read failed: {0}")]
+    Read(Arc<io::Error>),
+    #[error("write failed: {0}")]
+    Write(Arc<io::Error>),
+}
+
 impl RelayEnd {
-    /// Short label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    /// The `end` label of metrics and audit (values defined in [`crate::metrics`]).
+    pub fn kind(&self) -> crate::metrics::End {
+        use crate::metrics::End;
         match self {
-            RelayEnd::Released => "released",
-            RelayEnd::Aborted { .. } => "aborted",
-            RelayEnd::Closed { .. } => "closed",
-            RelayEnd::Truncated { .. } => "truncated",
-            RelayEnd::ProtocolError { .. } => "protocol_error",
-            RelayEnd::Io { .. } => "io_error",
-            RelayEnd::IdleTimeout => "idle_timeout",
-            RelayEnd::Shutdown => "shutdown",
+            RelayEnd::Released => End::Released,
+            RelayEnd::Aborted { .. } => End::Aborted,
+            RelayEnd::Closed { .. } => End::Closed,
+            RelayEnd::Truncated { .. } => End::Truncated,
+            RelayEnd::ProtocolError { .. } => End::ProtocolError,
+            RelayEnd::Io { .. } => End::IoError,
+            RelayEnd::IdleTimeout => End::IdleTimeout,
+            RelayEnd::Shutdown => End::Shutdown,
         }
     }
 }
@@ -235,6 +258,11 @@ enum Cause {
 }
 
 fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
+    // One direction finished cleanly, then the other failed: the failure is
+    // what happened to the association.
+    if [up, down].iter().any(|p| p.end.as_ref().is_some_and(PumpEnd::is_failure)) {
+        return failed_end(up, down);
+    }
     if up.release_rp || down.release_rp {
         return RelayEnd::Released;
     }
@@ -244,10 +272,15 @@ fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
         }
     }
     let first = match (up.ended_at, down.ended_at) {
-        (Some(a), Some(b)) if b < a => Side::Backend,
-        _ => Side::Client,
+        (Some(a), Some(b)) if b < a => down,
+        _ => up,
     };
-    RelayEnd::Closed { by: first }
+    match first.end {
+        Some(PumpEnd::Eof { close_notify: false }) => {
+            RelayEnd::Truncated { by: first.from, how: Truncation::NoCloseNotify }
+        }
+        _ => RelayEnd::Closed { by: first.from },
+    }
 }
 
 fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
@@ -256,34 +289,41 @@ fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
         [up, down].into_iter().filter(|p| p.end.as_ref().is_some_and(|e| e.is_failure())).collect();
     failed.sort_by_key(|p| p.ended_at);
     let Some(p) = failed.first() else {
-        return RelayEnd::Io { side: Side::Client, error: "relay stopped".to_owned() };
+        // `stop` is cancelled only by a pump that recorded a failure.
+        return RelayEnd::Closed { by: Side::Client };
     };
     let to = match p.from {
         Side::Client => Side::Backend,
         Side::Backend => Side::Client,
     };
     match p.end.as_ref() {
-        Some(PumpEnd::Truncated) => RelayEnd::Truncated { by: p.from },
+        Some(PumpEnd::Truncated) => RelayEnd::Truncated { by: p.from, how: Truncation::MidPdu },
         Some(PumpEnd::Protocol(error)) => RelayEnd::ProtocolError { by: p.from, error: *error },
-        Some(PumpEnd::ReadError(e)) => RelayEnd::Io { side: p.from, error: e.clone() },
-        Some(PumpEnd::WriteError(e)) => RelayEnd::Io { side: to, error: e.clone() },
-        Some(PumpEnd::Eof) | None => RelayEnd::Closed { by: p.from },
+        Some(PumpEnd::ReadError(e)) => RelayEnd::Io { side: p.from, error: IoFailure::Read(e.clone()) },
+        Some(PumpEnd::WriteError(e)) => RelayEnd::Io { side: to, error: IoFailure::Write(e.clone()) },
+        Some(PumpEnd::Eof { .. }) | None => RelayEnd::Closed { by: p.from },
     }
 }
 
+/// How one direction ended; the errors are typed and kept whole until the
+/// audit puts them into words.
 #[derive(Debug)]
 enum PumpEnd {
-    /// Closed at a PDU boundary.
-    Eof,
+    /// Closed at a PDU boundary; `close_notify: false` when a TLS peer closed
+    /// TCP without it (not a failure: the other direction may go on).
+    Eof {
+        close_notify: bool,
+    },
+    /// Closed in the middle of a PDU.
     Truncated,
     Protocol(FrameError),
-    ReadError(String),
-    WriteError(String),
+    ReadError(Arc<io::Error>),
+    WriteError(Arc<io::Error>),
 }
 
 impl PumpEnd {
     fn is_failure(&self) -> bool {
-        !matches!(self, PumpEnd::Eof)
+        !matches!(self, PumpEnd::Eof { .. })
     }
 }
 
@@ -356,11 +396,11 @@ impl Pump {
         let mut events = Vec::with_capacity(4);
         loop {
             let n = match rd.read(&mut buf).await {
-                Ok(0) => return self.eof(),
+                Ok(0) => return self.eof(true),
                 Ok(n) => n,
                 // A TLS peer that closes without close_notify.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(),
-                Err(e) => return PumpEnd::ReadError(e.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(false),
+                Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
             let (valid, error) = match self.framer.feed(&buf[..n], &mut events) {
@@ -370,7 +410,7 @@ impl Pump {
             if valid > 0 {
                 self.writer_clean = false;
                 if let Err(e) = write_flush(wr, &buf[..valid]).await {
-                    return PumpEnd::WriteError(e.to_string());
+                    return PumpEnd::WriteError(Arc::new(e));
                 }
                 self.writer_clean = self.framer.at_boundary();
                 self.bytes += valid as u64;
@@ -415,14 +455,14 @@ impl Pump {
         self.writer_clean = false;
         loop {
             let n = match rd.read(&mut buf).await {
-                Ok(0) => return PumpEnd::Eof,
+                Ok(0) => return PumpEnd::Eof { close_notify: true },
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
-                Err(e) => return PumpEnd::ReadError(e.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof { close_notify: false },
+                Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
             if let Err(e) = write_flush(wr, &buf[..n]).await {
-                return PumpEnd::WriteError(e.to_string());
+                return PumpEnd::WriteError(Arc::new(e));
             }
             self.bytes += n as u64;
             self.byte_counter(counters).inc_by(n as u64);
@@ -437,9 +477,9 @@ impl Pump {
         }
     }
 
-    fn eof(&self) -> PumpEnd {
+    fn eof(&self, close_notify: bool) -> PumpEnd {
         if self.framer.at_boundary() {
-            PumpEnd::Eof
+            PumpEnd::Eof { close_notify }
         } else {
             PumpEnd::Truncated
         }
