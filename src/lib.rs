@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
+//! - [`prepare`]: what `run` and `check` both build from a config (listener and backend runtimes).
 //! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
 //! - [`listener`]: accept loop, source allow list, connection limit.
 //! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
@@ -44,6 +45,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pki;
+pub mod prepare;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod routing;

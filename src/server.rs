@@ -17,36 +17,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
-use crate::config::{Config, ConfigError, ListenerConfig, Security};
-use crate::connection::{ListenerRuntime, Services};
+use crate::backend::{HealthRegistry, Monitors};
+use crate::config::{Config, ConfigError, Security};
+use crate::connection::Services;
 use crate::lifecycle::{Lifecycle, State};
 use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
-use crate::pki::{self, CertificateInfo};
-use crate::tls::{self, ServerIdentity, TlsError};
+use crate::prepare::{self, Backends, Generation, PrepareError, PreparedListener};
 
 /// After the grace period and the A-ABORTs, how long closes may take.
 const FINAL_CLOSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("listeners.{listener}.tls: {source}")]
-    ListenerTls {
-        listener: String,
-        #[source]
-        source: TlsError,
-    },
-    #[error("backends.{backend}.tls: {source}")]
-    BackendTls {
-        backend: String,
-        #[source]
-        source: TlsError,
-    },
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
     #[error("{key}: cannot listen on {address}: {source}")]
     Bind {
         key: String,
@@ -58,19 +46,15 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
     NoConfigFile,
-}
-
-/// A listener's runtime plus what the banner and metrics show of it.
-struct Built {
-    runtime: Arc<ListenerRuntime>,
-    certificate: Option<CertificateInfo>,
+    #[error("reload: loading the new configuration failed unexpectedly: {0}")]
+    ReloadTask(#[from] tokio::task::JoinError),
 }
 
 struct Bound {
     name: String,
     address: SocketAddr,
     tcp: TcpListener,
-    built: Built,
+    built: PreparedListener,
 }
 
 /// A running listener, as the reload logic sees it.
@@ -94,18 +78,16 @@ pub struct Gateway {
     health: Arc<HealthRegistry>,
 }
 
-type Backends = BTreeMap<String, Arc<BackendRuntime>>;
-
 impl Gateway {
     /// Generates missing certificates where asked, loads all TLS material and
     /// binds every listener and the admin endpoint. On error nothing is left
     /// listening.
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
-        let backends = build_backends(&config, &health)?;
+        let backends = prepare::backends(&config, &health)?;
         let mut listeners = Vec::new();
         for (name, lc) in &config.listeners {
-            let built = build_listener(lc, &backends)?;
+            let built = prepare::listener(lc, &backends, Generation::Create)?;
             let (tcp, address) = bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?;
             metrics.register_listener(name);
             listeners.push(Bound { name: name.clone(), address, tcp, built });
@@ -186,7 +168,7 @@ impl Gateway {
                 _ = &mut shutdown => break,
                 Some(()) = reload.recv() => {
                     lifecycle.set(State::Reloading);
-                    match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
+                    match reload_config(&config, &mut slots, &metrics, &services, &tracker, health.clone()).await {
                         Ok((new, backends)) => {
                             config = new;
                             // Dropping the old monitors stops them.
@@ -252,16 +234,26 @@ async fn reload_config(
     metrics: &Metrics,
     services: &Services,
     tracker: &TaskTracker,
-    health: &HealthRegistry,
+    health: Arc<HealthRegistry>,
 ) -> Result<(Config, Backends), ServeError> {
-    let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
-    let new = Config::load(path)?;
-    let backends = build_backends(&new, health)?;
+    let path = current.source.clone().ok_or(ServeError::NoConfigFile)?;
+    // File reads, certificate loading and key generation block: off the
+    // async workers, which keep serving live associations meanwhile.
+    let (new, backends, built) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let new = Config::load(&path)?;
+        let backends = prepare::backends(&new, &health)?;
+        let mut built = Vec::new();
+        for lc in new.listeners.values() {
+            built.push(prepare::listener(lc, &backends, Generation::Create)?);
+        }
+        Ok((new, backends, built))
+    })
+    .await??;
+    let path = new.source.as_deref().unwrap_or(std::path::Path::new("-"));
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
-    for (name, lc) in &new.listeners {
-        let built = build_listener(lc, &backends)?;
+    for ((name, lc), built) in new.listeners.iter().zip(built) {
         let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
         let socket = if rebind { Some(bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?) } else { None };
         prepared.push((name.clone(), built, socket));
@@ -315,22 +307,13 @@ async fn reload_config(
 }
 
 /// The startup banner line for one listener (also after each reload).
-fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
+fn banner(name: &str, address: SocketAddr, built: &PreparedListener, metrics: &Metrics) {
     let cfg = &built.runtime.config;
-    let routes: Vec<String> = cfg
-        .routes
-        .exact
-        .iter()
-        .map(|(ae, b)| format!("{ae}→{b}"))
-        .chain(cfg.routes.fallback.iter().map(|b| format!("*→{b}")))
-        .collect();
-    let allow: Vec<String> = cfg.allow.iter().map(|n| n.to_string()).collect();
-    let routes = routes.join(",");
-    let allow = allow.join(",");
+    let prepare::Description { allow, routes, scu, .. } = prepare::describe(cfg);
+    let scu = scu.unwrap_or("-");
     match (&cfg.security, &built.certificate) {
-        (Security::Tls(t), Some(cert)) => {
+        (Security::Tls(_), Some(cert)) => {
             metrics.set_certificate_expiry(name, cert.not_after.unix_timestamp());
-            let scu = if t.client_auth.required() { "Authenticated" } else { "Anonymous" };
             tracing::info!(
                 listener = %name, %address, security = "Secured", %allow, %routes,
                 subject = %cert.subject, expires = %cert.not_after, days_left = cert.days_left(),
@@ -348,52 +331,4 @@ fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
             "listening WITHOUT TLS (insecure_plaintext): test data only, never patient data"
         ),
     }
-}
-
-/// Every backend's runtime; servers keep their health state from `health`
-/// where their probe is unchanged.
-fn build_backends(config: &Config, health: &HealthRegistry) -> Result<Backends, ServeError> {
-    let mut out = BTreeMap::new();
-    for (name, bc) in &config.backends {
-        let tls = match &bc.tls {
-            Some(t) => {
-                Some(tls::backend_tls(t).map_err(|source| ServeError::BackendTls { backend: name.clone(), source })?)
-            }
-            None => None,
-        };
-        let health = health.health_for(bc);
-        out.insert(name.clone(), Arc::new(BackendRuntime { config: bc.clone(), tls, health }));
-    }
-    Ok(out)
-}
-
-fn build_listener(lc: &Arc<ListenerConfig>, backends: &Backends) -> Result<Built, ServeError> {
-    let (acceptor, certificate) = match &lc.security {
-        Security::Plaintext => (None, None),
-        Security::Tls(t) => {
-            let err = |source| ServeError::ListenerTls { listener: lc.name.clone(), source };
-            if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
-                tracing::warn!(
-                    listener = %lc.name,
-                    certificate = %t.certificate.display(),
-                    sha256 = %fingerprint,
-                    "generated a self-signed certificate (generate_if_missing): upload this certificate file to the cloud"
-                );
-            }
-            let identity = ServerIdentity::load(&t.certificate, &t.private_key).map_err(err)?;
-            let certificate = identity.chain.first().and_then(|c| pki::inspect_certificate(c).ok());
-            // An expired certificate is refused at start and on reload (the
-            // old configuration keeps serving): a TLS peer that checks dates
-            // cannot connect, and one that does not should not be relied on.
-            if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
-                return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
-            }
-            let config = tls::server_config(t, &identity).map_err(err)?;
-            (Some(TlsAcceptor::from(config)), certificate)
-        }
-    };
-    // Only the backends this listener routes to.
-    let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
-    let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
-    Ok(Built { runtime: Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends }), certificate })
 }

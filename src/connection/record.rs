@@ -272,3 +272,65 @@ impl Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::End;
+
+    fn trail() -> Trail {
+        let mut t = Trail::new("127.0.0.2:4000".parse().unwrap());
+        t.calling_ae = Some("CLOUD".into());
+        t.called_ae = Some("PACS".into());
+        t.backend = Some("pacs".into());
+        t
+    }
+
+    fn forwarded(answer: Answer, relay: Option<RelayReport>) -> Ending {
+        let exchanged =
+            Exchanged { answer, waited: Some(Duration::from_millis(7)), bytes_to_backend: 200, bytes_to_client: 180 };
+        let server = ServerAddress { host: "127.0.0.1".into(), port: 104 };
+        Ending::Forwarded(Box::new(Forwarded { server, exchanged, relay }))
+    }
+
+    #[test]
+    fn a_refusal_says_its_phase_side_and_answer() {
+        let refused = Refused::Backend(ConnectFailure { attempts: Vec::new() });
+        assert_eq!((refused.phase(), refused.side()), (Phase::BackendConnect, Side::Backend));
+        let ending = Ending::Refused(refused);
+        assert_eq!(ending.outcome(), Outcome::BackendUnavailable);
+        let audit = record("store", trail(), &ending);
+        assert_eq!(audit.association.as_deref(), Some(Rejection::TemporaryCongestion.to_string().as_str()));
+        assert!(audit.detail.as_deref().is_some_and(|d| d.starts_with("no backend server reachable")), "{audit:?}");
+        assert_eq!((audit.server, audit.end), (None, None));
+    }
+
+    #[test]
+    fn the_relay_end_and_both_phases_bytes_reach_the_audit() {
+        let report = RelayReport {
+            end: RelayEnd::Truncated { by: Side::Client, how: Truncation::NoCloseNotify },
+            bytes_to_backend: 1000,
+            bytes_to_client: 20,
+            operations: Default::default(),
+        };
+        let negotiated = super::super::Negotiated { max_to_backend: 16384, max_to_client: 16384 };
+        let ending = forwarded(Answer::Accepted(negotiated), Some(report));
+        let audit = record("store", trail(), &ending);
+        assert_eq!(audit.end.as_deref(), Some(End::Truncated.as_str()));
+        assert_eq!(audit.detail.as_deref(), Some("closed by the client without TLS close_notify"));
+        assert_eq!((audit.bytes_to_backend, audit.bytes_to_client), (1200, 200));
+        assert_eq!((audit.association.as_deref(), audit.scp_answer_ms), (Some("accepted"), Some(7)));
+        assert_eq!(audit.server.as_deref(), Some("127.0.0.1:104"));
+    }
+
+    #[test]
+    fn a_proxied_client_is_the_peer_and_the_balancer_the_proxy() {
+        let mut t = trail();
+        t.proxied_client = Some("203.0.113.9:5000".parse().unwrap());
+        let audit = record("store", t, &forwarded(Answer::Rejected((1, 1, 3)), None));
+        assert_eq!(audit.peer, Some("203.0.113.9:5000".parse().unwrap()));
+        assert_eq!(audit.proxy, Some("127.0.0.2:4000".parse().unwrap()));
+        assert!(audit.association.as_deref().is_some_and(|a| a.starts_with("rejected by the SCP")), "{audit:?}");
+        assert_eq!(audit.end, None);
+    }
+}

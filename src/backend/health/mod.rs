@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 use super::BackendRuntime;
 use crate::config::{BackendConfig, HealthCheckMode, ServerAddress};
 use crate::metrics::Metrics;
-pub use monitor::{Monitors, ProbeError};
+pub use monitor::{echo_probe, Monitors, ProbeError};
 pub use status::{BackendView, CheckView, ProbeView, ServerView, StatusView};
 
 /// A server as the health check sees it.

@@ -14,7 +14,7 @@ use super::{ProbeResult, ServerState};
 use crate::backend::BackendRuntime;
 use crate::backend::UncheckableHost;
 use crate::config::{HealthCheckMode, ServerAddress};
-use crate::echo::{c_echo, EchoError, EchoRequest, EchoTls};
+use crate::echo::{c_echo, Accepted, EchoError, EchoRequest, EchoTls};
 use crate::metrics::Metrics;
 
 /// The running monitors of one configuration; dropping it stops them (a
@@ -125,9 +125,23 @@ pub enum ProbeError {
     Echo(EchoError),
 }
 
-/// Associate, C-ECHO, release, as the cloud's Echo button would; the SCP
-/// judges our AE titles exactly as it judges the cloud's.
 async fn echo(backend: &BackendRuntime, server: &ServerAddress) -> Result<String, ProbeError> {
+    let accepted = echo_probe(backend, server, backend.config.health_check.timeout).await?;
+    Ok(match accepted.tls {
+        Some(tls) => format!("C-ECHO accepted ({tls})"),
+        None => "C-ECHO accepted".to_owned(),
+    })
+}
+
+/// Associate, C-ECHO, release, as the cloud's Echo button would; the SCP
+/// judges our AE titles (`health_check.calling_ae_title`, the backend's
+/// `ae_title`) exactly as it judges the cloud's. The health monitor's probe
+/// and `check --echo`.
+pub async fn echo_probe(
+    backend: &BackendRuntime,
+    server: &ServerAddress,
+    deadline: std::time::Duration,
+) -> Result<Accepted, ProbeError> {
     let hc = &backend.config.health_check;
     let tls = match &backend.tls {
         Some(t) => Some(EchoTls { config: t.config.clone(), server_name: crate::backend::server_name(t, server)? }),
@@ -139,14 +153,11 @@ async fn echo(backend: &BackendRuntime, server: &ServerAddress) -> Result<String
         calling_ae: hc.calling_ae_title.clone(),
         called_ae: backend.config.ae_title.clone(),
         tls,
-        timeout: hc.timeout,
+        timeout: deadline,
     };
     match c_echo(&request).await {
-        Ok(accepted) => Ok(match accepted.tls {
-            Some(tls) => format!("C-ECHO accepted ({tls})"),
-            None => "C-ECHO accepted".to_owned(),
-        }),
-        Err(EchoError::Timeout { phase }) => Err(ProbeError::EchoTimeout { phase, timeout: hc.timeout }),
+        Ok(accepted) => Ok(accepted),
+        Err(EchoError::Timeout { phase }) => Err(ProbeError::EchoTimeout { phase, timeout: deadline }),
         Err(e) => Err(ProbeError::Echo(e)),
     }
 }
