@@ -54,6 +54,27 @@ pub struct PreparedListener {
     pub certificate: Option<CertificateInfo>,
 }
 
+/// Everything a gateway serves, built from a configuration.
+#[derive(Debug)]
+pub struct Prepared {
+    pub backends: Backends,
+    /// By listener name, like `Config::listeners`.
+    pub listeners: BTreeMap<String, PreparedListener>,
+}
+
+/// The one function that builds a gateway's listeners and backends from a
+/// configuration (start and reload; `check` calls the parts one by one to
+/// report every problem, not only the first).
+pub fn gateway(config: &Config, health: &HealthRegistry, generation: Generation) -> Result<Prepared, PrepareError> {
+    let backends = backends(config, health)?;
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|(name, lc)| Ok((name.clone(), listener(lc, &backends, generation)?)))
+        .collect::<Result<_, PrepareError>>()?;
+    Ok(Prepared { backends, listeners })
+}
+
 /// Every backend's runtime; servers keep their health state from `health`
 /// where their probe is unchanged.
 pub fn backends(config: &Config, health: &HealthRegistry) -> Result<Backends, PrepareError> {

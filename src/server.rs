@@ -26,7 +26,7 @@ use crate::connection::Services;
 use crate::lifecycle::{Lifecycle, State};
 use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
-use crate::prepare::{self, Backends, Generation, PrepareError, PreparedListener};
+use crate::prepare::{self, Backends, Generation, PrepareError, Prepared, PreparedListener};
 
 /// After the grace period and the A-ABORTs, how long closes may take.
 const FINAL_CLOSE: Duration = Duration::from_secs(5);
@@ -84,13 +84,13 @@ impl Gateway {
     /// listening.
     pub async fn bind(config: Config, metrics: Metrics) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
-        let backends = prepare::backends(&config, &health)?;
+        let Prepared { backends, listeners: prepared } = prepare::gateway(&config, &health, Generation::Create)?;
         let mut listeners = Vec::new();
-        for (name, lc) in &config.listeners {
-            let built = prepare::listener(lc, &backends, Generation::Create)?;
+        for (name, built) in prepared {
+            let lc = built.runtime.config.clone();
             let (tcp, address) = bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?;
-            metrics.register_listener(name);
-            listeners.push(Bound { name: name.clone(), address, tcp, built });
+            metrics.register_listener(&name);
+            listeners.push(Bound { name, address, tcp, built });
         }
         let admin = match &config.admin {
             Some(a) => {
@@ -239,24 +239,22 @@ async fn reload_config(
     let path = current.source.clone().ok_or(ServeError::NoConfigFile)?;
     // File reads, certificate loading and key generation block: off the
     // async workers, which keep serving live associations meanwhile.
-    let (new, backends, built) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+    let (new, prepared) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
         let new = Config::load(&path)?;
-        let backends = prepare::backends(&new, &health)?;
-        let mut built = Vec::new();
-        for lc in new.listeners.values() {
-            built.push(prepare::listener(lc, &backends, Generation::Create)?);
-        }
-        Ok((new, backends, built))
+        let prepared = prepare::gateway(&new, &health, Generation::Create)?;
+        Ok((new, prepared))
     })
     .await??;
+    let Prepared { backends, listeners } = prepared;
     let path = new.source.as_deref().unwrap_or(std::path::Path::new("-"));
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
-    for ((name, lc), built) in new.listeners.iter().zip(built) {
-        let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
+    for (name, built) in listeners {
+        let lc = built.runtime.config.clone();
+        let rebind = slots.get(&name).is_none_or(|s| s.configured != lc.listen);
         let socket = if rebind { Some(bind_addr(&format!("listeners.{name}.listen"), lc.listen).await?) } else { None };
-        prepared.push((name.clone(), built, socket));
+        prepared.push((name, built, socket));
     }
 
     let removed: Vec<String> = slots.keys().filter(|n| !new.listeners.contains_key(*n)).cloned().collect();
