@@ -303,9 +303,10 @@ impl Metrics {
         })
     }
 
-    /// The `dicomgate_dimse_operations_total` family, for the relay's hot path.
-    pub fn dimse_counter_vec(&self) -> IntCounterVec {
-        self.inner.dimse_operations_total.clone()
+    /// `dicomgate_dimse_operations_total` for one listener, for the relay's
+    /// hot path.
+    pub fn dimse_counter(&self, listener: &str) -> DimseCounter {
+        DimseCounter { family: self.inner.dimse_operations_total.clone(), listener: listener.to_owned() }
     }
 
     pub fn association_result(&self, listener: &str, result: AssociationResult) {
@@ -354,6 +355,20 @@ impl Metrics {
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+}
+
+/// `dicomgate_dimse_operations_total{listener}`: the relay counts each DIMSE
+/// response by operation (`C-STORE`, …) and status class (`success`, …).
+#[derive(Clone)]
+pub struct DimseCounter {
+    family: IntCounterVec,
+    listener: String,
+}
+
+impl DimseCounter {
+    pub fn count(&self, operation: &str, status: &str) {
+        self.family.with_label_values(&[self.listener.as_str(), operation, status]).inc();
     }
 }
 

@@ -193,7 +193,7 @@ async fn relay_phase(
     let counters = Counters {
         to_backend: services.metrics.bytes_counter(&cfg.name, Direction::ToBackend),
         to_client: services.metrics.bytes_counter(&cfg.name, Direction::ToClient),
-        dimse: Some((services.metrics.dimse_counter_vec(), cfg.name.clone())),
+        dimse: Some(services.metrics.dimse_counter(&cfg.name)),
     };
     relay::relay(client, backend, settings, counters, services.force_abort.clone()).await
 }

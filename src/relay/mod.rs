@@ -112,14 +112,14 @@ pub struct RelayReport {
 pub struct Counters {
     pub to_backend: prometheus::IntCounter,
     pub to_client: prometheus::IntCounter,
-    /// `dicomgate_dimse_operations_total`, with the listener label to use.
-    pub dimse: Option<(prometheus::IntCounterVec, String)>,
+    /// `dicomgate_dimse_operations_total` for the association's listener.
+    pub dimse: Option<crate::metrics::DimseCounter>,
 }
 
 impl Counters {
     fn count(&self, op: &'static str, class: StatusClass) {
-        if let Some((vec, listener)) = &self.dimse {
-            vec.with_label_values(&[listener.as_str(), op, class.as_str()]).inc();
+        if let Some(dimse) = &self.dimse {
+            dimse.count(op, class.as_str());
         }
     }
 }
