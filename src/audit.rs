@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::metrics::Outcome;
 use crate::tls::SessionInfo;
 
-/// Everything known about a connection, filled in phase by phase.
+/// Everything known about a connection, in words: built once, when it ends,
+/// from what its phases returned ([`crate::connection::record::record`]).
 #[derive(Debug, Default)]
 pub struct AuditRecord {
     pub listener: String,
@@ -37,6 +38,7 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// A record that knows only where the connection came from.
     pub fn new(listener: &str, peer: SocketAddr) -> AuditRecord {
         AuditRecord { listener: listener.to_owned(), peer: Some(peer), ..AuditRecord::default() }
     }

@@ -8,13 +8,14 @@
 //! 64 the configuration or a certificate/key is invalid.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{exit, CheckArgs};
-use crate::config::{BackendConfig, Config, ListenerConfig, Security};
-use crate::echo::{c_echo, EchoRequest, EchoTls};
+use crate::backend::{health, HealthRegistry};
+use crate::config::{Config, ListenerConfig, Security};
+use crate::exit;
 use crate::pki::{self, CertificateInfo};
-use crate::tls;
+use crate::prepare::{self, Backends, Generation};
 
 /// Certificates expiring sooner than this are warned about.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -31,8 +32,8 @@ struct Report {
 }
 
 /// Runs `dicomgate check`; returns the process exit code.
-pub fn check_command(args: &CheckArgs) -> u8 {
-    let config = match Config::load(&args.config) {
+pub fn check_command(config_file: &Path, echo: bool) -> u8 {
+    let config = match Config::load(config_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -40,15 +41,20 @@ pub fn check_command(args: &CheckArgs) -> u8 {
         }
     };
     let mut report = Report::default();
-    for listener in config.listeners.values() {
-        check_listener(listener, &mut report);
-    }
-    for backend in config.backends.values() {
-        if let Some(t) = &backend.tls {
-            if let Err(e) = tls::backend_tls(t) {
-                report.errors.push(format!("backends.{}.tls: {e}", backend.name));
+    // The same preparation `run` does, backend by backend and listener by
+    // listener so that every problem is reported in one pass.
+    let health = HealthRegistry::new();
+    let mut backends = Backends::new();
+    for bc in config.backends.values() {
+        match prepare::backend(bc, &health) {
+            Ok(rt) => {
+                backends.insert(bc.name.clone(), rt);
             }
+            Err(e) => report.errors.push(e.to_string()),
         }
+    }
+    for listener in config.listeners.values() {
+        check_listener(listener, &backends, &mut report);
     }
     // The audit trail's CA and client identity, loaded as `run` loads them.
     match crate::atna::Prepared::new(&config) {
@@ -60,8 +66,8 @@ pub fn check_command(args: &CheckArgs) -> u8 {
         Err(e) => report.errors.push(e.to_string()),
     }
     let mut echo_failed = false;
-    if args.echo && report.errors.is_empty() {
-        echo_failed = !echo_backends(&config);
+    if echo && report.errors.is_empty() {
+        echo_failed = !echo_backends(&backends);
     }
     for w in &report.warnings {
         println!("warning: {w}");
@@ -81,20 +87,10 @@ pub fn check_command(args: &CheckArgs) -> u8 {
     }
 }
 
-fn check_listener(l: &ListenerConfig, report: &mut Report) {
-    let allow: Vec<String> = l.allow.iter().map(|n| n.to_string()).collect();
-    let routes: Vec<String> = l
-        .routes
-        .exact
-        .iter()
-        .map(|(ae, b)| format!("{ae}→{b}"))
-        .chain(l.routes.fallback.iter().map(|b| format!("*→{b}")))
-        .collect();
-    let calling = match &l.calling_ae_titles {
-        Some(list) => list.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
-        None => "any".to_owned(),
-    };
-    let tail = format!("allow {}; calling AE {calling}; routes {}", allow.join(","), routes.join(","));
+fn check_listener(l: &Arc<ListenerConfig>, backends: &Backends, report: &mut Report) {
+    let d = prepare::describe(l);
+    let tail = format!("allow {}; calling AE {}; routes {}", d.allow, d.calling, d.routes);
+    let scu = d.scu.unwrap_or("-");
     match &l.security {
         Security::Plaintext => {
             println!("{}: {} UNSECURED; {tail}", l.name, l.listen);
@@ -105,9 +101,7 @@ fn check_listener(l: &ListenerConfig, report: &mut Report) {
         }
         Security::Tls(t) => {
             let versions: Vec<String> = t.versions.iter().map(|v| v.to_string()).collect();
-            let scu = if t.client_auth.required() { "Authenticated" } else { "Anonymous" };
-            let missing = !t.certificate.exists() && !t.private_key.exists();
-            if missing && t.generate_if_missing {
+            if prepare::pending_generation(l) {
                 println!(
                     "{}: {} Secured (TLS {}; SCU {scu}); certificate will be generated at {} on first start; {tail}",
                     l.name,
@@ -117,6 +111,7 @@ fn check_listener(l: &ListenerConfig, report: &mut Report) {
                 );
                 return;
             }
+            // Inspected first: its messages name the file and the fix.
             match pki::inspect_pair(&t.certificate, &t.private_key) {
                 Ok(cert) => {
                     println!(
@@ -133,13 +128,11 @@ fn check_listener(l: &ListenerConfig, report: &mut Report) {
                 }
                 Err(e) => report.errors.push(format!("listeners.{}.tls: {e}", l.name)),
             }
-            // The same loading `run` does (rustls's own checks included).
-            if let Err(e) = tls::ServerIdentity::load(&t.certificate, &t.private_key)
-                .and_then(|identity| tls::server_config(t, &identity))
-            {
-                let msg = format!("listeners.{}.tls: {e}", l.name);
-                if !report.errors.iter().any(|x| x.starts_with(&format!("listeners.{}.tls", l.name))) {
-                    report.errors.push(msg);
+            // Then exactly what `run` loads (rustls's own checks included).
+            if let Err(e) = prepare::listener(l, backends, Generation::ReportOnly) {
+                let prefix = format!("listeners.{}.tls", l.name);
+                if !report.errors.iter().any(|x| x.starts_with(&prefix)) {
+                    report.errors.push(e.to_string());
                 }
             }
         }
@@ -170,8 +163,9 @@ fn certificate_warnings(listener: &str, cert: &CertificateInfo, key: &Path, repo
     }
 }
 
-/// C-ECHOes every backend server; prints one line each. True if all answered.
-fn echo_backends(config: &Config) -> bool {
+/// C-ECHOes every backend server, with the health check's own probe;
+/// prints one line each. True if all answered.
+fn echo_backends(backends: &Backends) -> bool {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -180,43 +174,19 @@ fn echo_backends(config: &Config) -> bool {
         }
     };
     let mut all_ok = true;
-    for backend in config.backends.values() {
-        for server in &backend.servers {
-            let line = runtime.block_on(echo_one(backend, &server.host, server.port));
-            match line {
-                Ok(text) => println!("backend {} {server} ({}): {text}", backend.name, backend.ae_title),
-                Err(text) => {
+    for backend in backends.values() {
+        let (name, ae) = (&backend.config.name, &backend.config.ae_title);
+        for server in &backend.config.servers {
+            match runtime.block_on(health::echo_probe(backend, server, ECHO_TIMEOUT)) {
+                Ok(accepted) => {
+                    println!("backend {name} {server} ({ae}): Accepted ({} ms)", accepted.elapsed.as_millis())
+                }
+                Err(e) => {
                     all_ok = false;
-                    println!("backend {} {server} ({}): FAILED: {text}", backend.name, backend.ae_title);
+                    println!("backend {name} {server} ({ae}): FAILED: {e}");
                 }
             }
         }
     }
     all_ok
-}
-
-async fn echo_one(backend: &BackendConfig, host: &str, port: u16) -> Result<String, String> {
-    let tls = match &backend.tls {
-        Some(t) => {
-            let loaded = tls::backend_tls(t).map_err(|e| e.to_string())?;
-            let server_name = match loaded.server_name {
-                Some(n) => n,
-                None => rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?,
-            };
-            Some(EchoTls { config: loaded.config, server_name })
-        }
-        None => None,
-    };
-    let request = EchoRequest {
-        host: host.to_owned(),
-        port,
-        calling_ae: backend.health_check.calling_ae_title.clone(),
-        called_ae: backend.ae_title.clone(),
-        tls,
-        timeout: ECHO_TIMEOUT,
-    };
-    match c_echo(&request).await {
-        Ok(accepted) => Ok(format!("Accepted ({} ms)", accepted.elapsed.as_millis())),
-        Err(e) => Err(e.to_string()),
-    }
 }

@@ -1,39 +1,17 @@
 //! The command line: `run`, `check`, `echo`, `gen-cert` (DESIGN.md, "Command line").
 //!
-//! Raw clap arguments live here; each command turns them into validated values
-//! in its own module. Exit codes are documented in README.md ("Exit codes") and
-//! defined once in [`exit`].
+//! Raw clap arguments live here and nowhere else: each is converted into the
+//! plain options struct of the module that runs the command ([`crate::echo`],
+//! [`crate::check`], [`crate::pki`]), which never sees clap. Dependencies point
+//! from here inward. Exit codes are documented in README.md ("Exit codes") and
+//! defined once in [`crate::exit`].
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Process exit codes. Stable: scripts and systemd units rely on them.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// The operation ran and failed (echo rejected, backend unreachable, runtime error).
-    pub const FAILURE: u8 = 1;
-    /// Command-line usage error (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// The configuration file (or a certificate/key it names) is invalid.
-    pub const CONFIG: u8 = 64;
-
-    // `dicomgate echo` only (table in `echo`'s module docs and README):
-    // one code per kind of failure, so scripts can tell them apart.
-    /// echo: the association was rejected (A-ASSOCIATE-RJ).
-    pub const ECHO_REJECTED: u8 = 3;
-    /// echo: aborted (A-ABORT), closed or reset by the peer, or not DICOM.
-    pub const ECHO_ABORTED: u8 = 4;
-    /// echo: TLS failed (certificate, alert, handshake).
-    pub const ECHO_TLS: u8 = 5;
-    /// echo: the `--timeout` deadline passed.
-    pub const ECHO_TIMEOUT: u8 = 6;
-    /// echo: cannot connect (refused, unreachable, name lookup failed).
-    pub const ECHO_UNREACHABLE: u8 = 7;
-    /// echo: associated, but Verification refused or C-ECHO status not Success.
-    pub const ECHO_FAILED: u8 = 8;
-}
+use crate::echo::EchoOptions;
+use crate::pki::{GenCertOptions, KeyType};
 
 #[derive(Debug, Parser)]
 #[command(name = "dicomgate", version, about = "DICOM-TLS termination gateway for a hospital DMZ")]
@@ -120,8 +98,8 @@ pub struct GenCertArgs {
     #[arg(long, default_value_t = 3650)]
     pub days: u32,
     /// Key algorithm.
-    #[arg(long = "key-type", value_enum, default_value_t = KeyType::Rsa2048)]
-    pub key_type: KeyType,
+    #[arg(long = "key-type", value_enum, default_value_t = KeyTypeArg::Rsa2048)]
+    pub key_type: KeyTypeArg,
     /// Also write a PKCS#12 (.pfx) bundle, e.g. for Telexy QPath-E.
     #[arg(long, value_name = "FILE", requires = "password_file")]
     pub pkcs12: Option<PathBuf>,
@@ -133,12 +111,54 @@ pub struct GenCertArgs {
     pub force: bool,
 }
 
+/// `--key-type`: the command-line spelling of [`KeyType`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyType {
+pub enum KeyTypeArg {
     /// RSA 2048-bit (what the guide's Appendix A makes).
     #[value(name = "rsa2048")]
     Rsa2048,
     /// ECDSA on NIST P-256.
     #[value(name = "ecdsa-p256")]
     EcdsaP256,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(arg: KeyTypeArg) -> KeyType {
+        match arg {
+            KeyTypeArg::Rsa2048 => KeyType::Rsa2048,
+            KeyTypeArg::EcdsaP256 => KeyType::EcdsaP256,
+        }
+    }
+}
+
+impl From<EchoArgs> for EchoOptions {
+    fn from(a: EchoArgs) -> EchoOptions {
+        EchoOptions {
+            address: a.address,
+            calling_ae: a.calling_ae,
+            called_ae: a.called_ae,
+            tls: a.tls,
+            ca: a.ca,
+            insecure: a.insecure,
+            cert: a.cert,
+            key: a.key,
+            server_name: a.server_name,
+            timeout: a.timeout,
+        }
+    }
+}
+
+impl From<GenCertArgs> for GenCertOptions {
+    fn from(a: GenCertArgs) -> GenCertOptions {
+        GenCertOptions {
+            dir: a.dir,
+            common_name: a.cn,
+            subject_alt_names: a.san,
+            days: a.days,
+            key_type: a.key_type.into(),
+            pkcs12: a.pkcs12,
+            password_file: a.password_file,
+            force: a.force,
+        }
+    }
 }

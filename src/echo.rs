@@ -3,7 +3,7 @@
 //! result/source/reason, the A-ABORT source/reason, the TLS failure with
 //! rustls' reason, the phase that timed out, a refused connection.
 //!
-//! [`EchoRequest::from_args`] turns the command line into validated values
+//! [`EchoRequest::from_options`] turns the command line into validated values
 //! (AE titles, address, TLS configuration); [`c_echo`] runs one exchange
 //! under a single deadline, each phase named in its errors (`check --echo`
 //! and health checks can call it directly); [`echo_command`] prints and maps
@@ -40,11 +40,11 @@ use tokio::time::{timeout_at, Instant};
 pub use association::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 pub use client_tls::{client_config, describe_tls_error, Trust};
 pub use dimse::describe_status;
-pub use request::SetupError;
+pub use request::{EchoOptions, SetupError};
 
-use crate::cli::{exit, EchoArgs};
 use crate::dicom::pdu::{describe_abort, describe_rejection};
 use crate::dicom::AeTitle;
+use crate::exit;
 
 /// One validated echo: where, as whom, how.
 #[derive(Debug, Clone)]
@@ -274,8 +274,8 @@ async fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, 
 /// Runs `dicomgate echo`; returns the process exit code. It runs its own
 /// single-threaded runtime (on a separate thread if called from inside one,
 /// where blocking on a second runtime would panic).
-pub fn echo_command(args: &EchoArgs) -> u8 {
-    let request = match EchoRequest::from_args(args) {
+pub fn echo_command(options: &EchoOptions) -> u8 {
+    let request = match EchoRequest::from_options(options) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dicomgate echo: {e}");

@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
+//! - [`prepare`]: what `run` and `check` both build from a config (listener and backend runtimes).
 //! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
 //! - [`listener`]: accept loop, source allow list, connection limit.
 //! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
@@ -25,6 +26,7 @@
 //! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
 //! - [`check`]: `dicomgate check`, everything `run` would load, without running.
+//! - [`cli`]: the clap arguments (only `main` uses them); [`exit`]: the process exit codes.
 //! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
 //! - [`recent`]: the bounded ring of recently finished connections (status page, `/status`).
 //! - [`admin`]: the admin HTTP endpoint (status page, /status, /metrics, /healthz, /readyz; `admin.allow`).
@@ -40,11 +42,13 @@ pub mod config;
 pub mod connection;
 pub mod dicom;
 pub mod echo;
+pub mod exit;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pki;
+pub mod prepare;
 pub mod proxy_protocol;
 pub mod recent;
 pub mod relay;

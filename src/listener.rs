@@ -12,9 +12,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::AuditRecord;
+use crate::connection::record::{self, Ending, Refused, Trail};
 use crate::connection::{self, Admission, ListenerRuntime, Services};
-use crate::metrics::Outcome;
 
 /// Connections over `max_connections` that may still be read (bounded, under
 /// the ACSE deadline) just to answer A-ASSOCIATE-RJ "local-limit-exceeded";
@@ -100,16 +99,12 @@ fn admit(
     // task; here only the balancer itself is checked (a CIDR match, as cheap
     // as the allow list).
     let refusal = match &rt.config.proxy_protocol {
-        None => (!rt.config.allows(peer.ip())).then_some("source address not in the allow list"),
-        Some(proxy) => (!proxy.trusts(peer.ip()))
-            .then_some("source address not in proxy_protocol_from: only the load balancers may connect"),
+        None => (!rt.config.allows(peer.ip())).then_some(Refused::SourceDenied),
+        Some(proxy) => (!proxy.trusts(peer.ip())).then_some(Refused::NotALoadBalancer),
     };
-    if let Some(why) = refusal {
+    if let Some(refused) = refusal {
         drop(tcp);
-        services.metrics.connection_ended(name, Outcome::DeniedIp);
-        let mut audit = AuditRecord::new(name, peer);
-        audit.detail = Some(why.to_owned());
-        audit.emit(Outcome::DeniedIp, Duration::ZERO);
+        record::finish(name, Trail::new(peer), &Ending::Refused(refused), Duration::ZERO, services);
         return;
     }
     let admission = match limits.permits.clone().try_acquire_owned() {
@@ -118,10 +113,8 @@ fn admit(
             Ok(permit) => Admission::OverLimit(permit),
             Err(_) => {
                 drop(tcp);
-                services.metrics.connection_ended(name, Outcome::Limit);
-                let mut audit = AuditRecord::new(name, peer);
-                audit.detail = Some("listener at max_connections and its overflow answers; closed".to_owned());
-                audit.emit(Outcome::Limit, Duration::ZERO);
+                let ending = Ending::Refused(Refused::Overflow);
+                record::finish(name, Trail::new(peer), &ending, Duration::ZERO, services);
                 return;
             }
         },

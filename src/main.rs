@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dicomgate::cli::{exit, Cli, Command, RunArgs};
+use dicomgate::cli::{Cli, Command, RunArgs};
+use dicomgate::exit;
 use dicomgate::lifecycle::sockets::{Inherited, Source};
 use dicomgate::lifecycle::upgrade::Relauncher;
 use dicomgate::{Config, Gateway, Metrics};
@@ -16,9 +17,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run(&args),
-        Command::Check(args) => dicomgate::check::check_command(&args),
-        Command::Echo(args) => dicomgate::echo::echo_command(&args),
-        Command::GenCert(args) => dicomgate::pki::gen_cert_command(&args),
+        Command::Check(args) => dicomgate::check::check_command(&args.config, args.echo),
+        Command::Echo(args) => dicomgate::echo::echo_command(&args.into()),
+        Command::GenCert(args) => dicomgate::pki::gen_cert_command(&args.into()),
     };
     ExitCode::from(code)
 }

@@ -54,6 +54,62 @@ impl Outcome {
     }
 }
 
+/// `result` label of `dicomgate_association_results_total`: what the SCP
+/// answered a forwarded A-ASSOCIATE-RQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssociationResult {
+    Accepted,
+    Rejected,
+    /// A-ABORT from the SCP.
+    Aborted,
+    /// Timeout or connection lost before a whole answer.
+    NoAnswer,
+    /// An answer that is not a well-formed AC/RJ/ABORT.
+    Malformed,
+}
+
+impl AssociationResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssociationResult::Accepted => "accepted",
+            AssociationResult::Rejected => "rejected",
+            AssociationResult::Aborted => "aborted",
+            AssociationResult::NoAnswer => "no_answer",
+            AssociationResult::Malformed => "malformed",
+        }
+    }
+}
+
+/// `end` label of `dicomgate_association_ends_total` (and the audit's `end`):
+/// how an established association ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Released,
+    Aborted,
+    Closed,
+    /// Closed in the middle of a PDU, or a TLS peer closed without close_notify.
+    Truncated,
+    ProtocolError,
+    IoError,
+    IdleTimeout,
+    Shutdown,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Released => "released",
+            End::Aborted => "aborted",
+            End::Closed => "closed",
+            End::Truncated => "truncated",
+            End::ProtocolError => "protocol_error",
+            End::IoError => "io_error",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// `direction` label of `dicomgate_bytes_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
@@ -279,21 +335,18 @@ impl Metrics {
         })
     }
 
-    /// The `dicomgate_dimse_operations_total` family, for the relay's hot path.
-    pub fn dimse_counter_vec(&self) -> IntCounterVec {
-        self.inner.dimse_operations_total.clone()
+    /// `dicomgate_dimse_operations_total` for one listener, for the relay's
+    /// hot path.
+    pub fn dimse_counter(&self, listener: &str) -> DimseCounter {
+        DimseCounter { family: self.inner.dimse_operations_total.clone(), listener: listener.to_owned() }
     }
 
-    /// `result`: `accepted`, `rejected`, `aborted` (by the SCP), `no_answer`
-    /// (timeout or connection lost), `malformed`.
-    pub fn association_result(&self, listener: &str, result: &'static str) {
-        self.inner.association_results_total.with_label_values(&[listener, result]).inc();
+    pub fn association_result(&self, listener: &str, result: AssociationResult) {
+        self.inner.association_results_total.with_label_values(&[listener, result.as_str()]).inc();
     }
 
-    /// `end`: a [`crate::relay::RelayEnd::label`] (`released`, `aborted`,
-    /// `idle_timeout`, …).
-    pub fn association_ended(&self, listener: &str, end: &'static str) {
-        self.inner.association_ends_total.with_label_values(&[listener, end]).inc();
+    pub fn association_ended(&self, listener: &str, end: End) {
+        self.inner.association_ends_total.with_label_values(&[listener, end.as_str()]).inc();
     }
 
     /// Records how long the SCP took to answer a forwarded A-ASSOCIATE-RQ.
@@ -374,6 +427,20 @@ fn register_process_collector(registry: &Registry) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = registry;
+}
+
+/// `dicomgate_dimse_operations_total{listener}`: the relay counts each DIMSE
+/// response by operation (`C-STORE`, …) and status class (`success`, …).
+#[derive(Clone)]
+pub struct DimseCounter {
+    family: IntCounterVec,
+    listener: String,
+}
+
+impl DimseCounter {
+    pub fn count(&self, operation: &str, status: &str) {
+        self.family.with_label_values(&[self.listener.as_str(), operation, status]).inc();
+    }
 }
 
 /// Decrements `dicomgate_active_connections` when dropped.

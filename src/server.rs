@@ -19,41 +19,29 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::status::{ListenerView, StatusBoard};
 use crate::atna::{self, AtnaError, AuditSink};
-use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
-use crate::config::{Config, ConfigError, ListenerConfig, Security};
-use crate::connection::{ListenerRuntime, Services};
+use crate::backend::{HealthRegistry, Monitors};
+use crate::config::{Config, ConfigError, Security};
+use crate::connection::Services;
 use crate::lifecycle::sockets::{Inherited, SocketError, ADMIN_FD_NAME};
 use crate::lifecycle::upgrade::{self, Relauncher};
 use crate::lifecycle::{Lifecycle, State};
 use crate::listener::{accept_loop, Limits, Snapshot};
 use crate::metrics::Metrics;
-use crate::pki::{self, CertificateInfo};
+use crate::prepare::{self, Backends, Generation, PrepareError, Prepared, PreparedListener};
 use crate::recent::RecentAssociations;
-use crate::tls::{self, ServerIdentity, TlsError};
 
 /// After the grace period and the A-ABORTs, how long closes may take.
 const FINAL_CLOSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("listeners.{listener}.tls: {source}")]
-    ListenerTls {
-        listener: String,
-        #[source]
-        source: TlsError,
-    },
-    #[error("backends.{backend}.tls: {source}")]
-    BackendTls {
-        backend: String,
-        #[source]
-        source: TlsError,
-    },
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
     #[error("{key}: cannot listen on {address}: {source}")]
     Bind {
         key: String,
@@ -69,12 +57,8 @@ pub enum ServeError {
     Socket(#[from] SocketError),
     #[error("reload: the configuration was not loaded from a file, so there is nothing to re-read")]
     NoConfigFile,
-}
-
-/// A listener's runtime plus what the banner and metrics show of it.
-struct Built {
-    runtime: Arc<ListenerRuntime>,
-    certificate: Option<CertificateInfo>,
+    #[error("reload: loading the new configuration failed unexpectedly: {0}")]
+    ReloadTask(#[from] tokio::task::JoinError),
 }
 
 /// A listening socket, with a duplicate of its fd kept for handing to a
@@ -88,7 +72,7 @@ struct Socket {
 struct Bound {
     name: String,
     socket: Socket,
-    built: Built,
+    built: PreparedListener,
 }
 
 impl Bound {
@@ -124,8 +108,6 @@ pub struct Gateway {
     upgrade: Option<(mpsc::Receiver<()>, Relauncher)>,
 }
 
-type Backends = BTreeMap<String, Arc<BackendRuntime>>;
-
 impl Gateway {
     /// Generates missing certificates where asked, loads all TLS material and
     /// binds every listener and the admin endpoint. On error nothing is left
@@ -139,19 +121,19 @@ impl Gateway {
     /// instead of binding; a passed socket no listener claims is an error.
     pub async fn bind_with(config: Config, metrics: Metrics, mut inherited: Inherited) -> Result<Gateway, ServeError> {
         let health = Arc::new(HealthRegistry::new());
-        let backends = build_backends(&config, &health)?;
+        let Prepared { backends, listeners: prepared } = prepare::gateway(&config, &health, Generation::Create)?;
         let audit = atna::Prepared::new(&config)?;
         let mut known: Vec<&str> = config.listeners.keys().map(String::as_str).collect();
         known.extend(config.admin.as_ref().map(|_| ADMIN_FD_NAME));
         inherited.check_names(&known)?;
         let mut listeners = Vec::new();
-        for (name, lc) in &config.listeners {
-            let built = build_listener(lc, &backends)?;
+        for (name, built) in prepared {
+            let listen = built.runtime.config.listen;
             let key = format!("listeners.{name}.listen");
-            let passed = inherited.take_listener(name, &key, lc.listen)?;
-            let socket = listen_on(&key, lc.listen, passed).await?;
-            metrics.register_listener(name);
-            listeners.push(Bound { name: name.clone(), socket, built });
+            let passed = inherited.take_listener(&name, &key, listen)?;
+            let socket = listen_on(&key, listen, passed).await?;
+            metrics.register_listener(&name);
+            listeners.push(Bound { name, socket, built });
         }
         let admin = match &config.admin {
             Some(a) => {
@@ -304,7 +286,7 @@ impl Gateway {
                 // Not during an upgrade: the new process reads the file itself.
                 Some(()) = reload.recv(), if upgrading.is_none() => {
                     lifecycle.set(State::Reloading);
-                    match reload_config(&config, &mut slots, &metrics, &services, &tracker, &health).await {
+                    match reload_config(&config, &mut slots, &metrics, &services, &tracker, health.clone()).await {
                         Ok((new, backends, views, audit)) => {
                             board.set_listeners(views);
                             board.reload_finished(None);
@@ -404,22 +386,30 @@ async fn reload_config(
     metrics: &Metrics,
     services: &Services,
     tracker: &TaskTracker,
-    health: &HealthRegistry,
+    health: Arc<HealthRegistry>,
 ) -> Result<(Config, Backends, Vec<ListenerView>, atna::Prepared), ServeError> {
-    let path = current.source.as_ref().ok_or(ServeError::NoConfigFile)?;
-    let new = Config::load(path)?;
-    let backends = build_backends(&new, health)?;
-    let audit = atna::Prepared::new(&new)?;
+    let path = current.source.clone().ok_or(ServeError::NoConfigFile)?;
+    // File reads, certificate loading and key generation block: off the
+    // async workers, which keep serving live associations meanwhile.
+    let (new, prepared, audit) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let new = Config::load(&path)?;
+        let prepared = prepare::gateway(&new, &health, Generation::Create)?;
+        let audit = atna::Prepared::new(&new)?;
+        Ok((new, prepared, audit))
+    })
+    .await??;
+    let Prepared { backends, listeners } = prepared;
+    let path = new.source.as_deref().unwrap_or(std::path::Path::new("-"));
 
     // Prepare everything that can fail before changing anything.
     let mut prepared = Vec::new();
     let mut views = Vec::new();
-    for (name, lc) in &new.listeners {
-        let built = build_listener(lc, &backends)?;
-        let rebind = slots.get(name).is_none_or(|s| s.configured != lc.listen);
+    for (name, built) in listeners {
+        let listen = built.runtime.config.listen;
+        let rebind = slots.get(&name).is_none_or(|s| s.configured != listen);
         let key = format!("listeners.{name}.listen");
-        let socket = if rebind { Some(listen_on(&key, lc.listen, None).await?) } else { None };
-        prepared.push((name.clone(), built, socket));
+        let socket = if rebind { Some(listen_on(&key, listen, None).await?) } else { None };
+        prepared.push((name, built, socket));
     }
 
     let removed: Vec<String> = slots.keys().filter(|n| !new.listeners.contains_key(*n)).cloned().collect();
@@ -472,23 +462,14 @@ async fn reload_config(
 }
 
 /// The startup banner line for one listener (also after each reload).
-fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
+fn banner(name: &str, address: SocketAddr, built: &PreparedListener, metrics: &Metrics) {
     let cfg = &built.runtime.config;
     metrics.set_connection_limit(name, cfg.max_connections);
-    let routes: Vec<String> = cfg
-        .routes
-        .exact
-        .iter()
-        .map(|(ae, b)| format!("{ae}→{b}"))
-        .chain(cfg.routes.fallback.iter().map(|b| format!("*→{b}")))
-        .collect();
-    let allow: Vec<String> = cfg.allow.iter().map(|n| n.to_string()).collect();
-    let routes = routes.join(",");
-    let allow = allow.join(",");
+    let prepare::Description { allow, routes, scu, .. } = prepare::describe(cfg);
+    let scu = scu.unwrap_or("-");
     match (&cfg.security, &built.certificate) {
-        (Security::Tls(t), Some(cert)) => {
+        (Security::Tls(_), Some(cert)) => {
             metrics.set_certificate_expiry(name, cert.not_after.unix_timestamp());
-            let scu = if t.client_auth.required() { "Authenticated" } else { "Anonymous" };
             tracing::info!(
                 listener = %name, %address, security = "Secured", %allow, %routes,
                 subject = %cert.subject, expires = %cert.not_after, days_left = cert.days_left(),
@@ -506,52 +487,4 @@ fn banner(name: &str, address: SocketAddr, built: &Built, metrics: &Metrics) {
             "listening WITHOUT TLS (insecure_plaintext): test data only, never patient data"
         ),
     }
-}
-
-/// Every backend's runtime; servers keep their health state from `health`
-/// where their probe is unchanged.
-fn build_backends(config: &Config, health: &HealthRegistry) -> Result<Backends, ServeError> {
-    let mut out = BTreeMap::new();
-    for (name, bc) in &config.backends {
-        let tls = match &bc.tls {
-            Some(t) => {
-                Some(tls::backend_tls(t).map_err(|source| ServeError::BackendTls { backend: name.clone(), source })?)
-            }
-            None => None,
-        };
-        let health = health.health_for(bc);
-        out.insert(name.clone(), Arc::new(BackendRuntime { config: bc.clone(), tls, health }));
-    }
-    Ok(out)
-}
-
-fn build_listener(lc: &Arc<ListenerConfig>, backends: &Backends) -> Result<Built, ServeError> {
-    let (acceptor, certificate) = match &lc.security {
-        Security::Plaintext => (None, None),
-        Security::Tls(t) => {
-            let err = |source| ServeError::ListenerTls { listener: lc.name.clone(), source };
-            if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
-                tracing::warn!(
-                    listener = %lc.name,
-                    certificate = %t.certificate.display(),
-                    sha256 = %fingerprint,
-                    "generated a self-signed certificate (generate_if_missing): upload this certificate file to the cloud"
-                );
-            }
-            let identity = ServerIdentity::load(&t.certificate, &t.private_key).map_err(err)?;
-            let certificate = identity.chain.first().and_then(|c| pki::inspect_certificate(c).ok());
-            // An expired certificate is refused at start and on reload (the
-            // old configuration keeps serving): a TLS peer that checks dates
-            // cannot connect, and one that does not should not be relied on.
-            if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
-                return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
-            }
-            let config = tls::server_config(t, &identity).map_err(err)?;
-            (Some(TlsAcceptor::from(config)), certificate)
-        }
-    };
-    // Only the backends this listener routes to.
-    let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
-    let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
-    Ok(Built { runtime: Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends }), certificate })
 }

@@ -37,18 +37,62 @@ pub struct Connected {
     pub server: ServerAddress,
 }
 
+/// Why one backend server could not be used. Side: the SCP; phase: backend
+/// connect (TCP, then the DICOM-TLS handshake when configured).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Refused, unreachable, reset (or the socket could not be set up).
+    #[error("{0}")]
+    Tcp(#[source] std::io::Error),
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    ServerName(#[from] UncheckableHost),
+    /// The SCP's certificate was refused, or it sent an alert.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+}
+
+/// A server host that no certificate can be checked against.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{host:?} cannot be checked against a certificate; set tls.server_name")]
+pub struct UncheckableHost {
+    pub host: String,
+}
+
+/// One failed attempt.
+#[derive(Debug)]
+pub struct Attempt {
+    pub server: ServerAddress,
+    /// The health check had marked it down (tried as a last resort).
+    pub marked_down: bool,
+    pub error: ConnectError,
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.server, self.error)?;
+        if self.marked_down {
+            f.write_str(" (marked down by the health check)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Every server failed; one entry per attempt, in the order tried.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnectFailure {
-    pub attempts: Vec<(ServerAddress, String)>,
+    pub attempts: Vec<Attempt>,
 }
 
 impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.attempts.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+        let parts: Vec<String> = self.attempts.iter().map(Attempt::to_string).collect();
         write!(f, "no backend server reachable ({})", parts.join("; "))
     }
 }
+
+impl std::error::Error for ConnectFailure {}
 
 impl BackendRuntime {
     /// A runtime whose servers have no verdict yet (tests and `check`); the
@@ -75,43 +119,37 @@ impl BackendRuntime {
                     }
                     return Ok(Connected { stream, server: server.clone() });
                 }
-                Ok(Err(e)) => attempts.push((server.clone(), annotate(e, marked_down))),
-                Err(_) => attempts
-                    .push((server.clone(), annotate(format!("no connection within {connect_timeout:?}"), marked_down))),
+                Ok(Err(error)) => attempts.push(Attempt { server: server.clone(), marked_down, error }),
+                Err(_) => attempts.push(Attempt {
+                    server: server.clone(),
+                    marked_down,
+                    error: ConnectError::Timeout(connect_timeout),
+                }),
             }
         }
         Err(ConnectFailure { attempts })
     }
 
-    async fn connect_one(&self, server: &ServerAddress) -> Result<Stream, String> {
-        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await.map_err(|e| e.to_string())?;
+    async fn connect_one(&self, server: &ServerAddress) -> Result<Stream, ConnectError> {
+        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await.map_err(ConnectError::Tcp)?;
         // DCMTK writes each PDU header and body separately; with Nagle on,
         // every exchange would stall on a delayed ACK (~40 ms).
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
         let name = server_name(tls, server)?;
-        let stream = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let stream = tls.connector.connect(name, tcp).await.map_err(ConnectError::Tls)?;
         Ok(Stream::Client(Box::new(stream)))
     }
 }
 
 /// The name checked in the SCP's certificate: `tls.server_name`, else the
 /// server's host (a DNS name or an IP address).
-pub fn server_name(tls: &BackendTls, server: &ServerAddress) -> Result<ServerName<'static>, String> {
+pub fn server_name(tls: &BackendTls, server: &ServerAddress) -> Result<ServerName<'static>, UncheckableHost> {
     match &tls.server_name {
         Some(name) => Ok(name.clone()),
-        None => ServerName::try_from(server.host.clone())
-            .map_err(|_| format!("{:?} cannot be checked against a certificate; set tls.server_name", server.host)),
-    }
-}
-
-fn annotate(error: String, marked_down: bool) -> String {
-    if marked_down {
-        format!("{error} (marked down by the health check)")
-    } else {
-        error
+        None => ServerName::try_from(server.host.clone()).map_err(|_| UncheckableHost { host: server.host.clone() }),
     }
 }
 
@@ -160,8 +198,10 @@ mod tests {
         let rt = backend(&[a, b]);
         rt.health.servers()[1].force_state_for_test(ServerState::Down);
         let failure = rt.connect(Duration::from_secs(2)).await.err().expect("nothing listens");
-        let tried: Vec<u16> = failure.attempts.iter().map(|(s, _)| s.port).collect();
+        let tried: Vec<u16> = failure.attempts.iter().map(|t| t.server.port).collect();
         assert_eq!(tried, vec![a.port(), b.port()]);
-        assert!(failure.attempts[1].1.ends_with("(marked down by the health check)"), "{failure}");
+        assert!(matches!(failure.attempts[0].error, ConnectError::Tcp(_)), "{failure}");
+        assert!(!failure.attempts[0].marked_down && failure.attempts[1].marked_down);
+        assert!(failure.to_string().ends_with("(marked down by the health check))"), "{failure}");
     }
 }

@@ -120,7 +120,7 @@ fn ae_titles_with_forbidden_characters_are_refused() {
 
 #[test]
 fn server_addresses() {
-    use super::validate::test_parse_server_address as p;
+    use super::validate::parse_server_address as p;
     assert_eq!(p("10.20.0.15:104").unwrap().to_string(), "10.20.0.15:104");
     assert_eq!(p("[::1]:104").unwrap().to_string(), "[::1]:104");
     assert_eq!(p("pacs.local:11112").unwrap().host, "pacs.local");

@@ -1,31 +1,72 @@
 //! Association negotiation through the gateway: the client's A-ASSOCIATE-RQ
 //! goes to the SCP (patched in place only for the called-AE rewrite and the
 //! Maximum Length clamp), the SCP's answer comes back under a second ACSE
-//! deadline (patched back for the rewrite, clamped likewise), and the
-//! outcome is recorded.
+//! deadline (patched back for the rewrite, clamped likewise); what happened
+//! is returned as an [`Exchanged`].
 
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::first_pdu::read_associate_response;
+use super::first_pdu::{read_associate_response, AnswerError};
 use super::{close, send_and_close, write_flush, Services};
-use crate::audit::AuditRecord;
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::associate::{self, patch_called_ae, AssociateView};
-use crate::dicom::pdu::{describe_abort, describe_rejection, provider_abort, AbortReason, PduType};
+use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
 use crate::dicom::AeTitle;
-use crate::metrics::Direction;
+use crate::metrics::{AssociationResult, Direction};
 use crate::tls::Stream;
 
 /// Largest A-ASSOCIATE-AC/RJ/ABORT accepted from an SCP.
 const MAX_RESPONSE_LENGTH: u32 = 1024 * 1024;
 
 /// An accepted association, ready to relay.
-pub(super) struct Negotiated {
+#[derive(Debug)]
+pub struct Negotiated {
     /// P-DATA limit towards the SCP (its Maximum Length, clamped).
     pub max_to_backend: u32,
     /// P-DATA limit towards the client (the client's Maximum Length, clamped).
     pub max_to_client: u32,
+}
+
+/// What the SCP answered, as it reached (or failed to reach) the client.
+#[derive(Debug)]
+pub enum Answer {
+    /// A-ASSOCIATE-AC, delivered to the client: the relay comes next.
+    Accepted(Negotiated),
+    /// A-ASSOCIATE-AC, but the client could not take it (side: client).
+    Undelivered(std::io::Error),
+    /// A-ASSOCIATE-RJ (result, source, reason), passed to the client.
+    Rejected((u8, u8, u8)),
+    /// A-ABORT from the SCP, passed to the client.
+    Aborted { source: u8, reason: u8 },
+    /// Nothing usable came back; both sides got our A-ABORT.
+    NoAnswer(AnswerError),
+    /// This PDU type came back malformed; both sides got our A-ABORT.
+    Malformed(&'static str),
+}
+
+impl Answer {
+    pub fn result(&self) -> AssociationResult {
+        match self {
+            Answer::Accepted(_) | Answer::Undelivered(_) => AssociationResult::Accepted,
+            Answer::Rejected(_) => AssociationResult::Rejected,
+            Answer::Aborted { .. } => AssociationResult::Aborted,
+            Answer::NoAnswer(_) => AssociationResult::NoAnswer,
+            Answer::Malformed(_) => AssociationResult::Malformed,
+        }
+    }
+}
+
+/// The RQ → answer exchange, as it happened.
+#[derive(Debug)]
+pub struct Exchanged {
+    pub answer: Answer,
+    /// From forwarding the RQ to the SCP's whole answer; `None` without one.
+    pub waited: Option<std::time::Duration>,
+    /// The RQ as forwarded.
+    pub bytes_to_backend: u64,
+    /// The SCP's answer as passed on.
+    pub bytes_to_client: u64,
 }
 
 /// One RQ → answer exchange.
@@ -39,15 +80,10 @@ pub(super) struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Forwards the RQ and returns the SCP's answer to the client. `Some`
-    /// only for an A-ASSOCIATE-AC delivered to the client; every other end
-    /// has been answered and closed on both sides.
-    pub(super) async fn run(
-        self,
-        client: &mut Stream,
-        upstream: &mut Stream,
-        audit: &mut AuditRecord,
-    ) -> Option<Negotiated> {
+    /// Forwards the RQ and returns the SCP's answer to the client. Every
+    /// answer but a delivered A-ASSOCIATE-AC has been answered and closed on
+    /// both sides when this returns.
+    pub(super) async fn run(self, client: &mut Stream, upstream: &mut Stream) -> Exchanged {
         let Exchange { mut rq, view, called, backend, cfg, services } = self;
         let metrics = &services.metrics;
         // Clamp what we enforce: the SCP learns the client's receive limit
@@ -62,75 +98,63 @@ impl Exchange<'_> {
         let answer_deadline = asked + cfg.timeouts.acse;
         let answer = match timeout_at(answer_deadline, write_flush(upstream, &rq)).await {
             Ok(Ok(())) => read_associate_response(upstream, MAX_RESPONSE_LENGTH, answer_deadline).await,
-            Ok(Err(e)) => Err(format!("cannot send the A-ASSOCIATE-RQ: {e}")),
-            Err(_) => Err("cannot send the A-ASSOCIATE-RQ within the ACSE timeout".to_owned()),
+            Ok(Err(e)) => Err(AnswerError::Send(e)),
+            Err(_) => Err(AnswerError::SendTimeout),
         };
         metrics.bytes_counter(&cfg.name, Direction::ToBackend).inc_by(rq.len() as u64);
-        audit.bytes_to_backend += rq.len() as u64;
+        let mut done = Exchanged {
+            answer: Answer::Malformed("A-ASSOCIATE-AC"),
+            waited: None,
+            bytes_to_backend: rq.len() as u64,
+            bytes_to_client: 0,
+        };
         let (pdu_type, mut response) = match answer {
             Ok(a) => {
-                let waited = asked.elapsed();
-                audit.scp_answer_ms = Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
-                metrics.observe_scp_answer(&cfg.name, waited.as_secs_f64());
+                done.waited = Some(asked.elapsed());
                 a
             }
             Err(why) => {
-                audit.association = Some(format!("no valid answer from the SCP: {why}"));
-                metrics.association_result(&cfg.name, "no_answer");
                 abort_both(client, upstream, AbortReason::NotSpecified, cfg).await;
-                return None;
+                done.answer = Answer::NoAnswer(why);
+                return done;
             }
         };
 
-        let mut max_to_backend = cfg.max_pdu_length;
-        match pdu_type {
+        done.answer = match pdu_type {
             PduType::AssociateAc => {
                 let Ok(ac) = associate::parse(&response) else {
-                    audit.association = Some("malformed A-ASSOCIATE-AC from the SCP".to_owned());
-                    metrics.association_result(&cfg.name, "malformed");
                     abort_both(client, upstream, AbortReason::InvalidPduParameterValue, cfg).await;
-                    return None;
+                    return done;
                 };
-                max_to_backend = clamp_max_length(&mut response, ac.max_length, cfg.max_pdu_length);
+                let max_to_backend = clamp_max_length(&mut response, ac.max_length, cfg.max_pdu_length);
                 if rewrite {
                     // The client must see the AE titles it sent (PS3.8
                     // §9.3.3: the AC echoes the RQ's fields).
                     patch_called_ae(&mut response, &view.called_ae);
                 }
-                audit.association = Some("accepted".to_owned());
-                metrics.association_result(&cfg.name, "accepted");
+                Answer::Accepted(Negotiated { max_to_backend, max_to_client })
             }
-            PduType::AssociateRj if response.len() == 10 => {
-                let triple = (response[7], response[8], response[9]);
-                audit.association = Some(format!("rejected by the SCP: {}", describe_rejection(triple)));
-                metrics.association_result(&cfg.name, "rejected");
-            }
-            PduType::Abort if response.len() == 10 => {
-                audit.association = Some(format!("aborted by the SCP: {}", describe_abort(response[8], response[9])));
-                metrics.association_result(&cfg.name, "aborted");
-            }
+            PduType::AssociateRj if response.len() == 10 => Answer::Rejected((response[7], response[8], response[9])),
+            PduType::Abort if response.len() == 10 => Answer::Aborted { source: response[8], reason: response[9] },
             other => {
-                audit.association = Some(format!("malformed {} from the SCP", other.name()));
-                metrics.association_result(&cfg.name, "malformed");
                 abort_both(client, upstream, AbortReason::InvalidPduParameterValue, cfg).await;
-                return None;
+                done.answer = Answer::Malformed(other.name());
+                return done;
             }
-        }
+        };
 
         metrics.bytes_counter(&cfg.name, Direction::ToClient).inc_by(response.len() as u64);
-        audit.bytes_to_client += response.len() as u64;
+        done.bytes_to_client = response.len() as u64;
         if pdu_type != PduType::AssociateAc {
             tokio::join!(send_and_close(client, &response, cfg), close(upstream, cfg));
-            return None;
+            return done;
         }
         let sent = timeout(cfg.timeouts.acse, write_flush(client, &response)).await;
         if let Err(e) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-            audit.end = Some("io_error".to_owned());
-            audit.detail = Some(format!("cannot send the A-ASSOCIATE-AC to the client: {e}"));
             send_and_close(upstream, &provider_abort(AbortReason::NotSpecified), cfg).await;
-            return None;
+            done.answer = Answer::Undelivered(e);
         }
-        Some(Negotiated { max_to_backend, max_to_client })
+        done
     }
 }
 

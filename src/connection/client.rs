@@ -2,50 +2,42 @@
 //! header (optional), the TLS handshake, and the first PDU with its raw
 //! A-ASSOCIATE-RQ view, all under the one ACSE deadline taken at accept.
 
+use std::net::SocketAddr;
+
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 
 use super::first_pdu::read_associate_rq;
+use super::record::Refused;
 use super::send_and_close;
-use crate::audit::AuditRecord;
 use crate::config::ListenerConfig;
 use crate::dicom::ae::display_raw;
 use crate::dicom::associate::{self, AssociateView};
 use crate::dicom::pdu::{provider_abort, AbortReason};
-use crate::metrics::Outcome;
 use crate::proxy_protocol;
 use crate::tls::{SessionInfo, Stream};
 
 /// Behind a load balancer: reads its PROXY header (under the ACSE deadline,
-/// before TLS), records the carried client as the audit's `peer` and the
-/// balancer as `proxy`, then applies the allow list to the client. Refusals
-/// close without a byte written, like the accept loop's: the cloud is not
-/// speaking to us yet, the balancer is.
+/// before TLS) and applies the allow list to the client it carries, which is
+/// returned. Refusals close without a byte written, like the accept loop's:
+/// the cloud is not speaking to us yet, the balancer is.
 pub(super) async fn proxy_phase(
     tcp: &mut TcpStream,
+    lb: SocketAddr,
     versions: crate::config::ProxyVersions,
     cfg: &ListenerConfig,
     deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<(), Outcome> {
-    // `AuditRecord::new` sets `peer` to the TCP peer: here, the balancer.
-    let Some(lb) = audit.peer else { return Err(Outcome::ProtocolError) };
+) -> Result<SocketAddr, Refused> {
     let header = match proxy_protocol::read_header(tcp, versions, deadline).await {
         Ok(h) => h,
-        Err(e) => {
-            audit.detail = Some(format!("from load balancer {lb}: {e}"));
-            return Err(if e.is_timeout() { Outcome::Timeout } else { Outcome::ProtocolError });
-        }
+        Err(error) => return Err(Refused::ProxyHeader { lb, error }),
     };
     let client = header.client_or(lb);
-    audit.proxy = Some(lb);
-    audit.peer = Some(client);
     if !cfg.allows(client.ip()) {
-        audit.detail = Some(format!("source address not in the allow list (PROXY {})", header.describe()));
-        return Err(Outcome::DeniedIp);
+        return Err(Refused::ProxiedClientDenied { header });
     }
-    Ok(())
+    Ok(client)
 }
 
 /// TLS for a `tls` listener; the plain stream for `insecure_plaintext`.
@@ -53,24 +45,31 @@ pub(super) async fn handshake(
     tcp: TcpStream,
     acceptor: Option<&TlsAcceptor>,
     deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<Stream, Outcome> {
+) -> Result<(Stream, Option<SessionInfo>), Refused> {
     let Some(acceptor) = acceptor else {
-        return Ok(Stream::Plain(tcp));
+        return Ok((Stream::Plain(tcp), None));
     };
     match timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            audit.tls = Some(SessionInfo::of(tls.get_ref().1));
-            Ok(Stream::Server(Box::new(tls)))
+            let info = SessionInfo::of(tls.get_ref().1);
+            Ok((Stream::Server(Box::new(tls)), Some(info)))
         }
-        Ok(Err(e)) => {
-            audit.detail = Some(format!("TLS handshake failed: {e}"));
-            Err(Outcome::TlsError)
-        }
-        Err(_) => {
-            audit.detail = Some("TLS handshake not complete within the ACSE timeout".to_owned());
-            Err(Outcome::Timeout)
-        }
+        Ok(Err(e)) => Err(Refused::Tls(e)),
+        Err(_) => Err(Refused::TlsTimeout),
+    }
+}
+
+/// A whole, checked A-ASSOCIATE-RQ and its raw view.
+pub(super) struct Request {
+    pub rq: Vec<u8>,
+    pub view: AssociateView,
+}
+
+impl Request {
+    /// The AE titles as the audit shows them (escaped, leading spaces trimmed).
+    pub fn ae_titles(&self) -> (String, String) {
+        let show = |raw: &[u8]| display_raw(raw).trim_start().to_owned();
+        (show(&self.view.calling_ae), show(&self.view.called_ae))
     }
 }
 
@@ -80,30 +79,25 @@ pub(super) async fn read_request(
     client: &mut Stream,
     cfg: &ListenerConfig,
     deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<(Vec<u8>, AssociateView), Outcome> {
+) -> Result<Request, Refused> {
     let rq = match read_associate_rq(client, cfg.max_associate_rq_length, deadline).await {
         Ok(pdu) => pdu,
         Err(e) => {
-            audit.detail = Some(e.to_string());
             if let Some(reason) = e.abort_reason() {
                 send_and_close(client, &provider_abort(reason), cfg).await;
             }
-            return Err(if e.is_timeout() { Outcome::Timeout } else { Outcome::ProtocolError });
+            return Err(Refused::FirstPdu(e));
         }
     };
     let view = match associate::parse(&rq) {
         Ok(v) => v,
         Err(e) => {
-            audit.detail = Some(format!("malformed A-ASSOCIATE-RQ: {e}"));
             send_and_close(client, &provider_abort(AbortReason::InvalidPduParameterValue), cfg).await;
-            return Err(Outcome::ProtocolError);
+            return Err(Refused::MalformedRq(e));
         }
     };
-    audit.calling_ae = Some(display_raw(&view.calling_ae).trim_start().to_owned());
-    audit.called_ae = Some(display_raw(&view.called_ae).trim_start().to_owned());
     log_structured_view(&rq);
-    Ok((rq, view))
+    Ok(Request { rq, view })
 }
 
 /// dicom-ul's structured view of the request, for debugging interoperability

@@ -104,37 +104,61 @@ pub async fn read_associate_rq<S: AsyncRead + Unpin>(
     Ok(pdu)
 }
 
+/// Why the SCP's answer to a forwarded A-ASSOCIATE-RQ is missing or
+/// unusable. Side: the SCP; phase: SCP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("cannot send the A-ASSOCIATE-RQ: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("cannot send the A-ASSOCIATE-RQ within the ACSE timeout")]
+    SendTimeout,
+    #[error("no answer to the A-ASSOCIATE-RQ within the ACSE timeout")]
+    Timeout,
+    #[error("connection lost before the association answer: {0}")]
+    Lost(#[source] std::io::Error),
+    #[error("answered the A-ASSOCIATE-RQ with {0}")]
+    Unexpected(&'static str),
+    #[error("answered with a non-PDU (first byte 0x{0:02X})")]
+    NotDicom(u8),
+    #[error("{pdu} of {length} bytes exceeds the limit of {limit}")]
+    TooLong { pdu: &'static str, length: u32, limit: u32 },
+    #[error("incomplete {0} within the ACSE timeout")]
+    Incomplete(&'static str),
+    #[error("connection lost in the middle of the {pdu}: {error}")]
+    LostMidPdu { pdu: &'static str, error: std::io::Error },
+}
+
 /// Reads the SCP's answer to a forwarded RQ: A-ASSOCIATE-AC, -RJ or A-ABORT,
-/// bounded by `limit`, under `deadline`. Errors are strings for the audit.
+/// bounded by `limit`, under `deadline`.
 pub async fn read_associate_response<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: u32,
     deadline: Instant,
-) -> Result<(PduType, Vec<u8>), String> {
+) -> Result<(PduType, Vec<u8>), AnswerError> {
     let mut header = [0u8; HEADER_LEN];
     let read = async {
         stream.read_exact(&mut header).await?;
         Ok::<_, std::io::Error>(())
     };
     match timeout_at(deadline, read).await {
-        Err(_) => return Err("no answer to the A-ASSOCIATE-RQ within the ACSE timeout".to_owned()),
-        Ok(Err(e)) => return Err(format!("connection lost before the association answer: {e}")),
+        Err(_) => return Err(AnswerError::Timeout),
+        Ok(Err(e)) => return Err(AnswerError::Lost(e)),
         Ok(Ok(())) => {}
     }
     let h = PduHeader::parse(&header);
     let pdu_type = match h.pdu_type() {
         Some(t @ (PduType::AssociateAc | PduType::AssociateRj | PduType::Abort)) => t,
-        Some(other) => return Err(format!("answered the A-ASSOCIATE-RQ with {}", other.name())),
-        None => return Err(format!("answered with a non-PDU (first byte 0x{:02X})", h.type_byte)),
+        Some(other) => return Err(AnswerError::Unexpected(other.name())),
+        None => return Err(AnswerError::NotDicom(h.type_byte)),
     };
     if h.length > limit {
-        return Err(format!("{} of {} bytes exceeds the limit of {limit}", pdu_type.name(), h.length));
+        return Err(AnswerError::TooLong { pdu: pdu_type.name(), length: h.length, limit });
     }
     let mut pdu = vec![0u8; HEADER_LEN + h.length as usize];
     pdu[..HEADER_LEN].copy_from_slice(&header);
     match timeout_at(deadline, stream.read_exact(&mut pdu[HEADER_LEN..])).await {
-        Err(_) => Err(format!("incomplete {} within the ACSE timeout", pdu_type.name())),
-        Ok(Err(e)) => Err(format!("connection lost in the middle of the {}: {e}", pdu_type.name())),
+        Err(_) => Err(AnswerError::Incomplete(pdu_type.name())),
+        Ok(Err(error)) => Err(AnswerError::LostMidPdu { pdu: pdu_type.name(), error }),
         Ok(Ok(_)) => Ok((pdu_type, pdu)),
     }
 }

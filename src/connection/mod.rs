@@ -8,12 +8,15 @@
 //!    deadline, returned to the client;
 //! 5. [`crate::relay`]: the established association.
 //!
-//! Every phase that can fail ends in the DICOM answer the table prescribes, a
-//! metric and exactly one audit event.
+//! Every phase that can fail ends in the DICOM answer the table prescribes and
+//! returns what happened as a typed value (side, phase, what the peer did);
+//! [`record::finish`] turns the results into the one audit event and the
+//! connection's metrics.
 
 mod association;
 mod client;
 pub mod first_pdu;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,15 +29,18 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditRecord;
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
-use crate::dicom::pdu::{describe_abort, Rejection};
-use crate::metrics::{Direction, Metrics, Outcome};
-use crate::relay::{self, Counters, RelaySettings};
+use crate::dicom::pdu::Rejection;
+use crate::metrics::{Direction, Metrics};
+use crate::relay::{self, Counters, RelayReport, RelaySettings};
 use crate::routing::{self, Decision};
 use crate::tls::Stream;
-use association::Negotiated;
+pub use association::Negotiated;
+pub use association::{Answer, Exchanged};
+use client::Request;
+pub use first_pdu::AnswerError;
+pub use record::{Ending, Forwarded, Phase, Refused, Trail};
 
 /// How long, and how much, a closing connection is drained (see [`close`]).
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -92,92 +98,95 @@ pub async fn handle(
     let started = Instant::now();
     let name = rt.config.name.as_str();
     let _active = services.metrics.active_guard(name);
-    let mut audit = AuditRecord::new(name, peer);
-    let outcome = serve(tcp, &rt, admission, &services, &mut audit).await;
-    let elapsed = started.elapsed();
-    services.metrics.connection_ended(name, outcome);
-    if outcome == Outcome::Forwarded {
-        services.metrics.observe_association(name, elapsed.as_secs_f64());
-    }
-    audit.emit(outcome, elapsed);
-    services.recent.record(&audit, outcome, elapsed);
-    services.atna.connection_ended(outcome, &audit);
+    let mut trail = Trail::new(peer);
+    let ending = serve(tcp, &rt, admission, &services, &mut trail).await;
+    record::finish(name, trail, &ending, started.elapsed(), &services);
 }
 
+/// Runs the phases in order. Each returns what happened; only this function
+/// writes the [`Trail`], from those results.
 async fn serve(
     mut tcp: TcpStream,
     rt: &ListenerRuntime,
     admission: Admission,
     services: &Services,
-    audit: &mut AuditRecord,
-) -> Outcome {
+    trail: &mut Trail,
+) -> Ending {
     let cfg = &rt.config;
     let deadline = Instant::now() + cfg.timeouts.acse;
     let _ = tcp.set_nodelay(true);
 
     if let Some(proxy) = &cfg.proxy_protocol {
-        if let Err(outcome) = Box::pin(client::proxy_phase(&mut tcp, proxy.versions, cfg, deadline, audit)).await {
-            return outcome;
+        let lb = trail.tcp_peer;
+        match Box::pin(client::proxy_phase(&mut tcp, lb, proxy.versions, cfg, deadline)).await {
+            Ok(client) => trail.proxied_client = Some(client),
+            Err(refused) => {
+                if let Refused::ProxiedClientDenied { header } = &refused {
+                    trail.proxied_client = Some(header.client_or(lb));
+                }
+                return Ending::Refused(refused);
+            }
         }
     }
-    let mut client = match Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline, audit)).await {
-        Ok(stream) => stream,
-        Err(outcome) => return outcome,
+    let mut client = match Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline)).await {
+        Ok((stream, session)) => {
+            trail.tls = session;
+            stream
+        }
+        Err(refused) => return Ending::Refused(refused),
     };
-    let (rq, view) = match client::read_request(&mut client, cfg, deadline, audit).await {
+    let request = match client::read_request(&mut client, cfg, deadline).await {
         Ok(request) => request,
-        Err(outcome) => return outcome,
+        Err(refused) => return Ending::Refused(refused),
     };
+    let (calling, called) = request.ae_titles();
+    (trail.calling_ae, trail.called_ae) = (Some(calling), Some(called));
 
     if let Admission::OverLimit(_) = admission {
-        audit.detail = Some(format!("listener at max_connections ({})", cfg.max_connections));
         send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu(), cfg).await;
-        return Outcome::Limit;
+        return Ending::Refused(Refused::OverLimit(cfg.max_connections));
     }
-    let (backend_name, called) = match routing::decide(&view, cfg) {
+    let (backend_name, called) = match routing::decide(&request.view, cfg) {
         Decision::Forward { backend, called, .. } => (backend, called),
         Decision::Reject(refusal) => {
-            audit.detail = Some(refusal.why);
-            audit.association = Some(refusal.rejection.to_string());
             send_and_close(&mut client, &refusal.rejection.to_pdu(), cfg).await;
-            return refusal.outcome;
+            return Ending::Refused(Refused::Policy(refusal));
         }
     };
-    audit.backend = Some(backend_name.clone());
+    trail.backend = Some(backend_name.clone());
     let Some(backend) = rt.backends.get(&backend_name) else {
-        // Configuration validation guarantees every route names a backend.
-        audit.detail = Some(format!("route names unknown backend {backend_name:?}"));
         send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu(), cfg).await;
-        return Outcome::BackendUnavailable;
+        return Ending::Refused(Refused::UnknownBackend(backend_name));
     };
     let mut upstream = match Box::pin(backend.connect(cfg.timeouts.connect)).await {
         Ok(c) => c,
         Err(failure) => {
             tracing::warn!(listener = %cfg.name, backend = %backend_name, "{failure}");
-            audit.detail = Some(failure.to_string());
-            audit.association = Some(Rejection::TemporaryCongestion.to_string());
             send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu(), cfg).await;
-            return Outcome::BackendUnavailable;
+            return Ending::Refused(Refused::Backend(failure));
         }
     };
-    audit.server = Some(upstream.server.to_string());
 
+    let Request { rq, view } = request;
     let exchange = association::Exchange { rq, view: &view, called: &called, backend, cfg, services };
-    if let Some(negotiated) = Box::pin(exchange.run(&mut client, &mut upstream.stream, audit)).await {
-        Box::pin(relay_phase(client, upstream.stream, negotiated, cfg, services, audit)).await;
-    }
-    Outcome::Forwarded
+    let exchanged = Box::pin(exchange.run(&mut client, &mut upstream.stream)).await;
+    let relay = match &exchanged.answer {
+        Answer::Accepted(negotiated) => {
+            Some(Box::pin(relay_phase(client, upstream.stream, negotiated, cfg, services)).await)
+        }
+        _ => None,
+    };
+    Ending::Forwarded(Box::new(Forwarded { server: upstream.server, exchanged, relay }))
 }
 
 /// The established association, until it ends.
 async fn relay_phase(
     client: Stream,
     backend: Stream,
-    negotiated: Negotiated,
+    negotiated: &Negotiated,
     cfg: &ListenerConfig,
     services: &Services,
-    audit: &mut AuditRecord,
-) {
+) -> RelayReport {
     let settings = RelaySettings {
         idle: cfg.timeouts.dimse,
         closing: cfg.timeouts.acse,
@@ -188,27 +197,9 @@ async fn relay_phase(
     let counters = Counters {
         to_backend: services.metrics.bytes_counter(&cfg.name, Direction::ToBackend),
         to_client: services.metrics.bytes_counter(&cfg.name, Direction::ToClient),
-        dimse: Some((services.metrics.dimse_counter_vec(), cfg.name.clone())),
+        dimse: Some(services.metrics.dimse_counter(&cfg.name)),
     };
-    let report = relay::relay(client, backend, settings, counters, services.force_abort.clone()).await;
-    audit.bytes_to_backend += report.bytes_to_backend;
-    audit.bytes_to_client += report.bytes_to_client;
-    audit.end = Some(report.end.label().to_owned());
-    services.metrics.association_ended(&cfg.name, report.end.label());
-    if !report.operations.is_empty() {
-        audit.dimse = Some(relay::describe_operations(&report.operations));
-    }
-    audit.detail = match &report.end {
-        relay::RelayEnd::Aborted { by, source, reason } => {
-            Some(format!("A-ABORT from the {}: {}", by.as_str(), describe_abort(*source, *reason)))
-        }
-        relay::RelayEnd::ProtocolError { by, error } => Some(format!("{} sent {error}", by.as_str())),
-        relay::RelayEnd::Io { side, error } => Some(format!("{}: {error}", side.as_str())),
-        relay::RelayEnd::Closed { by } | relay::RelayEnd::Truncated { by } => {
-            Some(format!("closed by the {}", by.as_str()))
-        }
-        _ => None,
-    };
+    relay::relay(client, backend, settings, counters, services.force_abort.clone()).await
 }
 
 async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {

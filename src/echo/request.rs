@@ -3,12 +3,34 @@
 
 use rustls::pki_types::ServerName;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{client_config, EchoRequest, EchoTls, Trust};
-use crate::cli::{exit, EchoArgs};
 use crate::dicom::ae::AeTitleError;
 use crate::dicom::AeTitle;
+use crate::exit;
 use crate::pki::PkiError;
+
+/// `echo`'s options as given on the command line, not yet checked.
+#[derive(Debug, Clone)]
+pub struct EchoOptions {
+    /// `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`.
+    pub address: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub tls: bool,
+    /// CA bundle to trust for the SCP's certificate.
+    pub ca: Option<PathBuf>,
+    /// No check of the SCP's certificate (testing only).
+    pub insecure: bool,
+    /// Client certificate and key (PEM) for SCU authentication.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify in the SCP's certificate (default: the host).
+    pub server_name: Option<String>,
+    /// For the whole exchange.
+    pub timeout: Duration,
+}
 
 /// The command line is not usable; nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +66,7 @@ impl SetupError {
 
 impl EchoRequest {
     /// Validates the command line (reads the `--ca`/`--cert`/`--key` files).
-    pub fn from_args(args: &EchoArgs) -> Result<EchoRequest, SetupError> {
+    pub fn from_options(args: &EchoOptions) -> Result<EchoRequest, SetupError> {
         let (host, port) = parse_address(&args.address)?;
         let ae = |flag: &'static str, value: &str| {
             AeTitle::parse(value).map_err(|source| SetupError::AeTitle { flag, value: value.to_owned(), source })

@@ -10,11 +10,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::KeyType;
 use super::{
     generate_self_signed, inspect_certificate, pkcs12_bundle, read_password_file, write_file_atomic, CertSpec,
     CertificateInfo, PkiError,
 };
-use crate::cli::{exit, GenCertArgs, KeyType};
+use crate::exit;
 
 /// File names inside `--dir`: the guide's `SCP_cert.pem` / `SCP_key.pem`.
 pub const CERTIFICATE_FILE: &str = "scp_cert.pem";
@@ -23,6 +24,22 @@ pub const PRIVATE_KEY_FILE: &str = "scp_key.pem";
 /// Modes: the key (and the .pfx, which contains it) for the owner only.
 const KEY_MODE: u32 = 0o600;
 const CERTIFICATE_MODE: u32 = 0o644;
+
+/// `gen-cert`'s options, as the command line gave them.
+#[derive(Debug, Clone)]
+pub struct GenCertOptions {
+    /// Directory to write the key and certificate into (created if missing).
+    pub dir: PathBuf,
+    pub common_name: String,
+    /// `--san` values as given (validated before anything is generated).
+    pub subject_alt_names: Vec<String>,
+    pub days: u32,
+    pub key_type: KeyType,
+    pub pkcs12: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    /// Overwrite existing files.
+    pub force: bool,
+}
 
 /// What `gen-cert` wrote.
 #[derive(Debug)]
@@ -34,7 +51,7 @@ pub struct GenCertOutcome {
 }
 
 /// Runs `dicomgate gen-cert`; returns the process exit code.
-pub fn gen_cert_command(args: &GenCertArgs) -> u8 {
+pub fn gen_cert_command(args: &GenCertOptions) -> u8 {
     match gen_cert(args) {
         Ok(outcome) => {
             let mut out = std::io::stdout().lock();
@@ -53,9 +70,9 @@ pub fn gen_cert_command(args: &GenCertArgs) -> u8 {
 }
 
 /// Generates and writes the files; prints nothing.
-pub fn gen_cert(args: &GenCertArgs) -> Result<GenCertOutcome, PkiError> {
+pub fn gen_cert(args: &GenCertOptions) -> Result<GenCertOutcome, PkiError> {
     let spec = CertSpec {
-        common_name: args.cn.clone(),
+        common_name: args.common_name.clone(),
         subject_alt_names: subject_alt_names(args),
         days: args.days,
         key_type: args.key_type,
@@ -89,7 +106,7 @@ pub fn gen_cert(args: &GenCertArgs) -> Result<GenCertOutcome, PkiError> {
     // Built before writing, so a PKCS#12 failure writes nothing.
     let pfx = match (&args.pkcs12, &password) {
         (Some(path), Some(password)) => {
-            Some((path, pkcs12_bundle(&pair.private_key_der, &[&pair.certificate_der], &args.cn, password)?))
+            Some((path, pkcs12_bundle(&pair.private_key_der, &[&pair.certificate_der], &args.common_name, password)?))
         }
         _ => None,
     };
@@ -104,18 +121,18 @@ pub fn gen_cert(args: &GenCertArgs) -> Result<GenCertOutcome, PkiError> {
 /// `--san` as given; without any, the CN when it is a valid DNS name or IP
 /// address, because TLS clients (rustls, OpenSSL's host check) ignore the CN
 /// and look only at SANs.
-fn subject_alt_names(args: &GenCertArgs) -> Vec<String> {
-    if !args.san.is_empty() {
-        return args.san.clone();
+fn subject_alt_names(args: &GenCertOptions) -> Vec<String> {
+    if !args.subject_alt_names.is_empty() {
+        return args.subject_alt_names.clone();
     }
-    if super::generate::parse_san(&args.cn).is_ok() {
-        vec![args.cn.clone()]
+    if super::generate::parse_san(&args.common_name).is_ok() {
+        vec![args.common_name.clone()]
     } else {
         Vec::new()
     }
 }
 
-fn print_outcome(out: &mut impl Write, args: &GenCertArgs, outcome: &GenCertOutcome) -> std::io::Result<()> {
+fn print_outcome(out: &mut impl Write, args: &GenCertOptions, outcome: &GenCertOutcome) -> std::io::Result<()> {
     let info = &outcome.info;
     let key = match args.key_type {
         KeyType::Rsa2048 => "RSA 2048",

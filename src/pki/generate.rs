@@ -6,8 +6,8 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use super::KeyType;
 use super::{sha256_fingerprint, PkiError};
-use crate::cli::KeyType;
 
 /// What to put in a generated self-signed certificate.
 #[derive(Debug, Clone)]

@@ -263,7 +263,7 @@ fn looks_encrypted(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::KeyType;
+    use crate::pki::KeyType;
     use crate::pki::{generate_self_signed, CertSpec};
 
     fn pair(key_type: KeyType, cn: &str) -> crate::pki::GeneratedPair {

@@ -22,16 +22,22 @@ mod pkcs12;
 
 use std::path::PathBuf;
 
-pub use command::{gen_cert, gen_cert_command, GenCertOutcome};
-// Temporary: another branch moves `KeyType` here from `cli`; until it lands,
-// core modules name it through `pki` so they need no `cli` import.
-pub use crate::cli::KeyType;
+pub use command::{gen_cert, gen_cert_command, GenCertOptions, GenCertOutcome};
 pub use files::write_file_atomic;
 pub use generate::{generate_self_signed, CertSpec, GeneratedPair};
 pub use inspect::{
     inspect_certificate, inspect_pair, load_certificate_chain, load_private_key, CertificateInfo, KeyInfo,
 };
 pub use pkcs12::{pkcs12_bundle, read_password_file};
+
+/// The key algorithm of a generated pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// RSA 2048-bit (what the guide's Appendix A makes).
+    Rsa2048,
+    /// ECDSA on NIST P-256.
+    EcdsaP256,
+}
 
 /// Errors of this module. Each names the file or value at fault and, where
 /// there is one, the fix.

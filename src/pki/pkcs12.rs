@@ -62,7 +62,7 @@ pub fn read_password_file(path: &Path) -> Result<String, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::KeyType;
+    use crate::pki::KeyType;
     use crate::pki::{generate_self_signed, CertSpec};
 
     #[test]

@@ -13,11 +13,13 @@
 //! 256 KiB under load), and nothing read is logged: PDUs carry patient data.
 
 pub mod dimse;
+mod end;
 pub mod framer;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
 use dimse::StatusClass;
-use framer::{FrameError, FrameEvent, Framer};
+use end::{failed_end, finished_end, PumpEnd};
+pub use end::{IoFailure, RelayEnd, Truncation};
+use framer::{FrameEvent, Framer};
 
 /// A direction's read buffer starts small (an idle association costs little)
 /// and grows while reads fill it, up to `MAX_BUFFER`: large reads let a TLS
@@ -96,43 +100,6 @@ impl Side {
     }
 }
 
-/// How the relayed association ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelayEnd {
-    /// A-RELEASE-RQ/RP exchanged, then both closed.
-    Released,
-    /// A peer sent A-ABORT (forwarded to the other).
-    Aborted { by: Side, source: u8, reason: u8 },
-    /// A peer closed the connection between PDUs without releasing.
-    Closed { by: Side },
-    /// A peer closed the connection in the middle of a PDU.
-    Truncated { by: Side },
-    /// A peer sent something that is not a valid PDU here.
-    ProtocolError { by: Side, error: FrameError },
-    /// Reading from or writing to a peer failed.
-    Io { side: Side, error: String },
-    /// Neither side sent anything for the DIMSE timeout.
-    IdleTimeout,
-    /// The gateway was shutting down and the grace period ended.
-    Shutdown,
-}
-
-impl RelayEnd {
-    /// Short label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            RelayEnd::Released => "released",
-            RelayEnd::Aborted { .. } => "aborted",
-            RelayEnd::Closed { .. } => "closed",
-            RelayEnd::Truncated { .. } => "truncated",
-            RelayEnd::ProtocolError { .. } => "protocol_error",
-            RelayEnd::Io { .. } => "io_error",
-            RelayEnd::IdleTimeout => "idle_timeout",
-            RelayEnd::Shutdown => "shutdown",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct RelayReport {
     pub end: RelayEnd,
@@ -145,14 +112,14 @@ pub struct RelayReport {
 pub struct Counters {
     pub to_backend: prometheus::IntCounter,
     pub to_client: prometheus::IntCounter,
-    /// `dicomgate_dimse_operations_total`, with the listener label to use.
-    pub dimse: Option<(prometheus::IntCounterVec, String)>,
+    /// `dicomgate_dimse_operations_total` for the association's listener.
+    pub dimse: Option<crate::metrics::DimseCounter>,
 }
 
 impl Counters {
     fn count(&self, op: &'static str, class: StatusClass) {
-        if let Some((vec, listener)) = &self.dimse {
-            vec.with_label_values(&[listener.as_str(), op, class.as_str()]).inc();
+        if let Some(dimse) = &self.dimse {
+            dimse.count(op, class.as_str());
         }
     }
 }
@@ -234,59 +201,6 @@ enum Cause {
     Idle,
 }
 
-fn finished_end(up: &Pump, down: &Pump) -> RelayEnd {
-    if up.release_rp || down.release_rp {
-        return RelayEnd::Released;
-    }
-    for p in [up, down] {
-        if let Some((source, reason)) = p.abort {
-            return RelayEnd::Aborted { by: p.from, source, reason };
-        }
-    }
-    let first = match (up.ended_at, down.ended_at) {
-        (Some(a), Some(b)) if b < a => Side::Backend,
-        _ => Side::Client,
-    };
-    RelayEnd::Closed { by: first }
-}
-
-fn failed_end(up: &Pump, down: &Pump) -> RelayEnd {
-    // The pump that failed first explains the end; the other was cancelled.
-    let mut failed: Vec<&Pump> =
-        [up, down].into_iter().filter(|p| p.end.as_ref().is_some_and(|e| e.is_failure())).collect();
-    failed.sort_by_key(|p| p.ended_at);
-    let Some(p) = failed.first() else {
-        return RelayEnd::Io { side: Side::Client, error: "relay stopped".to_owned() };
-    };
-    let to = match p.from {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
-    };
-    match p.end.as_ref() {
-        Some(PumpEnd::Truncated) => RelayEnd::Truncated { by: p.from },
-        Some(PumpEnd::Protocol(error)) => RelayEnd::ProtocolError { by: p.from, error: *error },
-        Some(PumpEnd::ReadError(e)) => RelayEnd::Io { side: p.from, error: e.clone() },
-        Some(PumpEnd::WriteError(e)) => RelayEnd::Io { side: to, error: e.clone() },
-        Some(PumpEnd::Eof) | None => RelayEnd::Closed { by: p.from },
-    }
-}
-
-#[derive(Debug)]
-enum PumpEnd {
-    /// Closed at a PDU boundary.
-    Eof,
-    Truncated,
-    Protocol(FrameError),
-    ReadError(String),
-    WriteError(String),
-}
-
-impl PumpEnd {
-    fn is_failure(&self) -> bool {
-        !matches!(self, PumpEnd::Eof)
-    }
-}
-
 /// One direction's state; lives outside the pump future so that it survives
 /// the future's cancellation.
 struct Pump {
@@ -356,11 +270,11 @@ impl Pump {
         let mut events = Vec::with_capacity(4);
         loop {
             let n = match rd.read(&mut buf).await {
-                Ok(0) => return self.eof(),
+                Ok(0) => return self.eof(true),
                 Ok(n) => n,
                 // A TLS peer that closes without close_notify.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(),
-                Err(e) => return PumpEnd::ReadError(e.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(false),
+                Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
             let (valid, error) = match self.framer.feed(&buf[..n], &mut events) {
@@ -370,7 +284,7 @@ impl Pump {
             if valid > 0 {
                 self.writer_clean = false;
                 if let Err(e) = write_flush(wr, &buf[..valid]).await {
-                    return PumpEnd::WriteError(e.to_string());
+                    return PumpEnd::WriteError(Arc::new(e));
                 }
                 self.writer_clean = self.framer.at_boundary();
                 self.bytes += valid as u64;
@@ -415,14 +329,14 @@ impl Pump {
         self.writer_clean = false;
         loop {
             let n = match rd.read(&mut buf).await {
-                Ok(0) => return PumpEnd::Eof,
+                Ok(0) => return PumpEnd::Eof { close_notify: true },
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
-                Err(e) => return PumpEnd::ReadError(e.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof { close_notify: false },
+                Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
             if let Err(e) = write_flush(wr, &buf[..n]).await {
-                return PumpEnd::WriteError(e.to_string());
+                return PumpEnd::WriteError(Arc::new(e));
             }
             self.bytes += n as u64;
             self.byte_counter(counters).inc_by(n as u64);
@@ -437,9 +351,9 @@ impl Pump {
         }
     }
 
-    fn eof(&self) -> PumpEnd {
+    fn eof(&self, close_notify: bool) -> PumpEnd {
         if self.framer.at_boundary() {
-            PumpEnd::Eof
+            PumpEnd::Eof { close_notify }
         } else {
             PumpEnd::Truncated
         }

@@ -71,7 +71,7 @@ async fn release_passes_bytes_unchanged_and_is_recorded() {
     backend.shutdown().await.unwrap();
     assert!(writer.await.unwrap().is_empty());
     let report = task.await.unwrap();
-    assert_eq!(report.end, RelayEnd::Released);
+    assert!(matches!(report.end, RelayEnd::Released), "{:?}", report.end);
     assert_eq!(report.bytes_to_backend, sent.len() as u64);
     assert_eq!(report.bytes_to_client, 10);
 }
@@ -90,7 +90,8 @@ async fn half_close_keeps_the_other_direction_flowing() {
     got = read_all(&mut client).await;
     writer.await.unwrap();
     assert_eq!(got, pdata(50_000, 2));
-    assert_eq!(task.await.unwrap().end, RelayEnd::Closed { by: Side::Client });
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Closed { by: Side::Client }), "{end:?}");
 }
 
 #[tokio::test]
@@ -103,7 +104,8 @@ async fn peer_abort_is_forwarded_not_doubled() {
     client.read_exact(&mut got).await.unwrap();
     assert_eq!(got, abort);
     client.shutdown().await.unwrap();
-    assert_eq!(task.await.unwrap().end, RelayEnd::Aborted { by: Side::Backend, source: 0, reason: 0 });
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Aborted { by: Side::Backend, source: 0, reason: 0 }), "{end:?}");
     assert!(read_all(&mut client).await.is_empty());
 }
 
@@ -118,7 +120,8 @@ async fn idle_association_is_aborted_on_both_sides() {
     // Nothing more: after 3 s of silence both peers get A-ABORT and EOF.
     assert_eq!(read_all(&mut client).await, OUR_ABORT);
     assert_eq!(read_all(&mut backend).await, OUR_ABORT);
-    assert_eq!(task.await.unwrap().end, RelayEnd::IdleTimeout);
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
 }
 
 #[tokio::test]
@@ -143,7 +146,8 @@ async fn truncated_pdu_closes_without_a_corrupting_abort() {
     client.shutdown().await.unwrap();
     // The backend gets the partial PDU and EOF, never an A-ABORT spliced into it.
     assert_eq!(read_all(&mut backend).await, p[..50].to_vec());
-    assert_eq!(task.await.unwrap().end, RelayEnd::Truncated { by: Side::Client });
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Truncated { by: Side::Client, how: Truncation::MidPdu }), "{end:?}");
 }
 
 #[tokio::test]
@@ -156,5 +160,81 @@ async fn forced_shutdown_aborts_both_sides() {
     force.cancel();
     assert_eq!(read_all(&mut client).await, OUR_ABORT);
     assert_eq!(read_all(&mut backend).await, OUR_ABORT);
-    assert_eq!(task.await.unwrap().end, RelayEnd::Shutdown);
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Shutdown), "{end:?}");
+}
+
+/// Issue 11 ("honest ends"): the client finished cleanly, then the SCP's
+/// direction failed; the failure is the association's end, not "closed".
+#[tokio::test]
+async fn a_failure_after_the_other_direction_finished_wins() {
+    let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
+    client.write_all(&pdata(10, 1)).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = vec![0u8; 16];
+    backend.read_exact(&mut got).await.unwrap();
+    // Half a PDU, then the SCP closes.
+    backend.write_all(&pdata(100, 2)[..40]).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let _ = read_all(&mut client).await;
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Truncated { by: Side::Backend, how: Truncation::MidPdu }), "{end:?}");
+}
+
+/// A stream whose EOF is reported the way tokio-rustls reports a TCP close
+/// without close_notify.
+struct NoCloseNotify(DuplexStream);
+
+impl AsyncRead for NoCloseNotify {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                std::task::Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for NoCloseNotify {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_close_without_close_notify_is_truncated_not_closed() {
+    let (mut client, client_side) = duplex(8192);
+    let (mut backend, backend_side) = duplex(8192);
+    let task =
+        tokio::spawn(relay(NoCloseNotify(client_side), backend_side, settings(), counters(), CancellationToken::new()));
+    client.write_all(&pdata(10, 1)).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = vec![0u8; 16];
+    backend.read_exact(&mut got).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let _ = read_all(&mut client).await;
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::Truncated { by: Side::Client, how: Truncation::NoCloseNotify }), "{end:?}");
 }

@@ -1,6 +1,7 @@
 //! `admin`: the admin endpoint's address and access list (`admin.allow`).
 
-use super::{parse_cidr, Validator};
+use super::listeners::parse_cidr;
+use super::Validator;
 use crate::config::raw::RawAdmin;
 use crate::config::AdminConfig;
 

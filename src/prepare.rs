@@ -1,0 +1,175 @@
+//! What `run` (start and reload) and `check` both build from a [`Config`]:
+//! backend runtimes (TLS client configurations, health state) and listener
+//! runtimes (identity, TLS server configuration, certificate details, routed
+//! backends), plus the words that describe a listener (its allow list,
+//! calling AE titles and routes). One copy, so `check` judges exactly what
+//! `run` would load.
+//!
+//! Everything here is blocking (file reads, key generation, certificate
+//! parsing): reload calls it through `spawn_blocking`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::{BackendRuntime, HealthRegistry};
+use crate::config::{BackendConfig, Config, ListenerConfig, Security};
+use crate::connection::ListenerRuntime;
+use crate::pki::{self, CertificateInfo};
+use crate::tls::{self, ServerIdentity, TlsError};
+
+/// Backend runtimes by name.
+pub type Backends = BTreeMap<String, Arc<BackendRuntime>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("listeners.{listener}.tls: {source}")]
+    ListenerTls {
+        listener: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error("backends.{backend}.tls: {source}")]
+    BackendTls {
+        backend: String,
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// `tls.generate_if_missing` for a pair that does not exist yet: `run`
+/// creates it; `check` writes nothing and reports it instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    Create,
+    ReportOnly,
+}
+
+/// A listener's runtime and what the banner and `check` show of it.
+#[derive(Debug)]
+pub struct PreparedListener {
+    pub runtime: Arc<ListenerRuntime>,
+    /// The leaf certificate, for TLS listeners.
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// Everything a gateway serves, built from a configuration.
+#[derive(Debug)]
+pub struct Prepared {
+    pub backends: Backends,
+    /// By listener name, like `Config::listeners`.
+    pub listeners: BTreeMap<String, PreparedListener>,
+}
+
+/// The one function that builds a gateway's listeners and backends from a
+/// configuration (start and reload; `check` calls the parts one by one to
+/// report every problem, not only the first).
+pub fn gateway(config: &Config, health: &HealthRegistry, generation: Generation) -> Result<Prepared, PrepareError> {
+    let backends = backends(config, health)?;
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|(name, lc)| Ok((name.clone(), listener(lc, &backends, generation)?)))
+        .collect::<Result<_, PrepareError>>()?;
+    Ok(Prepared { backends, listeners })
+}
+
+/// Every backend's runtime; servers keep their health state from `health`
+/// where their probe is unchanged.
+pub fn backends(config: &Config, health: &HealthRegistry) -> Result<Backends, PrepareError> {
+    config.backends.values().map(|bc| Ok((bc.name.clone(), backend(bc, health)?))).collect()
+}
+
+pub fn backend(bc: &Arc<BackendConfig>, health: &HealthRegistry) -> Result<Arc<BackendRuntime>, PrepareError> {
+    let tls = match &bc.tls {
+        Some(t) => {
+            Some(tls::backend_tls(t).map_err(|source| PrepareError::BackendTls { backend: bc.name.clone(), source })?)
+        }
+        None => None,
+    };
+    Ok(Arc::new(BackendRuntime { config: bc.clone(), tls, health: health.health_for(bc) }))
+}
+
+/// True when the listener's pair is missing and `generate_if_missing` will
+/// create it at the first start (`check` then has nothing to load yet).
+pub fn pending_generation(lc: &ListenerConfig) -> bool {
+    match &lc.security {
+        Security::Tls(t) => t.generate_if_missing && !t.certificate.exists() && !t.private_key.exists(),
+        Security::Plaintext => false,
+    }
+}
+
+/// Loads (and with [`Generation::Create`], first generates) the listener's
+/// TLS material and builds its runtime with the backends it routes to.
+pub fn listener(
+    lc: &Arc<ListenerConfig>,
+    backends: &Backends,
+    generation: Generation,
+) -> Result<PreparedListener, PrepareError> {
+    let (acceptor, certificate) = match &lc.security {
+        Security::Plaintext => (None, None),
+        Security::Tls(t) => {
+            let err = |source| PrepareError::ListenerTls { listener: lc.name.clone(), source };
+            if generation == Generation::Create {
+                if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
+                    tracing::warn!(
+                        listener = %lc.name,
+                        certificate = %t.certificate.display(),
+                        sha256 = %fingerprint,
+                        "generated a self-signed certificate (generate_if_missing): upload this certificate file to the cloud"
+                    );
+                }
+            }
+            let identity = ServerIdentity::load(&t.certificate, &t.private_key).map_err(err)?;
+            let certificate = identity.chain.first().and_then(|c| pki::inspect_certificate(c).ok());
+            // An expired certificate is refused at start and on reload (the
+            // old configuration keeps serving): a TLS peer that checks dates
+            // cannot connect, and one that does not should not be relied on.
+            if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
+                return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
+            }
+            let config = tls::server_config(t, &identity).map_err(err)?;
+            (Some(TlsAcceptor::from(config)), certificate)
+        }
+    };
+    // Only the backends this listener routes to.
+    let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
+    let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
+    let runtime = Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends });
+    Ok(PreparedListener { runtime, certificate })
+}
+
+/// A listener's policy in words, for the startup banner and `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// `34.203.166.92/32,10.0.0.0/8`
+    pub allow: String,
+    /// `BUTTERFLY,OTHER`, or `any`
+    pub calling: String,
+    /// `PACS→pacs,*→archive`
+    pub routes: String,
+    /// `Authenticated` (client certificates required) or `Anonymous`; `None` for plaintext.
+    pub scu: Option<&'static str>,
+}
+
+pub fn describe(lc: &ListenerConfig) -> Description {
+    let allow: Vec<String> = lc.allow.iter().map(|n| n.to_string()).collect();
+    let routes: Vec<String> = lc
+        .routes
+        .exact
+        .iter()
+        .map(|(ae, b)| format!("{ae}→{b}"))
+        .chain(lc.routes.fallback.iter().map(|b| format!("*→{b}")))
+        .collect();
+    let calling = match &lc.calling_ae_titles {
+        Some(list) => list.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+        None => "any".to_owned(),
+    };
+    let scu = match &lc.security {
+        Security::Tls(t) if t.client_auth.required() => Some("Authenticated"),
+        Security::Tls(_) => Some("Anonymous"),
+        Security::Plaintext => None,
+    };
+    Description { allow: allow.join(","), calling, routes: routes.join(","), scu }
+}
