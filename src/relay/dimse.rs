@@ -10,6 +10,11 @@
 /// UIDs and private elements while bounding memory per direction.
 pub const MAX_COMMAND: usize = 64 * 1024;
 
+/// Capacity the command buffer keeps between command sets: a typical one
+/// fits, so the common case does not reallocate.
+const KEPT_COMMAND_CAPACITY: usize = 1024;
+
+use super::framer::Sink;
 use crate::dicom::command_set;
 
 /// What the relay counts of a command set (`Copy`: nothing is allocated
@@ -50,8 +55,8 @@ impl Default for PdvWalker {
 }
 
 impl PdvWalker {
-    /// Feeds P-DATA body bytes; complete commands are appended to `out`.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Command>) {
+    /// Feeds P-DATA body bytes; complete commands go to `out`.
+    pub fn feed<S: Sink<Command> + ?Sized>(&mut self, mut data: &[u8], out: &mut S) {
         while !data.is_empty() && !self.broken {
             match &mut self.state {
                 State::Header { bytes, have } => {
@@ -82,6 +87,13 @@ impl PdvWalker {
                             self.overflow = true;
                             self.command = Vec::new();
                         } else {
+                            // Grow by doubling, but never past MAX_COMMAND:
+                            // the bound is on capacity, not just length.
+                            let need = self.command.len() + take;
+                            if need > self.command.capacity() {
+                                let target = (self.command.capacity() * 2).clamp(need, MAX_COMMAND);
+                                self.command.reserve_exact(target - self.command.len());
+                            }
                             self.command.extend_from_slice(&data[..take]);
                         }
                     }
@@ -93,20 +105,33 @@ impl PdvWalker {
         }
     }
 
-    fn finish_if_empty(&mut self, out: &mut Vec<Command>) {
+    fn finish_if_empty<S: Sink<Command> + ?Sized>(&mut self, out: &mut S) {
         if let State::Fragment { remaining: 0, command, last } = self.state {
             if command && last {
                 if !self.overflow {
                     // An unreadable command set is relayed, just not counted.
                     if let Ok(set) = command_set::parse(&self.command) {
-                        out.push(set.fields);
+                        out.put(set.fields);
                     }
                 }
-                self.command.clear();
-                self.overflow = false;
+                self.forget_command();
             }
             self.state = State::Header { bytes: [0; 6], have: 0 };
         }
+    }
+
+    /// Drops the collected command set. Its buffer keeps a small capacity
+    /// for the next one, never the peak: one large command set must not
+    /// pin [`MAX_COMMAND`] bytes for the rest of the association.
+    fn forget_command(&mut self) {
+        self.command.clear();
+        self.command.shrink_to(KEPT_COMMAND_CAPACITY);
+        self.overflow = false;
+    }
+
+    /// Heap bytes held: the command set buffer's capacity.
+    pub fn heap_bytes(&self) -> usize {
+        self.command.capacity()
     }
 
     /// Called at the end of each P-DATA-TF PDU.
@@ -114,8 +139,7 @@ impl PdvWalker {
         if !matches!(self.state, State::Header { have: 0, .. }) {
             // A PDV claimed to run past its PDU: broken framing; the partial
             // command is dropped.
-            self.command.clear();
-            self.overflow = false;
+            self.forget_command();
         }
         self.state = State::Header { bytes: [0; 6], have: 0 };
         self.broken = false;

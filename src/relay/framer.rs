@@ -6,6 +6,11 @@
 //! understand (A-ABORT's source and reason). P-DATA bodies pass straight
 //! through — only their PDV headers and command fragments are looked at, by
 //! [`PdvWalker`] — so memory stays constant whatever a PDU claims.
+//!
+//! Events go to a [`Sink`] as they happen instead of into a vector the caller
+//! drains: one read of tiny PDUs (13 bytes each for a 1-byte PDV) yields tens
+//! of thousands of events, and a vector would keep that capacity for the
+//! association's life (issue 11). The relay handles each event in place.
 
 use super::dimse::{Command, PdvWalker};
 use crate::dicom::pdu::{PduHeader, PduType, HEADER_LEN};
@@ -13,6 +18,28 @@ use crate::dicom::pdu::{PduHeader, PduType, HEADER_LEN};
 /// Bytes of a control PDU body kept for inspection (A-ASSOCIATE-RJ, A-RELEASE-*,
 /// A-ABORT all have 4-byte bodies, PS3.8 §9.3.4–9.3.8).
 const CONTROL_BODY: usize = 4;
+
+/// Where the framer and the PDV walker put what they see, one item at a
+/// time. `Vec` collects (tests, fuzzing); the relay acts on each item at once
+/// so that nothing accumulates.
+pub trait Sink<T> {
+    fn put(&mut self, item: T);
+}
+
+impl<T> Sink<T> for Vec<T> {
+    fn put(&mut self, item: T) {
+        self.push(item);
+    }
+}
+
+/// Passes the walker's commands on as [`FrameEvent::Command`].
+struct Commands<'a, S: ?Sized>(&'a mut S);
+
+impl<S: Sink<FrameEvent> + ?Sized> Sink<Command> for Commands<'_, S> {
+    fn put(&mut self, command: Command) {
+        self.0.put(FrameEvent::Command(command));
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameEvent {
@@ -47,7 +74,6 @@ pub struct Framer {
     state: State,
     max_pdu_length: u32,
     pdv: PdvWalker,
-    commands: Vec<Command>,
 }
 
 impl Framer {
@@ -55,12 +81,7 @@ impl Framer {
     /// variable field, as the Maximum Length sub-item counts it, PS3.8 D.1);
     /// control PDUs must have their fixed 4-byte bodies.
     pub fn new(max_pdu_length: u32) -> Framer {
-        Framer {
-            state: State::Header { bytes: [0; HEADER_LEN], have: 0 },
-            max_pdu_length,
-            pdv: PdvWalker::default(),
-            commands: Vec::new(),
-        }
+        Framer { state: State::Header { bytes: [0; HEADER_LEN], have: 0 }, max_pdu_length, pdv: PdvWalker::default() }
     }
 
     /// True between PDUs: a PDU of our own (A-ABORT) can be sent here.
@@ -71,9 +92,13 @@ impl Framer {
     /// Consumes `data`. Returns how many bytes are valid to forward: all of
     /// them, or on error the bytes before the offending header (after which
     /// [`Framer::at_boundary`] tells whether the forwarded stream ended on a
-    /// PDU boundary). Events for PDUs completed within `data` are appended to
-    /// `events`.
-    pub fn feed(&mut self, data: &[u8], events: &mut Vec<FrameEvent>) -> Result<usize, (usize, FrameError)> {
+    /// PDU boundary). Events for PDUs completed within `data` go to `events`
+    /// in stream order.
+    pub fn feed<S: Sink<FrameEvent> + ?Sized>(
+        &mut self,
+        data: &[u8],
+        events: &mut S,
+    ) -> Result<usize, (usize, FrameError)> {
         let mut pos = 0;
         while pos < data.len() {
             match &mut self.state {
@@ -99,7 +124,7 @@ impl Framer {
                         Err(e) => return Err((0, e)),
                     };
                     if header.length == 0 {
-                        events.push(FrameEvent::Pdu { pdu_type, length: 0 });
+                        events.put(FrameEvent::Pdu { pdu_type, length: 0 });
                         self.state = State::Header { bytes: [0; HEADER_LEN], have: 0 };
                     } else {
                         self.state = State::Body {
@@ -115,8 +140,7 @@ impl Framer {
                     // `remaining` fits in usize on every supported target (>= 32 bits).
                     let take = (*remaining as usize).min(data.len() - pos);
                     if *pdu_type == PduType::PData {
-                        self.pdv.feed(&data[pos..pos + take], &mut self.commands);
-                        events.extend(self.commands.drain(..).map(FrameEvent::Command));
+                        self.pdv.feed(&data[pos..pos + take], &mut Commands(&mut *events));
                     } else {
                         let keep = take.min(CONTROL_BODY - *have);
                         control[*have..*have + keep].copy_from_slice(&data[pos..pos + keep]);
@@ -129,9 +153,9 @@ impl Framer {
                         if *pdu_type == PduType::PData {
                             self.pdv.end_of_pdu();
                         }
-                        events.push(FrameEvent::Pdu { pdu_type: *pdu_type, length: *length });
+                        events.put(FrameEvent::Pdu { pdu_type: *pdu_type, length: *length });
                         if *pdu_type == PduType::Abort {
-                            events.push(FrameEvent::Abort { source: control[2], reason: control[3] });
+                            events.put(FrameEvent::Abort { source: control[2], reason: control[3] });
                         }
                         self.state = State::Header { bytes: [0; HEADER_LEN], have: 0 };
                     }
@@ -139,6 +163,12 @@ impl Framer {
             }
         }
         Ok(pos)
+    }
+
+    /// Heap bytes this framer holds: the command set being collected (at
+    /// most [`super::dimse::MAX_COMMAND`]).
+    pub fn heap_bytes(&self) -> usize {
+        self.pdv.heap_bytes()
     }
 
     fn check(&self, header: PduHeader) -> Result<PduType, FrameError> {

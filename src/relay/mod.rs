@@ -39,6 +39,14 @@ use framer::{FrameEvent, Framer};
 const INITIAL_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 
+/// Heap one direction of the relay may hold, whatever the PDU mix (tiny
+/// PDUs, many PDVs per PDU, fragmented or oversized command sets): the read
+/// buffer, the command set being collected, and the per-operation counts
+/// (13 operations × 6 classes at most). Nothing is kept per PDU or per PDV;
+/// an association's relay holds at most twice this (issue 11).
+pub const HEAP_PER_DIRECTION: usize = MAX_BUFFER + dimse::MAX_COMMAND + OPERATIONS_HEAP;
+const OPERATIONS_HEAP: usize = 13 * 6 * std::mem::size_of::<((&str, Option<StatusClass>), u64)>();
+
 /// Grows `buf` (×4, up to [`MAX_BUFFER`]) when a read used at least half of it.
 fn grow(buf: &mut Vec<u8>, n: usize) {
     if n * 2 >= buf.len() && buf.len() < MAX_BUFFER {
@@ -207,6 +215,8 @@ struct Pump {
     from: Side,
     mode: RelayMode,
     framer: Framer,
+    /// The read buffer: [`INITIAL_BUFFER`] growing to [`MAX_BUFFER`].
+    buf: Vec<u8>,
     operations: Operations,
     bytes: u64,
     /// The stream we write to ends on a PDU boundary: our own A-ABORT may go there.
@@ -223,6 +233,7 @@ impl Pump {
             from,
             mode,
             framer: Framer::new(max_pdu_length),
+            buf: Vec::new(),
             operations: Operations::new(),
             bytes: 0,
             writer_clean: true,
@@ -266,10 +277,9 @@ impl Pump {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = vec![0u8; INITIAL_BUFFER];
-        let mut events = Vec::with_capacity(4);
+        self.buf.resize(INITIAL_BUFFER, 0);
         loop {
-            let n = match rd.read(&mut buf).await {
+            let n = match rd.read(&mut self.buf).await {
                 Ok(0) => return self.eof(true),
                 Ok(n) => n,
                 // A TLS peer that closes without close_notify.
@@ -277,41 +287,29 @@ impl Pump {
                 Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
-            let (valid, error) = match self.framer.feed(&buf[..n], &mut events) {
+            // Events are handled as the framer sees them: nothing per PDU is
+            // collected, whatever the PDU mix (see `framer`).
+            let mut seen = Seen {
+                release_rp: &mut self.release_rp,
+                abort: &mut self.abort,
+                operations: &mut self.operations,
+                activity,
+                counters,
+            };
+            let (valid, error) = match self.framer.feed(&self.buf[..n], &mut seen) {
                 Ok(valid) => (valid, None),
                 Err((valid, e)) => (valid, Some(e)),
             };
             if valid > 0 {
                 self.writer_clean = false;
-                if let Err(e) = write_flush(wr, &buf[..valid]).await {
+                if let Err(e) = write_flush(wr, &self.buf[..valid]).await {
                     return PumpEnd::WriteError(Arc::new(e));
                 }
                 self.writer_clean = self.framer.at_boundary();
                 self.bytes += valid as u64;
                 self.byte_counter(counters).inc_by(valid as u64);
             }
-            grow(&mut buf, n);
-            for event in events.drain(..) {
-                match event {
-                    FrameEvent::Pdu { pdu_type: PduType::ReleaseRp, .. } => {
-                        self.release_rp = true;
-                        activity.closing.store(true, Ordering::Relaxed);
-                    }
-                    FrameEvent::Abort { source, reason } => {
-                        self.abort = Some((source, reason));
-                        activity.closing.store(true, Ordering::Relaxed);
-                    }
-                    FrameEvent::Command(cmd) => {
-                        let op = cmd.operation();
-                        let class = if cmd.is_response() { cmd.status_class() } else { None };
-                        if let Some(class) = class {
-                            counters.count(op, class);
-                        }
-                        *self.operations.entry((op, class)).or_default() += 1;
-                    }
-                    FrameEvent::Pdu { .. } => {}
-                }
-            }
+            grow(&mut self.buf, n);
             if let Some(e) = error {
                 return PumpEnd::Protocol(e);
             }
@@ -324,24 +322,31 @@ impl Pump {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = vec![0u8; INITIAL_BUFFER];
+        self.buf.resize(INITIAL_BUFFER, 0);
         // Without framing the gateway cannot know where PDUs end.
         self.writer_clean = false;
         loop {
-            let n = match rd.read(&mut buf).await {
+            let n = match rd.read(&mut self.buf).await {
                 Ok(0) => return PumpEnd::Eof { close_notify: true },
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof { close_notify: false },
                 Err(e) => return PumpEnd::ReadError(Arc::new(e)),
             };
             activity.touch();
-            if let Err(e) = write_flush(wr, &buf[..n]).await {
+            if let Err(e) = write_flush(wr, &self.buf[..n]).await {
                 return PumpEnd::WriteError(Arc::new(e));
             }
             self.bytes += n as u64;
             self.byte_counter(counters).inc_by(n as u64);
-            grow(&mut buf, n);
+            grow(&mut self.buf, n);
         }
+    }
+
+    /// Heap bytes this direction holds: read buffer, the command set being
+    /// collected, the per-operation counts (a few dozen keys at most).
+    fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<((&str, Option<StatusClass>), u64)>();
+        self.buf.capacity() + self.framer.heap_bytes() + self.operations.len() * entry
     }
 
     fn byte_counter<'c>(&self, counters: &'c Counters) -> &'c prometheus::IntCounter {
@@ -356,6 +361,39 @@ impl Pump {
             PumpEnd::Eof { close_notify }
         } else {
             PumpEnd::Truncated
+        }
+    }
+}
+
+/// What the relay does with each framer event, as it happens.
+struct Seen<'a> {
+    release_rp: &'a mut bool,
+    abort: &'a mut Option<(u8, u8)>,
+    operations: &'a mut Operations,
+    activity: &'a Activity,
+    counters: &'a Counters,
+}
+
+impl framer::Sink<FrameEvent> for Seen<'_> {
+    fn put(&mut self, event: FrameEvent) {
+        match event {
+            FrameEvent::Pdu { pdu_type: PduType::ReleaseRp, .. } => {
+                *self.release_rp = true;
+                self.activity.closing.store(true, Ordering::Relaxed);
+            }
+            FrameEvent::Abort { source, reason } => {
+                *self.abort = Some((source, reason));
+                self.activity.closing.store(true, Ordering::Relaxed);
+            }
+            FrameEvent::Command(cmd) => {
+                let op = cmd.operation();
+                let class = if cmd.is_response() { cmd.status_class() } else { None };
+                if let Some(class) = class {
+                    self.counters.count(op, class);
+                }
+                *self.operations.entry((op, class)).or_default() += 1;
+            }
+            FrameEvent::Pdu { .. } => {}
         }
     }
 }

@@ -238,3 +238,60 @@ async fn a_close_without_close_notify_is_truncated_not_closed() {
     let end = task.await.unwrap().end;
     assert!(matches!(end, RelayEnd::Truncated { by: Side::Client, how: Truncation::NoCloseNotify }), "{end:?}");
 }
+
+/// PDV items carrying `data` in fragments of `frag` bytes, all in one P-DATA-TF.
+fn pdata_of_pdvs(data: &[u8], command: bool, frag: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let chunks: Vec<&[u8]> = data.chunks(frag).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        body.extend_from_slice(&u32::try_from(c.len() + 2).unwrap().to_be_bytes());
+        body.push(1);
+        body.push(u8::from(command) | (u8::from(i + 1 == chunks.len()) << 1));
+        body.extend_from_slice(c);
+    }
+    let mut pdu = vec![0x04, 0];
+    pdu.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    pdu.extend(body);
+    pdu
+}
+
+/// Issue 11: one association sending 200,000 P-DATA-TF PDUs of one 1-byte
+/// PDV each, fragmented command sets (one byte per PDV, many PDVs per PDU)
+/// and an oversized command set: the direction's heap stays within
+/// [`HEAP_PER_DIRECTION`], and what it keeps afterwards is the read buffer
+/// and a small command buffer, not the peak.
+#[tokio::test]
+async fn any_pdu_mix_keeps_a_direction_within_its_heap_bound() {
+    use crate::dicom::command_set::{push_element, tests::store_rsp};
+    let mut stream = Vec::new();
+    for _ in 0..200_000 {
+        stream.extend(pdata_of_pdvs(&[0], false, 1));
+    }
+    for _ in 0..200 {
+        stream.extend(pdata_of_pdvs(&store_rsp(0), true, 1));
+    }
+    let mut big = store_rsp(0);
+    push_element(&mut big, 0x1030, &vec![b'A'; dimse::MAX_COMMAND - 200]);
+    stream.extend(pdata_of_pdvs(&big, true, 16_000));
+    stream.extend(pdata_of_pdvs(&store_rsp(0), true, 3));
+    let total = stream.len();
+
+    let (mut peer, side) = duplex(2 * MAX_BUFFER);
+    let writer = tokio::spawn(async move {
+        peer.write_all(&stream).await.unwrap();
+        peer.shutdown().await.unwrap();
+    });
+    let mut pump = Pump::new(Side::Backend, 1 << 20, RelayMode::Dicom);
+    let (mut rd, mut wr) = (side, tokio::io::sink());
+    let end = pump.pump(&mut rd, &mut wr, &Activity::new(), &counters()).await;
+    writer.await.unwrap();
+
+    assert!(matches!(end, PumpEnd::Eof { close_notify: true }), "{end:?}");
+    assert_eq!(pump.bytes, total as u64);
+    // 200 fragmented + 1 oversized (counted) + 1 after it.
+    assert_eq!(pump.operations.values().sum::<u64>(), 202, "{:?}", pump.operations);
+    let heap = pump.heap_bytes();
+    assert!(heap <= HEAP_PER_DIRECTION, "{heap} bytes held, bound {HEAP_PER_DIRECTION}");
+    assert!(pump.framer.heap_bytes() <= 1024, "the peak command buffer is kept: {}", pump.framer.heap_bytes());
+    assert!(pump.buf.capacity() <= MAX_BUFFER);
+}
