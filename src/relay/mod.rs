@@ -344,6 +344,7 @@ impl Pump {
 
     /// Heap bytes this direction holds: read buffer, the command set being
     /// collected, the per-operation counts (a few dozen keys at most).
+    #[cfg(test)]
     fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<((&str, Option<StatusClass>), u64)>();
         self.buf.capacity() + self.framer.heap_bytes() + self.operations.len() * entry
