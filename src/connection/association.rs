@@ -69,6 +69,13 @@ pub struct Exchanged {
     pub bytes_to_client: u64,
 }
 
+impl Exchanged {
+    /// No answer came (`why`); the RQ of `rq_len` bytes was (being) sent.
+    pub(super) fn unanswered(why: AnswerError, rq_len: u64) -> Exchanged {
+        Exchanged { answer: Answer::NoAnswer(why), waited: None, bytes_to_backend: rq_len, bytes_to_client: 0 }
+    }
+}
+
 /// One RQ → answer exchange.
 pub(super) struct Exchange<'a> {
     pub rq: Vec<u8>,
@@ -114,7 +121,7 @@ impl Exchange<'_> {
                 a
             }
             Err(why) => {
-                abort_both(client, upstream, AbortReason::NotSpecified, cfg).await;
+                abort_both(client, upstream, AbortReason::NotSpecified).await;
                 done.answer = Answer::NoAnswer(why);
                 return done;
             }
@@ -123,7 +130,7 @@ impl Exchange<'_> {
         done.answer = match pdu_type {
             PduType::AssociateAc => {
                 let Ok(ac) = associate::parse(&response) else {
-                    abort_both(client, upstream, AbortReason::InvalidPduParameterValue, cfg).await;
+                    abort_both(client, upstream, AbortReason::InvalidPduParameterValue).await;
                     return done;
                 };
                 let max_to_backend = clamp_max_length(&mut response, ac.max_length, cfg.max_pdu_length);
@@ -137,7 +144,7 @@ impl Exchange<'_> {
             PduType::AssociateRj if response.len() == 10 => Answer::Rejected((response[7], response[8], response[9])),
             PduType::Abort if response.len() == 10 => Answer::Aborted { source: response[8], reason: response[9] },
             other => {
-                abort_both(client, upstream, AbortReason::InvalidPduParameterValue, cfg).await;
+                abort_both(client, upstream, AbortReason::InvalidPduParameterValue).await;
                 done.answer = Answer::Malformed(other.name());
                 return done;
             }
@@ -146,21 +153,21 @@ impl Exchange<'_> {
         metrics.bytes_counter(&cfg.name, Direction::ToClient).inc_by(response.len() as u64);
         done.bytes_to_client = response.len() as u64;
         if pdu_type != PduType::AssociateAc {
-            tokio::join!(send_and_close(client, &response, cfg), close(upstream, cfg));
+            tokio::join!(send_and_close(client, &response), close(upstream));
             return done;
         }
         let sent = timeout(cfg.timeouts.acse, write_flush(client, &response)).await;
         if let Err(e) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-            send_and_close(upstream, &provider_abort(AbortReason::NotSpecified), cfg).await;
+            send_and_close(upstream, &provider_abort(AbortReason::NotSpecified)).await;
             done.answer = Answer::Undelivered(e);
         }
         done
     }
 }
 
-async fn abort_both(client: &mut Stream, upstream: &mut Stream, reason: AbortReason, cfg: &ListenerConfig) {
+async fn abort_both(client: &mut Stream, upstream: &mut Stream, reason: AbortReason) {
     let abort = provider_abort(reason);
-    tokio::join!(send_and_close(client, &abort, cfg), send_and_close(upstream, &abort, cfg));
+    tokio::join!(send_and_close(client, &abort), send_and_close(upstream, &abort));
 }
 
 /// Returns the P-DATA limit for traffic towards the peer that sent this

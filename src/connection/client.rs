@@ -25,11 +25,11 @@ use crate::tls::{SessionInfo, Stream};
 pub(super) async fn proxy_phase(
     tcp: &mut TcpStream,
     lb: SocketAddr,
-    versions: crate::config::ProxyVersions,
+    proxy: &crate::config::ProxyProtocolConfig,
     cfg: &ListenerConfig,
     deadline: Instant,
 ) -> Result<SocketAddr, Refused> {
-    let header = match proxy_protocol::read_header(tcp, versions, deadline).await {
+    let header = match proxy_protocol::read_header(tcp, proxy.versions, deadline).await {
         Ok(h) => h,
         Err(error) => return Err(Refused::ProxyHeader { lb, error }),
     };
@@ -84,7 +84,7 @@ pub(super) async fn read_request(
         Ok(pdu) => pdu,
         Err(e) => {
             if let Some(reason) = e.abort_reason() {
-                send_and_close(client, &provider_abort(reason), cfg).await;
+                send_and_close(client, &provider_abort(reason)).await;
             }
             return Err(Refused::FirstPdu(e));
         }
@@ -92,7 +92,7 @@ pub(super) async fn read_request(
     let view = match associate::parse(&rq) {
         Ok(v) => v,
         Err(e) => {
-            send_and_close(client, &provider_abort(AbortReason::InvalidPduParameterValue), cfg).await;
+            send_and_close(client, &provider_abort(AbortReason::InvalidPduParameterValue)).await;
             return Err(Refused::MalformedRq(e));
         }
     };

@@ -126,6 +126,8 @@ pub enum AnswerError {
     Incomplete(&'static str),
     #[error("connection lost in the middle of the {pdu}: {error}")]
     LostMidPdu { pdu: &'static str, error: std::io::Error },
+    #[error("no answer before the shutdown grace period ended")]
+    Shutdown,
 }
 
 /// Reads the SCP's answer to a forwarded RQ: A-ASSOCIATE-AC, -RJ or A-ABORT,

@@ -21,6 +21,7 @@ pub mod record;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,8 +43,14 @@ use client::Request;
 pub use first_pdu::AnswerError;
 pub use record::{Ending, Forwarded, Phase, Refused, Trail};
 
-/// How long, and how much, a closing connection is drained (see [`close`]).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// The farewell after a refusal or our own A-ABORT: the last PDU, the
+/// shutdown (TLS close_notify) and the linger together. Its own budget, not
+/// the ACSE timeout: a peer that stops reading must not hold a refused
+/// connection (or the shutdown) for minutes (issue 11).
+const FAREWELL: Duration = Duration::from_secs(3);
+/// How long, and how much, a closing connection is drained (see [`close`]);
+/// within [`FAREWELL`].
+const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// Everything a connection needs from the configuration snapshot it was
@@ -116,9 +123,13 @@ async fn serve(
     let deadline = Instant::now() + cfg.timeouts.acse;
     let _ = tcp.set_nodelay(true);
 
+    // Until the relay, every phase also ends when the shutdown grace period
+    // does (`Refused::Shutdown`); the relay handles `force_abort` itself.
+    let forced = &services.force_abort;
     if let Some(proxy) = &cfg.proxy_protocol {
         let lb = trail.tcp_peer;
-        match Box::pin(client::proxy_phase(&mut tcp, lb, proxy.versions, cfg, deadline)).await {
+        let phase = Box::pin(client::proxy_phase(&mut tcp, lb, proxy, cfg, deadline));
+        match unless_forced(forced, Phase::ProxyHeader, phase).await {
             Ok(client) => trail.proxied_client = Some(client),
             Err(refused) => {
                 if let Refused::ProxiedClientDenied { header } = &refused {
@@ -128,48 +139,70 @@ async fn serve(
             }
         }
     }
-    let mut client = match Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline)).await {
+    let phase = Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline));
+    let mut client = match unless_forced(forced, Phase::TlsHandshake, phase).await {
         Ok((stream, session)) => {
             trail.tls = session;
             stream
         }
         Err(refused) => return Ending::Refused(refused),
     };
-    let request = match client::read_request(&mut client, cfg, deadline).await {
+    let request = match unless_forced(
+        forced,
+        Phase::FirstPdu,
+        Box::pin(client::read_request(&mut client, cfg, deadline)),
+    )
+    .await
+    {
         Ok(request) => request,
-        Err(refused) => return Ending::Refused(refused),
+        Err(refused) => {
+            if let Refused::Shutdown(_) = refused {
+                close(&mut client).await;
+            }
+            return Ending::Refused(refused);
+        }
     };
     let (calling, called) = request.ae_titles();
     (trail.calling_ae, trail.called_ae) = (Some(calling), Some(called));
 
     if let Admission::OverLimit(_) = admission {
-        send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu(), cfg).await;
+        send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
         return Ending::Refused(Refused::OverLimit(cfg.max_connections));
     }
     let (backend_name, called) = match routing::decide(&request.view, cfg) {
         Decision::Forward { backend, called, .. } => (backend, called),
         Decision::Reject(refusal) => {
-            send_and_close(&mut client, &refusal.rejection.to_pdu(), cfg).await;
+            send_and_close(&mut client, &refusal.rejection.to_pdu()).await;
             return Ending::Refused(Refused::Policy(refusal));
         }
     };
     trail.backend = Some(backend_name.clone());
     let Some(backend) = rt.backends.get(&backend_name) else {
-        send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu(), cfg).await;
+        send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu()).await;
         return Ending::Refused(Refused::UnknownBackend(backend_name));
     };
-    let mut upstream = match Box::pin(backend.connect(cfg.timeouts.connect)).await {
+    let connect = async { backend.connect(cfg.timeouts.connect).await.map_err(Refused::Backend) };
+    let mut upstream = match unless_forced(forced, Phase::BackendConnect, Box::pin(connect)).await {
         Ok(c) => c,
-        Err(failure) => {
-            tracing::warn!(listener = %cfg.name, backend = %backend_name, "{failure}");
-            send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu(), cfg).await;
-            return Ending::Refused(Refused::Backend(failure));
+        Err(refused) => {
+            tracing::warn!(listener = %cfg.name, backend = %backend_name, "{refused}");
+            send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu()).await;
+            return Ending::Refused(refused);
         }
     };
 
     let Request { rq, view } = request;
+    let rq_len = rq.len() as u64;
     let exchange = association::Exchange { rq, view: &view, called: &called, backend, cfg, services };
-    let exchanged = Box::pin(exchange.run(&mut client, &mut upstream.stream)).await;
+    let exchanged = tokio::select! {
+        biased;
+        () = forced.cancelled() => {
+            let abort = crate::dicom::pdu::provider_abort(crate::dicom::pdu::AbortReason::NotSpecified);
+            Box::pin(async { tokio::join!(send_and_close(&mut client, &abort), send_and_close(&mut upstream.stream, &abort)) }).await;
+            association::Exchanged::unanswered(AnswerError::Shutdown, rq_len)
+        }
+        exchanged = Box::pin(exchange.run(&mut client, &mut upstream.stream)) => exchanged,
+    };
     let relay = match &exchanged.answer {
         Answer::Accepted(negotiated) => {
             Some(Box::pin(relay_phase(client, upstream.stream, negotiated, cfg, services)).await)
@@ -177,6 +210,21 @@ async fn serve(
         _ => None,
     };
     Ending::Forwarded(Box::new(Forwarded { server: upstream.server, exchanged, relay }))
+}
+
+/// Runs a phase before the relay unless the shutdown grace period ends first;
+/// then the phase's future is dropped (closing what it owned) and the
+/// connection is refused as `shutdown`.
+async fn unless_forced<T>(
+    forced: &CancellationToken,
+    phase: Phase,
+    work: impl std::future::Future<Output = Result<T, Refused>>,
+) -> Result<T, Refused> {
+    tokio::select! {
+        biased;
+        () = forced.cancelled() => Err(Refused::Shutdown(phase)),
+        done = work => done,
+    }
 }
 
 /// The established association, until it ends.
@@ -208,18 +256,26 @@ async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std
 }
 
 /// Sends a final PDU of our own, then closes (TLS close_notify included),
-/// each step bounded so a peer that stopped reading cannot hold the task.
-async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, pdu: &[u8], cfg: &ListenerConfig) {
-    let _ = timeout(cfg.timeouts.acse, write_flush(stream, pdu)).await;
-    close(stream, cfg).await;
+/// all within [`FAREWELL`] so a peer that stopped reading cannot hold the task.
+async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, pdu: &[u8]) {
+    let farewell = async {
+        if write_flush(stream, pdu).await.is_ok() {
+            linger_close(stream).await;
+        }
+    };
+    let _ = timeout(FAREWELL, farewell).await;
+}
+
+/// Closes within [`FAREWELL`] (see [`linger_close`]).
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = timeout(FAREWELL, linger_close(stream)).await;
 }
 
 /// Lingering close: half-close our side, then drain what the peer still
 /// sends for a moment. Closing a socket with unread input makes the kernel
 /// send RST, which can destroy our final PDU before the peer reads it.
-async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, cfg: &ListenerConfig) {
-    let _ = timeout(cfg.timeouts.acse, stream.shutdown()).await;
-    let linger = cfg.timeouts.acse.min(LINGER);
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.shutdown().await;
     let drain = async {
         // On the heap: an array here would sit in every connection's future.
         let mut sink = vec![0u8; 4096];
@@ -231,7 +287,7 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, cfg: &Listener
             }
         }
     };
-    let _ = timeout(linger, drain).await;
+    let _ = timeout(LINGER, drain).await;
 }
 
 #[cfg(test)]

@@ -82,6 +82,9 @@ pub enum Refused {
     UnknownBackend(String),
     #[error(transparent)]
     Backend(ConnectFailure),
+    /// `shutdown.grace_period` ended while the connection was in this phase.
+    #[error("the gateway shut down during the {} (grace period over)", .0.as_str())]
+    Shutdown(Phase),
 }
 
 impl Refused {
@@ -93,6 +96,7 @@ impl Refused {
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
+            Refused::Shutdown(phase) => *phase,
         }
     }
 
@@ -100,6 +104,7 @@ impl Refused {
     pub fn side(&self) -> Side {
         match self {
             Refused::UnknownBackend(_) | Refused::Backend(_) => Side::Backend,
+            Refused::Shutdown(Phase::BackendConnect) => Side::Backend,
             _ => Side::Client,
         }
     }
@@ -118,6 +123,7 @@ impl Refused {
             Refused::OverLimit(_) => Outcome::Limit,
             Refused::Policy(refusal) => refusal.outcome,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Outcome::BackendUnavailable,
+            Refused::Shutdown(_) => Outcome::Shutdown,
         }
     }
 
@@ -125,7 +131,7 @@ impl Refused {
     fn rejection(&self) -> Option<Rejection> {
         match self {
             Refused::Policy(refusal) => Some(refusal.rejection),
-            Refused::Backend(_) => Some(Rejection::TemporaryCongestion),
+            Refused::Backend(_) | Refused::Shutdown(Phase::BackendConnect) => Some(Rejection::TemporaryCongestion),
             _ => None,
         }
     }
