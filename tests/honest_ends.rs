@@ -1,0 +1,92 @@
+//! Issue 11, honest ends, against the real daemon: a TLS client that closes
+//! TCP without close_notify after its association is accepted is recorded
+//! as `truncated` (audit `end` and `dicomgate_association_ends_total`), and
+//! one that closes with close_notify as `closed`. No limit or timeout key
+//! is set.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::Daemon;
+use support::raw::{associate, Answer};
+use support::scp::TestScp;
+use support::wire::{insecure_client, tls_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+admin: {{listen: "127.0.0.1:0"}}
+log: {{format: json, level: info}}
+backends:
+  pacs: {{ae_title: PACS, servers: ["{backend}"], health_check: {{mode: "off"}}}}
+listeners:
+  store:
+    listen: "127.0.0.1:0"
+    tls: {{certificate: server.pem, private_key: server.key}}
+    allow: [127.0.0.0/8]
+    routes: {{PACS: pacs}}
+"#
+    )
+}
+
+fn audit_ends(daemon: &Daemon) -> Vec<(String, String)> {
+    daemon
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "dicomgate::audit")
+        .map(|v| (v["end"].as_str().unwrap_or("?").to_owned(), v["detail"].as_str().unwrap_or("?").to_owned()))
+        .collect()
+}
+
+async fn wait_for_audits(daemon: &Daemon, n: usize) -> Vec<(String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ends = audit_ends(daemon);
+        if ends.len() >= n {
+            return ends;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} audit lines expected:\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tls_close_without_close_notify_is_truncated_and_with_it_closed() {
+    let scp = TestScp::spawn("PACS").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::pki::pki().write_to(dir.path());
+    let path = dir.path().join("dicomgate.yaml");
+    std::fs::write(&path, config(scp.addr)).expect("config");
+    let daemon = Daemon::start(&path).await;
+    let store = daemon.addr("store");
+
+    // Without close_notify: FIN straight on the TCP socket under TLS.
+    let mut tls = tls_connect(store, insecure_client()).await.expect("TLS");
+    assert!(matches!(associate(&mut tls, "PACS", "CLOUD").await, Answer::Accepted(_)));
+    let (mut tcp, _session) = tls.into_inner();
+    tcp.shutdown().await.expect("TCP FIN");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut rest)).await;
+    let ends = wait_for_audits(&daemon, 1).await;
+    assert_eq!(
+        ends[0],
+        ("truncated".to_owned(), "closed by the client without TLS close_notify".to_owned()),
+        "{ends:?}"
+    );
+
+    // With close_notify (tokio-rustls sends it on shutdown).
+    let mut tls = tls_connect(store, insecure_client()).await.expect("TLS");
+    assert!(matches!(associate(&mut tls, "PACS", "CLOUD").await, Answer::Accepted(_)));
+    tls.shutdown().await.expect("close_notify and FIN");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut rest)).await;
+    let ends = wait_for_audits(&daemon, 2).await;
+    assert_eq!(ends[1], ("closed".to_owned(), "closed by the client".to_owned()), "{ends:?}");
+
+    let scrape = daemon.scrape().await;
+    let ended = |end: &str| scrape.value("dicomgate_association_ends_total", &[("listener", "store"), ("end", end)]);
+    assert_eq!((ended("truncated"), ended("closed")), (1.0, 1.0), "{}", scrape.0);
+}
