@@ -19,6 +19,9 @@ WORK=$ROOT/target/bench/run
 DATA=$ROOT/target/bench/data
 DGBENCH=$ROOT/target/bench/release/dgbench
 DICOMGATE=$ROOT/target/release/dicomgate
+# The "-bytes" variants: the same code built with --features bench-baseline,
+# the only build that accepts `relay_mode: bytes` (a plain byte copy).
+DICOMGATE_BASELINE=$ROOT/target/bench/dicomgate-bench-baseline
 
 QUICK=0
 [[ ${1:-} == --quick ]] && QUICK=1
@@ -94,6 +97,11 @@ install_tools() {
 
 build() {
     log "building dicomgate (release) and the bench tools"
+    # The baseline first, copied aside; then the product build, so that
+    # target/release/dicomgate is what every other variant runs.
+    (cd "$ROOT" && cargo build --release --quiet --features bench-baseline --bin dicomgate)
+    mkdir -p "$(dirname "$DICOMGATE_BASELINE")"
+    cp "$DICOMGATE" "$DICOMGATE_BASELINE"
     (cd "$ROOT" && cargo build --release --quiet --bin dicomgate)
     (cd "$BENCH" && cargo build --release --quiet --target-dir "$ROOT/target/bench")
 }
@@ -246,8 +254,11 @@ start_proxy() {
     haproxy-tuned) env "$TUNED_ENV" haproxy -db -f "$WORK/haproxy-tuned.cfg" >"$WORK/$name.log" 2>&1 & ;;
     nginx) nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 & ;;
     stunnel) stunnel4 "$WORK/stunnel.conf" >"$WORK/stunnel.log" 2>&1 & ;;
-    dicomgate-1t | dicomgate-1t-bytes)
+    dicomgate-1t)
         TOKIO_WORKER_THREADS=1 "$DICOMGATE" run --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+        ;;
+    dicomgate-1t-bytes)
+        TOKIO_WORKER_THREADS=1 "$DICOMGATE_BASELINE" run --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
         ;;
     dicomgate-1t-tuned)
         env "$TUNED_ENV" TOKIO_WORKER_THREADS=1 "$DICOMGATE" run --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &

@@ -2,7 +2,8 @@
 //! `send-proxy` / `send-proxy-v2`) in front of the gateway: the allow list
 //! applies to the client address the header carries, not to the balancer's,
 //! and the audit line records both. A connection that bypasses the balancer,
-//! or brings the wrong header version, is refused.
+//! brings the wrong header version, or a LOCAL header (unless allowed), is
+//! refused.
 //!
 //! Clients connect from 127.0.0.1 or 127.0.0.2 (both loopback on Linux);
 //! HAProxy always connects to the gateway from 127.0.0.1.
@@ -153,7 +154,12 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
     let dir = work.path();
     pki().write_to(dir);
     let mut scp = storescp("PACS", &[], dir).await;
-    let gw = RunningGateway::start_yaml(dir, &config(&scp, "direct", "v2")).await;
+    // direct_lo2 opts in to LOCAL headers and admits the balancer's address.
+    let yaml = config(&scp, "direct", "v2").replace(
+        "    proxy_protocol_from: [127.0.0.1/32]\n    allow: [127.0.0.2/32]",
+        "    proxy_protocol_from: [127.0.0.1/32]\n    proxy_protocol_allow_local: true\n    allow: [127.0.0.2/32, 127.0.0.1/32]",
+    );
+    let gw = RunningGateway::start_yaml(dir, &yaml).await;
     let listener = gw.addr_of("direct_lo1");
     let tls = || Some(pki().client_config(None));
 
@@ -168,25 +174,32 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
     let v1 = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 2762\r\n";
     let mut s = raw::connect_with(LO1, listener, v1, tls()).await;
     assert_eq!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed);
-    // LOCAL: the balancer speaking for itself is judged by its own address
-    // (127.0.0.1, admitted here).
+    // LOCAL carries no client: refused on a DICOM listener (issue 11; health
+    // checks belong on /readyz) ...
     let mut s = raw::connect_with(LO1, listener, &V2_LOCAL, tls()).await;
-    assert!(matches!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Accepted(_)), "LOCAL refused");
+    assert_eq!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Closed, "LOCAL admitted by default");
+    // ... unless proxy_protocol_allow_local: then the balancer speaking for
+    // itself is judged by its own address (127.0.0.1, admitted there).
+    let mut s = raw::connect_with(LO1, gw.addr_of("direct_lo2"), &V2_LOCAL, tls()).await;
+    assert!(matches!(raw::associate(&mut *s, "PACS", "CLOUD").await, Answer::Accepted(_)), "allowed LOCAL refused");
     raw::release(&mut *s).await;
     drop(s);
 
     let m = &gw.metrics;
     support::wait_until(
         PROMPT,
-        "2 protocol_error, 1 denied_ip, 1 forwarded",
+        "3 protocol_error and 1 denied_ip on lo1, 1 forwarded on lo2",
         || {
-            m.connections("direct_lo1", Outcome::ProtocolError) == 2
+            m.connections("direct_lo1", Outcome::ProtocolError) == 3
                 && m.connections("direct_lo1", Outcome::DeniedIp) == 1
-                && m.connections("direct_lo1", Outcome::Forwarded) == 1
+                && m.connections("direct_lo2", Outcome::Forwarded) == 1
         },
         || m.render(),
     )
     .await;
+    assert_eq!(m.connections("direct_lo1", Outcome::Forwarded), 0);
+    let local = logs::matching(&["listener=direct_lo1 ", "protocol_error", "v2 LOCAL carries no client", "/readyz"]);
+    assert_eq!(local.len(), 1, "audit lines: {local:#?}");
     let why = logs::matching(&["listener=direct_lo1 ", "protocol_error", "no PROXY protocol header", "TLS handshake"]);
     assert_eq!(why.len(), 1, "audit lines: {why:#?}");
     let wrong = logs::matching(&["listener=direct_lo1 ", "protocol_error", "accepts v2 only"]);

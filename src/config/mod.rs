@@ -198,6 +198,10 @@ pub struct ProxyProtocolConfig {
     /// Connections from elsewhere are refused: their header would be a lie
     /// anyone could tell.
     pub from: Vec<IpNet>,
+    /// `proxy_protocol_allow_local`: accept LOCAL (v2) / UNKNOWN (v1)
+    /// headers, which carry no client, as connections from the balancer
+    /// itself. Off by default: health checks belong on /readyz.
+    pub allow_local: bool,
 }
 
 impl ProxyProtocolConfig {
@@ -287,6 +291,10 @@ pub struct Timeouts {
     pub dimse: Duration,
     /// Per backend server: TCP (+TLS) connect.
     pub connect: Duration,
+    /// Accept → end of the association, whatever it does: A-ABORT both
+    /// sides when reached. `None` (the default): no limit; the DIMSE idle
+    /// timer alone ends an association, and it restarts on every byte.
+    pub association: Option<Duration>,
 }
 
 impl Config {

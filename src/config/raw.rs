@@ -86,6 +86,7 @@ pub struct RawListener {
     pub relay_mode: Option<String>,
     pub proxy_protocol: Option<String>,
     pub proxy_protocol_from: Option<Vec<String>>,
+    pub proxy_protocol_allow_local: Option<bool>,
     pub timeouts: Option<RawTimeouts>,
 }
 
@@ -106,6 +107,8 @@ pub struct RawTimeouts {
     pub acse: Option<Scalar>,
     pub dimse: Option<Scalar>,
     pub connect: Option<Scalar>,
+    /// Optional maximum association lifetime; off when absent.
+    pub association: Option<Scalar>,
 }
 
 /// A scalar that YAML may type as a number: a duration (`30s`; a bare number

@@ -245,3 +245,80 @@ fn admin_allow_defaults_to_loopback_and_names_bad_entries() {
     let err = parse(&with("{listen: 127.0.0.1:9102, allow: []}")).unwrap_err();
     assert_eq!(issue_paths(&err), vec!["admin.allow"]);
 }
+
+/// Issue 11: settings that silently meant something else, or panicked, are
+/// errors naming their key.
+#[test]
+fn footguns_are_errors_naming_their_key() {
+    let cases = [
+        (
+            "tls: {certificate: c.pem, private_key: k.pem}",
+            "tls: {certificate: c.pem, private_key: k.pem, client_certificates: []}",
+            "listeners.store.tls.client_certificates",
+            "would admit any TLS client",
+        ),
+        (
+            "    routes:",
+            "    timeouts: {acse: 1000000000y}\n    routes:",
+            "listeners.store.timeouts.acse",
+            "maximum of 24h",
+        ),
+        ("    routes:", "    timeouts: {dimse: 25h}\n    routes:", "listeners.store.timeouts.dimse", "maximum of 24h"),
+        ("    routes:", "    timeouts: {association: 0s}\n    routes:", "listeners.store.timeouts.association", "zero"),
+        (
+            "    routes:",
+            "    proxy_protocol_allow_local: true\n    routes:",
+            "listeners.store.proxy_protocol_allow_local",
+            "proxy_protocol is off",
+        ),
+    ];
+    let base = BASE.replace(
+        "tls: {certificate: certs/scp_cert.pem, private_key: /etc/dicomgate/scp_key.pem}",
+        "tls: {certificate: c.pem, private_key: k.pem}",
+    );
+    for (from, to, path, message) in cases {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base, "{to}");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(issue_paths(&err), vec![path], "{to}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+    let grace = parse(&format!("shutdown: {{grace_period: 2d}}\n{BASE}")).unwrap_err();
+    assert_eq!(issue_paths(&grace), vec!["shutdown.grace_period"]);
+
+    // Pinning with a CA, or an empty list next to a CA, stays valid.
+    let text = base.replace("private_key: k.pem}", "private_key: k.pem, client_ca: ca.pem, client_certificates: []}");
+    assert!(parse(&text).is_ok());
+}
+
+#[test]
+fn relay_mode_bytes_is_only_for_the_bench_build() {
+    let text = BASE.replace("    routes:", "    relay_mode: bytes\n    routes:");
+    if cfg!(feature = "bench-baseline") {
+        let c = parse(&text).expect("the bench build takes bytes");
+        assert_eq!(c.listeners["store"].relay_mode, crate::relay::RelayMode::Bytes);
+    } else {
+        let err = parse(&text).unwrap_err();
+        assert_eq!(issue_paths(&err), vec!["listeners.store.relay_mode"]);
+        assert!(err.to_string().contains("--features bench-baseline"), "{err}");
+    }
+    let dicom = parse(&BASE.replace("    routes:", "    relay_mode: dicom\n    routes:")).expect("valid");
+    assert_eq!(dicom.listeners["store"].relay_mode, crate::relay::RelayMode::Dicom);
+}
+
+#[test]
+fn the_association_lifetime_is_off_by_default_and_settable() {
+    let c = parse(BASE).expect("valid");
+    assert_eq!(c.listeners["store"].timeouts.association, None);
+    let c = parse(&BASE.replace("    routes:", "    timeouts: {association: 8h}\n    routes:")).expect("valid");
+    assert_eq!(c.listeners["store"].timeouts.association, Some(Duration::from_secs(8 * 3600)));
+}
+
+#[test]
+fn proxy_protocol_local_headers_are_refused_unless_allowed() {
+    let on = "    proxy_protocol: v2\n    proxy_protocol_from: [10.0.0.5/32]\n";
+    let c = parse(&BASE.replace("    routes:", &format!("{on}    routes:"))).expect("valid");
+    assert!(!c.listeners["store"].proxy_protocol.as_ref().expect("on").allow_local);
+    let text = BASE.replace("    routes:", &format!("{on}    proxy_protocol_allow_local: true\n    routes:"));
+    assert!(parse(&text).expect("valid").listeners["store"].proxy_protocol.as_ref().expect("on").allow_local);
+}

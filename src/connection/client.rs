@@ -19,8 +19,9 @@ use crate::proxy_protocol;
 use crate::tls::{SessionInfo, Stream};
 
 /// Behind a load balancer: reads its PROXY header (under the ACSE deadline,
-/// before TLS) and applies the allow list to the client it carries, which is
-/// returned. Refusals close without a byte written, like the accept loop's:
+/// before TLS), refuses LOCAL / UNKNOWN headers unless
+/// `proxy_protocol_allow_local`, and applies the allow list to the client it
+/// carries, which is returned. Refusals close without a byte written, like the accept loop's:
 /// the cloud is not speaking to us yet, the balancer is.
 pub(super) async fn proxy_phase(
     tcp: &mut TcpStream,
@@ -33,6 +34,14 @@ pub(super) async fn proxy_phase(
         Ok(h) => h,
         Err(error) => return Err(Refused::ProxyHeader { lb, error }),
     };
+    // LOCAL / UNKNOWN carry no client: accepted, the balancer's own address
+    // would stand in for one, and a balancer's health check would open
+    // DICOM associations. Refused unless the listener says otherwise.
+    if header.carried_client().is_none() && !proxy.allow_local {
+        return Err(Refused::ProxyWithoutClient { lb, header });
+    }
+    // The carried client is judged as soon as it is known: before TLS, before
+    // anything else is read or allocated for it.
     let client = header.client_or(lb);
     if !cfg.allows(client.ip()) {
         return Err(Refused::ProxiedClientDenied { header });

@@ -120,7 +120,10 @@ async fn serve(
     trail: &mut Trail,
 ) -> Ending {
     let cfg = &rt.config;
-    let deadline = Instant::now() + cfg.timeouts.acse;
+    let now = Instant::now();
+    // `timeouts.association` bounds everything, the phases before the relay too.
+    let end_by = cfg.timeouts.association.map(|limit| now + limit);
+    let deadline = end_by.map_or(now + cfg.timeouts.acse, |end| end.min(now + cfg.timeouts.acse));
     let _ = tcp.set_nodelay(true);
 
     // Until the relay, every phase also ends when the shutdown grace period
@@ -205,7 +208,7 @@ async fn serve(
     };
     let relay = match &exchanged.answer {
         Answer::Accepted(negotiated) => {
-            Some(Box::pin(relay_phase(client, upstream.stream, negotiated, cfg, services)).await)
+            Some(Box::pin(relay_phase(client, upstream.stream, negotiated, end_by, cfg, services)).await)
         }
         _ => None,
     };
@@ -232,6 +235,7 @@ async fn relay_phase(
     client: Stream,
     backend: Stream,
     negotiated: &Negotiated,
+    end_by: Option<Instant>,
     cfg: &ListenerConfig,
     services: &Services,
 ) -> RelayReport {
@@ -241,6 +245,7 @@ async fn relay_phase(
         max_to_backend: negotiated.max_to_backend,
         max_to_client: negotiated.max_to_client,
         mode: cfg.relay_mode,
+        end_by,
     };
     let counters = Counters {
         to_backend: services.metrics.bytes_counter(&cfg.name, Direction::ToBackend),

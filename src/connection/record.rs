@@ -63,6 +63,12 @@ pub enum Refused {
     Overflow,
     #[error("from load balancer {lb}: {error}")]
     ProxyHeader { lb: SocketAddr, error: ProxyError },
+    #[error(
+        "from load balancer {lb}: PROXY {} carries no client address; refused (check the balancer's health on \
+         /readyz, or set proxy_protocol_allow_local: true)",
+        .header.describe()
+    )]
+    ProxyWithoutClient { lb: SocketAddr, header: ProxyHeader },
     #[error("source address not in the allow list (PROXY {})", .header.describe())]
     ProxiedClientDenied { header: ProxyHeader },
     #[error("TLS handshake failed: {0}")]
@@ -91,7 +97,9 @@ impl Refused {
     pub fn phase(&self) -> Phase {
         match self {
             Refused::SourceDenied | Refused::NotALoadBalancer | Refused::Overflow => Phase::Accept,
-            Refused::ProxyHeader { .. } | Refused::ProxiedClientDenied { .. } => Phase::ProxyHeader,
+            Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
+                Phase::ProxyHeader
+            }
             Refused::Tls(_) | Refused::TlsTimeout => Phase::TlsHandshake,
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
@@ -113,7 +121,10 @@ impl Refused {
         match self {
             Refused::ProxyHeader { error, .. } if error.is_timeout() => Outcome::Timeout,
             Refused::FirstPdu(e) if e.is_timeout() => Outcome::Timeout,
-            Refused::ProxyHeader { .. } | Refused::FirstPdu(_) | Refused::MalformedRq(_) => Outcome::ProtocolError,
+            Refused::ProxyHeader { .. }
+            | Refused::ProxyWithoutClient { .. }
+            | Refused::FirstPdu(_)
+            | Refused::MalformedRq(_) => Outcome::ProtocolError,
             Refused::SourceDenied | Refused::NotALoadBalancer | Refused::ProxiedClientDenied { .. } => {
                 Outcome::DeniedIp
             }
@@ -266,6 +277,7 @@ fn relay_detail(end: &RelayEnd) -> Option<String> {
             Some(format!("closed by the {} without TLS close_notify", by.as_str()))
         }
         RelayEnd::Released | RelayEnd::IdleTimeout | RelayEnd::Shutdown => None,
+        RelayEnd::LifetimeExceeded => Some("timeouts.association reached".to_owned()),
     }
 }
 

@@ -91,6 +91,8 @@ pub enum End {
     ProtocolError,
     IoError,
     IdleTimeout,
+    /// `timeouts.association` reached.
+    LifetimeExceeded,
     Shutdown,
 }
 
@@ -104,6 +106,7 @@ impl End {
             End::ProtocolError => "protocol_error",
             End::IoError => "io_error",
             End::IdleTimeout => "idle_timeout",
+            End::LifetimeExceeded => "lifetime_exceeded",
             End::Shutdown => "shutdown",
         }
     }

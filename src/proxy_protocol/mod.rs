@@ -21,7 +21,9 @@
 //!   length — and exactly that many bytes of addresses and TLVs;
 //! - v2 `LOCAL` (health checks of the balancer itself) and v1 `UNKNOWN` / v2
 //!   `UNSPEC` carry no client: the connection's own endpoints apply (§2.1,
-//!   §2.2), so the allow list judges the balancer's address.
+//!   §2.2). A DICOM listener refuses them unless
+//!   `proxy_protocol_allow_local` is set (then the allow list judges the
+//!   balancer's address); health checks belong on the admin `/readyz`.
 
 use std::net::SocketAddr;
 
@@ -61,6 +63,14 @@ impl ProxyHeader {
         match self.carried {
             Carried::Client(addr) => addr,
             Carried::Local | Carried::Unknown => lb,
+        }
+    }
+
+    /// The client address the header carries, if it carries one.
+    pub fn carried_client(&self) -> Option<SocketAddr> {
+        match self.carried {
+            Carried::Client(addr) => Some(addr),
+            Carried::Local | Carried::Unknown => None,
         }
     }
 

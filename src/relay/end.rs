@@ -26,6 +26,8 @@ pub enum RelayEnd {
     Io { side: Side, error: IoFailure },
     /// Neither side sent anything for the DIMSE timeout.
     IdleTimeout,
+    /// The association reached `timeouts.association`.
+    LifetimeExceeded,
     /// The gateway was shutting down and the grace period ended.
     Shutdown,
 }
@@ -62,6 +64,7 @@ impl RelayEnd {
             RelayEnd::ProtocolError { .. } => End::ProtocolError,
             RelayEnd::Io { .. } => End::IoError,
             RelayEnd::IdleTimeout => End::IdleTimeout,
+            RelayEnd::LifetimeExceeded => End::LifetimeExceeded,
             RelayEnd::Shutdown => End::Shutdown,
         }
     }

@@ -68,6 +68,9 @@ pub struct RelaySettings {
     /// Largest P-DATA-TF variable field the backend may send.
     pub max_to_client: u32,
     pub mode: RelayMode,
+    /// `timeouts.association`: when the association must end, whatever it
+    /// is doing (A-ABORT both sides). `None`: no limit.
+    pub end_by: Option<Instant>,
 }
 
 /// `Dicom`: PDU framing, checks and DIMSE accounting (the default).
@@ -166,6 +169,7 @@ where
             _ = stop.cancelled() => Cause::PumpFailed,
             _ = force_abort.cancelled() => Cause::Shutdown,
             _ = activity.expired(settings) => Cause::Idle,
+            () = lifetime(settings.end_by) => Cause::Lifetime,
         }
         // The pumps are dropped here; their state is in `up` and `down`.
     };
@@ -175,6 +179,7 @@ where
         Cause::PumpFailed => failed_end(&up, &down),
         Cause::Shutdown => RelayEnd::Shutdown,
         Cause::Idle => RelayEnd::IdleTimeout,
+        Cause::Lifetime => RelayEnd::LifetimeExceeded,
     };
     if cause != Cause::Finished {
         // Our own A-ABORT, unless a peer's A-ABORT or the release already went
@@ -207,6 +212,15 @@ enum Cause {
     PumpFailed,
     Shutdown,
     Idle,
+    Lifetime,
+}
+
+/// Completes at `end_by`; never without one.
+async fn lifetime(end_by: Option<Instant>) {
+    match end_by {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One direction's state; lives outside the pump future so that it survives

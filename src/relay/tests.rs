@@ -19,6 +19,7 @@ fn settings() -> RelaySettings {
         max_to_backend: 1 << 20,
         max_to_client: 1 << 20,
         mode: RelayMode::Dicom,
+        end_by: None,
     }
 }
 

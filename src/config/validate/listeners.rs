@@ -138,19 +138,35 @@ pub(super) fn validate_listener(
             format!("{max_pdu} is too small: expected at least {MIN_MAX_PDU_LENGTH} bytes (default 4194304)"),
         );
     }
+    // `bytes` is the benchmarks' baseline (no PDU checks, no DIMSE metrics):
+    // a footgun in a user's configuration, so only a bench build takes it.
     let relay_mode = match raw.relay_mode.as_deref() {
         None | Some("dicom") => crate::relay::RelayMode::Dicom,
-        Some("bytes") => crate::relay::RelayMode::Bytes,
+        Some("bytes") if cfg!(feature = "bench-baseline") => crate::relay::RelayMode::Bytes,
+        Some("bytes") => {
+            v.issue(
+                format!("{key}.relay_mode"),
+                "bytes is the benchmark baseline (no PDU checks, no DIMSE metrics) and exists only in builds \
+                 with --features bench-baseline: remove the key (dicom is the default)",
+            );
+            crate::relay::RelayMode::Dicom
+        }
         Some(other) => {
             v.issue(
                 format!("{key}.relay_mode"),
-                format!("{other:?} is not a relay mode: expected dicom (default) or bytes (benchmark baseline only)"),
+                format!("{other:?} is not a relay mode: expected dicom (the default)"),
             );
             crate::relay::RelayMode::Dicom
         }
     };
 
-    let proxy_protocol = validate_proxy_protocol(v, &key, raw.proxy_protocol.as_deref(), raw.proxy_protocol_from);
+    let proxy_protocol = validate_proxy_protocol(
+        v,
+        &key,
+        raw.proxy_protocol.as_deref(),
+        raw.proxy_protocol_from,
+        raw.proxy_protocol_allow_local,
+    );
 
     let t = raw.timeouts;
     let timeouts = Timeouts {
@@ -161,6 +177,10 @@ pub(super) fn validate_listener(
             t.as_ref().and_then(|t| t.connect.as_ref()),
             DEFAULT_CONNECT,
         ),
+        association: t
+            .as_ref()
+            .and_then(|t| t.association.as_ref())
+            .map(|d| v.duration(&format!("{key}.timeouts.association"), Some(d), DEFAULT_ACSE)),
     };
 
     if v.issues.len() != before {
@@ -190,6 +210,7 @@ fn validate_proxy_protocol(
     key: &str,
     mode: Option<&str>,
     from: Option<Vec<String>>,
+    allow_local: Option<bool>,
 ) -> Option<ProxyProtocolConfig> {
     let versions = match mode {
         None | Some("off") => None,
@@ -210,6 +231,12 @@ fn validate_proxy_protocol(
             v.issue(
                 fkey,
                 "is set but proxy_protocol is off: set proxy_protocol (v1, v2 or any) or remove proxy_protocol_from",
+            );
+        }
+        if allow_local.is_some() {
+            v.issue(
+                format!("{key}.proxy_protocol_allow_local"),
+                "is set but proxy_protocol is off: set proxy_protocol (v1, v2 or any) or remove the key",
             );
         }
         return None;
@@ -235,7 +262,8 @@ fn validate_proxy_protocol(
             Err(why) => v.issue(format!("{fkey}[{i}]"), format!("{entry:?} {why}")),
         }
     }
-    Some(ProxyProtocolConfig { versions, from: nets })
+    let allow_local = allow_local.unwrap_or(false);
+    Some(ProxyProtocolConfig { versions, from: nets, allow_local })
 }
 
 pub(super) fn parse_cidr(entry: &str) -> Result<IpNet, &'static str> {
@@ -286,6 +314,15 @@ fn validate_listener_tls(v: &mut Validator<'_>, key: &str, raw: RawListenerTls) 
     versions.sort();
     versions.dedup();
     let ca = raw.client_ca.as_deref().and_then(|p| v.file_path(&format!("{key}.client_ca"), p));
+    if raw.client_certificates.as_ref().is_some_and(Vec::is_empty) && raw.client_ca.is_none() {
+        // An empty list pins nobody, and without client_ca it silently meant
+        // anonymous: the opposite of what writing the key suggests.
+        v.issue(
+            format!("{key}.client_certificates"),
+            "is empty and client_ca is not set, which would admit any TLS client: list the cloud's \
+             certificate files, set client_ca, or remove the key for anonymous TLS",
+        );
+    }
     let pinned = raw
         .client_certificates
         .unwrap_or_default()

@@ -24,6 +24,9 @@ use backends::validate_backend;
 use listeners::validate_listener;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+/// Upper bound of every duration key: a day. Beyond it a value is a typo
+/// (`30d` for `30s`), and deadlines computed from it could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Upper bound for `fall` and `rise`: beyond it a server could stay in a
 /// wrong state for hours at common intervals, which is a typo, not a policy.
 const MAX_HEALTH_THRESHOLD: u32 = 100;
@@ -80,6 +83,10 @@ impl Validator<'_> {
             Some(Scalar::Text(text)) => match humantime::parse_duration(text.trim()) {
                 Ok(d) if d.is_zero() => {
                     self.issue(key, format!("{text:?} is zero: expected a positive duration such as 30s"));
+                    default
+                }
+                Ok(d) if d > MAX_DURATION => {
+                    self.issue(key, format!("{text:?} is longer than the maximum of 24h"));
                     default
                 }
                 Ok(d) => d,
