@@ -148,18 +148,11 @@ fn certificate_warnings(listener: &str, cert: &CertificateInfo, key: &Path, repo
             "listeners.{listener}.tls.certificate: expires in {days} days; renew it and upload the new one to the cloud"
         ));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(key) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                report.warnings.push(format!(
-                    "listeners.{listener}.tls.private_key: {} has mode {mode:04o}, readable by group or others; run chmod 600",
-                    key.display()
-                ));
-            }
-        }
+    if let Some(mode) = crate::config::key_readable_by_others(key) {
+        report.warnings.push(format!(
+            "listeners.{listener}.tls.private_key: {} has mode {mode:04o}, readable by group or others; run chmod 600",
+            key.display()
+        ));
     }
 }
 

@@ -467,6 +467,15 @@ fn banner(name: &str, address: SocketAddr, built: &PreparedListener, metrics: &M
     metrics.set_connection_limit(name, cfg.max_connections);
     let prepare::Description { allow, routes, scu, .. } = prepare::describe(cfg);
     let scu = scu.unwrap_or("-");
+    if let Security::Tls(tls) = &cfg.security {
+        // As `check` does: a key others can read is a key others may have.
+        if let Some(mode) = crate::config::key_readable_by_others(&tls.private_key) {
+            tracing::warn!(
+                listener = %name, key = %tls.private_key.display(), mode = %format!("{mode:04o}"),
+                "listeners.{name}.tls.private_key is readable by group or others; run chmod 600"
+            );
+        }
+    }
     match (&cfg.security, &built.certificate) {
         (Security::Tls(_), Some(cert)) => {
             metrics.set_certificate_expiry(name, cert.not_after.unix_timestamp());

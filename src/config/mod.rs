@@ -297,6 +297,23 @@ pub struct Timeouts {
     pub association: Option<Duration>,
 }
 
+/// The permission bits of a private key file that group or others may read
+/// (`check` and `run` both warn: chmod 600); `None` if the file is private,
+/// missing, or not on Unix.
+pub fn key_readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file. Relative paths inside it
     /// resolve against the file's own directory.

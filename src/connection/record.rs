@@ -73,6 +73,11 @@ pub enum Refused {
     ProxiedClientDenied { header: ProxyHeader },
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
+    #[error(
+        "TLS handshake failed: the client's certificate is X.509 v1, which is refused; the cloud must {}",
+        crate::tls::REISSUE_AS_V3
+    )]
+    TlsClientCertV1,
     #[error("TLS handshake not complete within the ACSE timeout")]
     TlsTimeout,
     #[error(transparent)]
@@ -100,7 +105,7 @@ impl Refused {
             Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
                 Phase::ProxyHeader
             }
-            Refused::Tls(_) | Refused::TlsTimeout => Phase::TlsHandshake,
+            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsTimeout => Phase::TlsHandshake,
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
@@ -129,7 +134,7 @@ impl Refused {
                 Outcome::DeniedIp
             }
             Refused::Overflow => Outcome::Limit,
-            Refused::Tls(_) => Outcome::TlsError,
+            Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
             Refused::TlsTimeout => Outcome::Timeout,
             Refused::OverLimit(_) => Outcome::Limit,
             Refused::Policy(refusal) => refusal.outcome,

@@ -46,8 +46,25 @@ pub enum TlsError {
     HalfPair { certificate: PathBuf, missing: PathBuf },
     #[error("{path}: the certificate expired on {not_after}; renew it (dicomgate gen-cert) and upload the new one to the cloud")]
     Expired { path: PathBuf, not_after: String },
+    #[error(
+        "{path}: the certificate is X.509 v1 (no extensions, so no subjectAltName), which TLS clients refuse \
+         (rustls: UnsupportedCertVersion); {REISSUE_AS_V3}"
+    )]
+    X509v1 { path: PathBuf },
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// How to replace an X.509 v1 certificate. OpenSSL's `x509 -req` still
+/// makes v1 certificates when no extension is given.
+pub const REISSUE_AS_V3: &str = "re-issue it as v3: `dicomgate gen-cert`, or sign the request with \
+     `openssl x509 -req ... -extfile FILE` where FILE holds e.g. `subjectAltName=DNS:gateway.example.org`";
+
+/// True for a DER certificate of X.509 version 1: webpki (and so rustls)
+/// accepts only v3 end-entity certificates.
+pub fn is_x509_v1(der: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+    X509Certificate::from_der(der).is_ok_and(|(_, cert)| cert.version() == X509Version::V1)
 }
 
 /// The provider every configuration here uses.

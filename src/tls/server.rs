@@ -31,6 +31,10 @@ impl fmt::Debug for ServerIdentity {
 impl ServerIdentity {
     pub fn load(certificate: &Path, private_key: &Path) -> Result<ServerIdentity, TlsError> {
         let chain = load_certificates(certificate)?;
+        // Loads fine, then fails every handshake at the peer: say so now.
+        if chain.first().is_some_and(|leaf| super::is_x509_v1(leaf)) {
+            return Err(TlsError::X509v1 { path: certificate.to_owned() });
+        }
         let key = load_private_key(private_key)?;
         let signing_key = provider()
             .key_provider
