@@ -37,6 +37,9 @@ use framer::{FrameEvent, Framer};
 /// stream take many records per `recv` and hand the backend large `send`s,
 /// which is where a relay's CPU goes (syscalls and copies, not AES).
 const INITIAL_BUFFER: usize = 4 * 1024;
+/// The longest our own A-ABORT and close may take per peer when the relay
+/// ends abnormally.
+const FAREWELL: Duration = Duration::from_secs(3);
 const MAX_BUFFER: usize = 256 * 1024;
 
 /// Heap one direction of the relay may hold, whatever the PDU mix (tiny
@@ -185,18 +188,16 @@ where
         // Our own A-ABORT, unless a peer's A-ABORT or the release already went
         // through (the association is over; adding an abort would confuse).
         let already_over = activity.closing.load(Ordering::Relaxed);
-        if !already_over {
-            let abort = provider_abort(AbortReason::NotSpecified);
-            if down.writer_clean {
-                let _ = timeout(settings.closing, write_flush(&mut client_wr, &abort)).await;
-            }
-            if up.writer_clean {
-                let _ = timeout(settings.closing, write_flush(&mut backend_wr, &abort)).await;
-            }
-        }
+        // Each peer's farewell (A-ABORT, close_notify) has one short budget,
+        // and the two run together: a peer that stopped reading cannot hold
+        // the other, nor the task (issue 11).
+        let farewell = settings.closing.min(FAREWELL);
+        let abort = provider_abort(AbortReason::NotSpecified);
+        let send_abort = !already_over;
+        let (client_abort, backend_abort) = (send_abort && down.writer_clean, send_abort && up.writer_clean);
         let _ = tokio::join!(
-            timeout(settings.closing, client_wr.shutdown()),
-            timeout(settings.closing, backend_wr.shutdown()),
+            timeout(farewell, farewell_to(&mut client_wr, client_abort.then_some(&abort[..]))),
+            timeout(farewell, farewell_to(&mut backend_wr, backend_abort.then_some(&abort[..]))),
         );
     }
     let mut operations = up.operations;
@@ -213,6 +214,16 @@ enum Cause {
     Shutdown,
     Idle,
     Lifetime,
+}
+
+/// Our last PDU (if any) and the close, to one peer.
+async fn farewell_to<W: AsyncWrite + Unpin>(wr: &mut W, last: Option<&[u8]>) {
+    if let Some(pdu) = last {
+        if write_flush(wr, pdu).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
 }
 
 /// Completes at `end_by`; never without one.

@@ -125,6 +125,33 @@ async fn idle_association_is_aborted_on_both_sides() {
     assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
 }
 
+/// `timeouts.association`: an association that keeps sending (so the idle
+/// timer never fires) still ends at its lifetime, with A-ABORT both ways.
+#[tokio::test(start_paused = true)]
+async fn a_busy_association_ends_at_its_lifetime() {
+    let mut s = settings();
+    s.idle = Duration::from_secs(2);
+    s.end_by = Some(Instant::now() + Duration::from_secs(10));
+    let (mut client, mut backend, task) = start(s, CancellationToken::new());
+    let chatter = tokio::spawn(async move {
+        // One small PDU a second, far more than the lifetime allows.
+        for _ in 0..60 {
+            if client.write_all(&pdata(4, 0)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        read_all(&mut client).await
+    });
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.unwrap();
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::LifetimeExceeded), "{end:?}");
+    assert!(got.ends_with(&OUR_ABORT), "the backend got our A-ABORT last");
+    assert!(got.len() >= 10 * 10, "the association was busy until then: {} bytes", got.len());
+    assert_eq!(chatter.await.unwrap(), OUR_ABORT);
+}
+
 #[tokio::test]
 async fn unknown_pdu_type_aborts_both_sides() {
     let (mut client, mut backend, task) = start(settings(), CancellationToken::new());
