@@ -90,3 +90,50 @@ async fn a_tls_close_without_close_notify_is_truncated_and_with_it_closed() {
     let ended = |end: &str| scrape.value("dicomgate_association_ends_total", &[("listener", "store"), ("end", end)]);
     assert_eq!((ended("truncated"), ended("closed")), (1.0, 1.0), "{}", scrape.0);
 }
+
+/// An SCP that answers the A-ASSOCIATE-RQ with itself as the AC (the
+/// gateway reads only the items it needs), waits for the gateway to close
+/// its side, then sends bytes that are no PDU.
+async fn scp_failing_after_the_client_finished() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        let mut ac = vec![0u8; 6];
+        s.read_exact(&mut ac).await.expect("RQ header");
+        let len = u32::from_be_bytes([ac[2], ac[3], ac[4], ac[5]]) as usize;
+        ac.resize(6 + len, 0);
+        s.read_exact(&mut ac[6..]).await.expect("RQ body");
+        ac[0] = 0x02;
+        s.write_all(&ac).await.expect("AC");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        let _ = s.write_all(&[0xFF, 0, 0, 0, 0, 4, 1, 2, 3, 4]).await;
+        let _ = s.shutdown().await;
+    });
+    addr
+}
+
+/// The client finishes cleanly (close_notify, FIN), then the SCP sends
+/// garbage: the association's end is the SCP's protocol error, not the
+/// client's clean close.
+#[tokio::test]
+async fn a_failure_after_the_other_direction_finished_is_what_is_recorded() {
+    let scp = scp_failing_after_the_client_finished().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::pki::pki().write_to(dir.path());
+    let path = dir.path().join("dicomgate.yaml");
+    std::fs::write(&path, config(scp)).expect("config");
+    let daemon = Daemon::start(&path).await;
+
+    let mut tls = tls_connect(daemon.addr("store"), insecure_client()).await.expect("TLS");
+    assert!(matches!(associate(&mut tls, "PACS", "CLOUD").await, Answer::Accepted(_)));
+    tls.shutdown().await.expect("close_notify and FIN");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut rest)).await;
+    let ends = wait_for_audits(&daemon, 1).await;
+    assert_eq!(ends[0], ("protocol_error".to_owned(), "backend sent unknown PDU type 0xFF".to_owned()), "{ends:?}");
+    let scrape = daemon.scrape().await;
+    let ended = |end: &str| scrape.value("dicomgate_association_ends_total", &[("listener", "store"), ("end", end)]);
+    assert_eq!((ended("protocol_error"), ended("closed")), (1.0, 0.0), "{}", scrape.0);
+}
