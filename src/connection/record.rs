@@ -20,7 +20,7 @@ use crate::metrics::Outcome;
 use crate::proxy_protocol::{ProxyError, ProxyHeader};
 use crate::relay::{self, RelayEnd, RelayReport, Side, Truncation};
 use crate::routing::Refusal;
-use crate::tls::SessionInfo;
+use crate::tls::{HandshakeFailure, SessionInfo};
 
 /// The phase of a connection, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,16 @@ impl Refused {
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
+        }
+    }
+
+    /// For a failed TLS handshake: what kind of failure (see
+    /// [`HandshakeFailure`]); `None` for every other refusal.
+    pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
+        match self {
+            Refused::Tls(e) => Some(HandshakeFailure::of(e)),
+            Refused::TlsTimeout => Some(HandshakeFailure::Other),
+            _ => None,
         }
     }
 
@@ -197,7 +207,11 @@ pub fn finish(listener: &str, trail: Trail, ending: &Ending, elapsed: Duration, 
     let audit = record(listener, trail, ending);
     audit.emit(outcome, elapsed);
     services.recent.record(&audit, outcome, elapsed);
-    services.atna.connection_ended(outcome, &audit);
+    let handshake = match ending {
+        Ending::Refused(refused) => refused.handshake_failure(),
+        Ending::Forwarded(_) => None,
+    };
+    services.atna.connection_ended(outcome, handshake, &audit);
 }
 
 /// The audit record, in words, from the phases' results.
