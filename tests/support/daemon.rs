@@ -245,7 +245,7 @@ fn parse_startup(log: &str) -> Option<(BTreeMap<String, SocketAddr>, Option<Sock
                 listeners.insert(name, a);
             }
             (m, None, Some(a)) if m.starts_with("admin endpoint listening") => admin = Some(a),
-            ("dicomgate ready", _, _) => ready = true,
+            (m, _, _) if m == "dicomgate ready" || m.starts_with("dicomgate ready ") => ready = true,
             _ => {}
         }
     }
