@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `echo`, `gen-cert` (DESIGN.md, "Command line").
+//! The command line: `run`, `check`, `echo`, `gen-cert`, `schema` (DESIGN.md, "Command line"),
+//! and the hidden `generate-assets` the packaging script runs.
 //!
 //! Raw clap arguments live here; each command turns them into validated values
 //! in its own module. Exit codes are documented in README.md ("Exit codes") and
@@ -52,6 +53,18 @@ pub enum Command {
     Echo(EchoArgs),
     /// Generate a private key and self-signed certificate (the guide's Appendix A in one step).
     GenCert(GenCertArgs),
+    /// Print the JSON Schema of the configuration file (for editors: completion and validation).
+    Schema,
+    /// Write man pages and shell completions into a directory (used by scripts/build-package.sh).
+    #[command(hide = true)]
+    GenerateAssets(GenerateAssetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateAssetsArgs {
+    /// Output directory; man/ and completions/ are created inside.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -17,8 +17,50 @@ fn main() -> ExitCode {
         Command::Check(args) => dicomgate::check::check_command(&args),
         Command::Echo(args) => dicomgate::echo::echo_command(&args),
         Command::GenCert(args) => dicomgate::pki::gen_cert_command(&args),
+        Command::Schema => {
+            print!("{}", dicomgate::config::schema::json_schema_text());
+            exit::OK
+        }
+        Command::GenerateAssets(args) => match generate_assets(&args.out) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("dicomgate: cannot write assets into {}: {e}", args.out.display());
+                exit::FAILURE
+            }
+        },
     };
     ExitCode::from(code)
+}
+
+/// Man pages (dicomgate(1), one dicomgate-COMMAND(1) per subcommand as git
+/// does, dicomgate.yaml(5)), shell completions and the JSON Schema, for the
+/// package. Generated from the binary's own clap and serde definitions, so
+/// they describe exactly the binary they ship with.
+fn generate_assets(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+
+    let man = out.join("man");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let mut cli = Cli::command();
+    cli.build();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cli.clone()).render(&mut page)?;
+    std::fs::write(man.join("dicomgate.1"), page)?;
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("dicomgate-{}", sub.get_name());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub.clone().name(name.clone())).render(&mut page)?;
+        std::fs::write(man.join(format!("{name}.1")), page)?;
+    }
+    std::fs::write(man.join("dicomgate.yaml.5"), dicomgate::config::schema::man_page(env!("CARGO_PKG_VERSION")))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cli, "dicomgate", &completions)?;
+    }
+    std::fs::write(out.join("dicomgate.schema.json"), dicomgate::config::schema::json_schema_text())?;
+    Ok(())
 }
 
 fn run(args: &RunArgs) -> u8 {

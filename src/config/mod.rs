@@ -10,6 +10,7 @@
 
 mod error;
 mod raw;
+pub mod schema;
 mod validate;
 
 use std::collections::BTreeMap;
