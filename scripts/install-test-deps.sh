@@ -7,6 +7,10 @@
 #   systemd    systemd-analyze (unit verification and security exposure)
 #   testssl.sh testssl (TLS policy audit of a listener, tests/security_tls.rs)
 #   haproxy    the L4 load balancer in front of the gateway (PROXY protocol tests)
+#   lintian    the Debian package check (scripts/check-package.sh)
+# and from PyPI:
+#   check-jsonschema  validates configs against `dicomgate schema` (tests/schema.rs)
+# (cargo-deb comes from crates.io: scripts/build-package.sh installs it.)
 set -euo pipefail
 
 need=()
@@ -16,8 +20,31 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+
+# PyPI, not Debian: Debian's python3-check-jsonschema is not in every release.
+install_check_jsonschema() {
+  command -v check-jsonschema >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing check-jsonschema (tests/schema.rs will skip); run: pip install check-jsonschema" >&2
+    return 0
+  fi
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
+  return 0
+}
+install_check_jsonschema
+pip_install() {
+  command -v check-jsonschema >/dev/null 2>&1 && return 0
+  [ "$(id -u)" -eq 0 ] || return 0
+  echo "install-test-deps: installing check-jsonschema (PyPI)"
+  # Debian's system Python refuses pip installs (PEP 668) unless told to;
+  # this is a test tool on a CI or developer machine, not a system package.
+  python3 -m pip install --quiet check-jsonschema 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages check-jsonschema
+}
 
 if [ ${#need[@]} -eq 0 ]; then
+  pip_install
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,3 +55,4 @@ echo "install-test-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+pip_install

@@ -32,7 +32,25 @@ const ROUTE_KEY: &str = r"^ *(\*|[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?) *$";
 /// The schema as a JSON value.
 pub fn json_schema() -> Value {
     let generator = schemars::generate::SchemaSettings::draft07().into_generator();
-    generator.into_root_schema_for::<RawConfig>().to_value()
+    let mut schema = generator.into_root_schema_for::<RawConfig>().to_value();
+    strip_null_defaults(&mut schema);
+    schema
+}
+
+/// `#[serde(default)]` on an `Option` (raw.rs: it makes the key optional in
+/// the schema) also emits `"default": null`, which would have editors
+/// suggest `allow: null`. A missing key says it better.
+fn strip_null_defaults(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            if map.get("default").is_some_and(Value::is_null) {
+                map.remove("default");
+            }
+            map.values_mut().for_each(strip_null_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null_defaults),
+        _ => {}
+    }
 }
 
 /// The schema as printed by `dicomgate schema` (pretty JSON, newline-terminated).
@@ -202,7 +220,8 @@ fn walk(root: &Value, node: &Value, prefix: &str, out: &mut Vec<KeyDoc>) {
             description: text(prop, "description").or_else(|| text(target, "description")).unwrap_or_default(),
             kind: kind(root, prop),
             required: required.contains(&name.as_str()),
-            default: prop.get("default").cloned(),
+            // `#[serde(default)]` maps get `default: {}`: not worth documenting.
+            default: prop.get("default").filter(|d| !d.is_object()).cloned(),
             choices: choices(prop),
         });
         if is_map {
