@@ -2,7 +2,7 @@
 //! and the hidden `generate-assets` the packaging script runs.
 //!
 //! Raw clap arguments live here; each command turns them into validated values
-//! in its own module. Exit codes are documented in README.md ("Exit codes") and
+//! in its own module. Exit codes are documented in docs/operations.md ("Command line and exit codes") and
 //! defined once in [`exit`].
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ pub mod exit {
     /// The configuration file (or a certificate/key it names) is invalid.
     pub const CONFIG: u8 = 64;
 
-    // `dicomgate echo` only (table in `echo`'s module docs and README):
+    // `dicomgate echo` only (table in `echo`'s module docs and docs/operations.md):
     // one code per kind of failure, so scripts can tell them apart.
     /// echo: the association was rejected (A-ASSOCIATE-RJ).
     pub const ECHO_REJECTED: u8 = 3;

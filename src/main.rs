@@ -1,6 +1,6 @@
 //! The `dicomgate` binary: parse the command line, load the configuration,
 //! set up logging, run the library, map the result to an exit code
-//! (README.md, "Exit codes").
+//! (docs/operations.md, "Command line and exit codes").
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
