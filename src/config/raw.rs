@@ -220,10 +220,21 @@ pub struct RawTimeouts {
 
 /// A scalar that YAML may type as a number: a duration (`30s`; a bare number
 /// is refused with a hint about units) or a TLS version (`1.2` unquoted).
-/// Its schema is always given per field (`schema_with`), never derived.
+/// Fields give it a precise schema (`schema_with = "s::duration"`); this
+/// generic one only keeps a field added without that compiling.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Scalar {
     Text(String),
     Number(f64),
+}
+
+impl JsonSchema for Scalar {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number"] })
+    }
 }
