@@ -46,9 +46,7 @@ fn generate_assets(out: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(&completions)?;
     let mut cli = Cli::command();
     cli.build();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(cli.clone()).render(&mut page)?;
-    std::fs::write(man.join("dicomgate.1"), page)?;
+    std::fs::write(man.join("dicomgate.1"), main_man_page()?)?;
     for sub in cli.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
         let name = format!("dicomgate-{}", sub.get_name());
         let mut page = Vec::new();
@@ -61,6 +59,54 @@ fn generate_assets(out: &std::path::Path) -> std::io::Result<()> {
     }
     std::fs::write(out.join("dicomgate.schema.json"), dicomgate::config::schema::json_schema_text())?;
     Ok(())
+}
+
+/// dicomgate(1): the command, then every subcommand's synopsis and options
+/// (so one page answers "what can it do"), exit status and files. The
+/// per-command pages carry the same options again, as git's do.
+fn main_man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+
+    // `help` is clap's, not ours: keep it out of the page.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let man = clap_mangen::Man::new(cli.clone());
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let sub_man = clap_mangen::Man::new(sub.clone().name(format!("dicomgate {}", sub.get_name())));
+        let mut section = Vec::new();
+        sub_man.render_synopsis_section(&mut section)?;
+        sub_man.render_description_section(&mut section)?;
+        sub_man.render_options_section(&mut section)?;
+        let section = String::from_utf8_lossy(&section).replace(".SH ", ".SS ");
+        page.extend_from_slice(format!(".SH \"DICOMGATE {}\"\n", sub.get_name().to_uppercase()).as_bytes());
+        page.extend_from_slice(section.as_bytes());
+    }
+    page.extend_from_slice(
+        concat!(
+            ".SH \"EXIT STATUS\"\n",
+            ".TP\n0\nsuccess (run: stopped cleanly after SIGTERM/SIGINT)\n",
+            ".TP\n1\nthe operation failed (echo refused, backend unreachable, runtime error, second stop signal)\n",
+            ".TP\n2\ncommand\\-line usage error\n",
+            ".TP\n3 to 8\necho: rejected, aborted, TLS, timeout, unreachable, C\\-ECHO failed (check: 3 is valid with warnings)\n",
+            ".TP\n64\nthe configuration, or a certificate or key it names, is invalid, or an address cannot be bound\n",
+            ".SH SIGNALS\n",
+            "SIGHUP reloads the configuration and certificates (live associations keep running); ",
+            "SIGTERM and SIGINT drain for shutdown.grace_period, then abort the rest and exit 0.\n",
+            ".SH FILES\n.TP\n/etc/dicomgate/config.yaml\nthe configuration, see \\fBdicomgate.yaml\\fR(5)\n",
+            ".TP\n/var/lib/dicomgate\ngenerated certificates and keys\n",
+            ".SH \"SEE ALSO\"\n\\fBdicomgate.yaml\\fR(5), /usr/share/doc/dicomgate/operations.md\n",
+        )
+        .as_bytes(),
+    );
+    man.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 fn run(args: &RunArgs) -> u8 {

@@ -78,11 +78,15 @@ fn generated_man_pages_and_completions_cover_every_command() {
     assert!(main.starts_with(".ie") || main.contains(".TH dicomgate 1"), "not a man page:\n{main}");
     for c in commands {
         assert!(main.contains(&format!("dicomgate\\-{}(1)", c.replace('-', "\\-"))), "dicomgate(1) does not list {c}");
+        let heading = format!(".SH \"DICOMGATE {}\"", c.to_uppercase());
+        assert!(main.contains(&heading), "dicomgate(1) has no section for {c}");
         let page = std::fs::read_to_string(dir.path().join(format!("man/dicomgate-{c}.1")))
             .unwrap_or_else(|e| panic!("dicomgate-{c}.1: {e}"));
         assert!(page.contains(".SH NAME"), "dicomgate-{c}.1 has no NAME section");
     }
     assert!(!main.contains("generate\\-assets"), "the hidden generator is not documented");
+    assert!(!main.contains("dicomgate\\-help"), "clap's help subcommand is not one of ours");
+    assert!(main.contains(".SH \"EXIT STATUS\"") && main.contains("\n64\n"), "exit codes are documented");
     let yaml5 = std::fs::read_to_string(dir.path().join("man/dicomgate.yaml.5")).expect("dicomgate.yaml.5");
     assert!(yaml5.contains(".B listeners.NAME.allow"), "dicomgate.yaml(5) lists the keys");
     for file in ["completions/dicomgate.bash", "completions/_dicomgate", "completions/dicomgate.fish"] {
