@@ -77,6 +77,12 @@ for page in man1/dicomgate.1 man1/dicomgate-run.1 man1/dicomgate-check.1 man5/di
   zcat "/usr/share/man/$page.gz" | grep -q '^\.TH' || fail "man page $page is not roff"
 done
 
+echo "check-package: upgrade (reinstall) keeps the admin's config and leaves the service off"
+echo "# edited by the admin" >>/etc/dicomgate/config.yaml
+dpkg -i "$deb"
+grep -q '^# edited by the admin$' /etc/dicomgate/config.yaml || fail "an upgrade replaced the admin's config.yaml"
+[ ! -e /etc/systemd/system/multi-user.target.wants/dicomgate.service ] || fail "the upgrade enabled the service"
+
 files=$(dpkg-query -L dicomgate)
 echo "check-package: dpkg --purge"
 dpkg --purge dicomgate
