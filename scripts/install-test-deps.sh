@@ -23,7 +23,7 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 
 # PyPI, not Debian: Debian's python3-check-jsonschema is not in every release.
-install_check_jsonschema() {
+need_pip_for_check_jsonschema() {
   command -v check-jsonschema >/dev/null 2>&1 && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: missing check-jsonschema (tests/schema.rs will skip); run: pip install check-jsonschema" >&2
@@ -32,7 +32,7 @@ install_check_jsonschema() {
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
   return 0
 }
-install_check_jsonschema
+need_pip_for_check_jsonschema
 pip_install() {
   command -v check-jsonschema >/dev/null 2>&1 && return 0
   [ "$(id -u)" -eq 0 ] || return 0
