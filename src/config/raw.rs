@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub backends: BTreeMap<String, RawBackend>,
     /// Internet-facing ports, by name: one per port opened on the firewall (the guide's 2762 store, 2761 worklist). At least one.
     #[serde(default)]
+    #[schemars(extend("minProperties" = 1))]
     pub listeners: BTreeMap<String, RawListener>,
 }
 
