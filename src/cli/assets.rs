@@ -83,4 +83,3 @@ fn main_page() -> std::io::Result<Vec<u8>> {
     man.render_version_section(&mut page)?;
     Ok(page)
 }
-
