@@ -89,6 +89,7 @@ struct Inner {
     backend_association_response_seconds: HistogramVec,
     tls_certificate_expiry_timestamp_seconds: IntGaugeVec,
     config_reloads_total: IntCounterVec,
+    preassociation_evictions_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -184,6 +185,11 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            preassociation_evictions_total: counter(
+                "dicomgate_preassociation_evictions_total",
+                "Connections closed before their A-ASSOCIATE-RQ to make room for newer ones, by reason.",
+                &["listener", "reason"],
+            ),
             registry,
         };
         Metrics { inner: Arc::new(inner) }
@@ -199,6 +205,24 @@ impl Metrics {
         for d in [Direction::ToBackend, Direction::ToClient] {
             self.inner.bytes_total.with_label_values(&[listener, d.as_str()]);
         }
+        self.register_admission(listener);
+    }
+
+    /// The pre-association eviction series of a listener, exported as 0 from the start.
+    fn register_admission(&self, listener: &str) {
+        for reason in ["source_cap", "budget_full"] {
+            self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]);
+        }
+    }
+
+    /// `reason`: a [`crate::listener::Eviction::as_str`].
+    pub fn preassociation_evicted(&self, listener: &str, reason: &str) {
+        self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).inc();
+    }
+
+    /// Current `dicomgate_preassociation_evictions_total{listener,reason}`.
+    pub fn preassociation_evictions(&self, listener: &str, reason: &str) -> u64 {
+        self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).get()
     }
 
     pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
@@ -337,6 +361,7 @@ mod tests {
             "dicomgate_dimse_operations_total",
             "dicomgate_tls_certificate_expiry_timestamp_seconds",
             "dicomgate_config_reloads_total",
+            "dicomgate_preassociation_evictions_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

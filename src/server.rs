@@ -25,7 +25,7 @@ use crate::backend::{BackendRuntime, HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, ListenerConfig, Security};
 use crate::connection::{ListenerRuntime, Services};
 use crate::lifecycle::{Lifecycle, State};
-use crate::listener::{accept_loop, Limits, Snapshot};
+use crate::listener::{accept_loop, Limits, RefusalLog, Snapshot};
 use crate::metrics::Metrics;
 use crate::pki::{self, CertificateInfo};
 use crate::tls::{self, ServerIdentity, TlsError};
@@ -160,7 +160,13 @@ impl Gateway {
     ) -> Result<(), ServeError> {
         let Gateway { mut config, metrics, lifecycle, listeners, admin, backends, health } = self;
         let tracker = TaskTracker::new();
-        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new() };
+        let refusals = RefusalLog::new();
+        let services = Services { metrics: metrics.clone(), force_abort: CancellationToken::new(), refusals };
+        let summaries_stop = CancellationToken::new();
+        let summaries = services.refusals.spawn_summaries(summaries_stop.clone());
+        crate::listener::raise_nofile_limit(
+            config.listeners.values().map(|l| crate::listener::descriptors_needed(l.max_connections)).sum(),
+        );
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|(address, tcp)| {
             tracing::info!(%address, "admin endpoint listening (/metrics, /healthz, /readyz, /status)");
@@ -221,6 +227,8 @@ impl Gateway {
             let _ = tokio::time::timeout(FINAL_CLOSE, tracker.wait()).await;
         }
         lifecycle.set(State::Stopped);
+        summaries_stop.cancel();
+        let _ = summaries.await;
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
@@ -279,25 +287,26 @@ async fn reload_config(
         match (socket, slots.get(&name)) {
             (None, Some(slot)) => {
                 banner(&name, slot.bound, &built, metrics);
-                let limits = {
-                    let old = slot.publish.borrow();
-                    if old.runtime.config.max_connections == max {
-                        old.limits.clone()
-                    } else {
-                        Limits::new(max)
-                    }
-                };
+                // The same counts, new numbers: live connections keep counting.
+                let limits = slot.publish.borrow().limits.clone();
+                limits.resize(max);
                 slot.publish.send_replace(Snapshot { runtime: built.runtime, limits });
             }
             (Some((tcp, address)), existing) => {
-                if let Some(old) = existing {
-                    old.stop.cancel();
-                    tracing::info!(listener = %name, from = %old.bound, to = %address, "listener moved");
-                }
+                // A moved listener keeps counting the connections it accepted at its old address.
+                let limits = match existing {
+                    Some(old) => {
+                        old.stop.cancel();
+                        tracing::info!(listener = %name, from = %old.bound, to = %address, "listener moved");
+                        let limits = old.publish.borrow().limits.clone();
+                        limits.resize(max);
+                        limits
+                    }
+                    None => Limits::new(max),
+                };
                 metrics.register_listener(&name);
                 banner(&name, address, &built, metrics);
-                let (name, slot) =
-                    start_listener(Bound { name, address, tcp, built }, Limits::new(max), services, tracker);
+                let (name, slot) = start_listener(Bound { name, address, tcp, built }, limits, services, tracker);
                 slots.insert(name, slot);
             }
             // An unchanged address always has a slot (see `rebind` above).

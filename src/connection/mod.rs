@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +29,7 @@ use crate::audit::AuditRecord;
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::pdu::{describe_abort, Rejection};
+use crate::listener::Refusal;
 use crate::metrics::{Direction, Metrics, Outcome};
 use crate::relay::{self, Counters, RelaySettings};
 use crate::routing::{self, Decision};
@@ -60,13 +60,7 @@ impl std::fmt::Debug for ListenerRuntime {
     }
 }
 
-/// Why the listener let the connection in.
-pub enum Admission {
-    /// Within `max_connections`.
-    Admitted(OwnedSemaphorePermit),
-    /// Over the limit: read the RQ (bounded) only to answer A-ASSOCIATE-RJ 2/3/2.
-    OverLimit(OwnedSemaphorePermit),
-}
+pub use crate::listener::Admission;
 
 /// Process-wide services a connection uses.
 #[derive(Clone)]
@@ -75,6 +69,8 @@ pub struct Services {
     /// Cancelled when the shutdown grace period is over: live associations get
     /// A-ABORT.
     pub force_abort: CancellationToken,
+    /// Refusals are counted always and logged as summaries, not audit lines.
+    pub refusals: crate::listener::RefusalLog,
 }
 
 /// Serves one accepted connection to its end; never panics on peer input.
@@ -95,13 +91,17 @@ pub async fn handle(
     if outcome == Outcome::Forwarded {
         services.metrics.observe_association(name, elapsed.as_secs_f64());
     }
-    audit.emit(outcome, elapsed);
+    match (outcome, audit.peer) {
+        (Outcome::DeniedIp, Some(client)) => services.refusals.record(name, client.ip(), Refusal::ProxyDeniedIp),
+        (Outcome::Limit, Some(client)) => services.refusals.record(name, client.ip(), Refusal::OverLimit),
+        _ => audit.emit(outcome, elapsed),
+    }
 }
 
 async fn serve(
     mut tcp: TcpStream,
     rt: &ListenerRuntime,
-    admission: Admission,
+    mut admission: Admission,
     services: &Services,
     audit: &mut AuditRecord,
 ) -> Outcome {
@@ -113,6 +113,7 @@ async fn serve(
         if let Err(outcome) = Box::pin(client::proxy_phase(&mut tcp, proxy.versions, cfg, deadline, audit)).await {
             return outcome;
         }
+        admission.client_known(audit.peer);
     }
     let mut client = match Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline, audit)).await {
         Ok(stream) => stream,
@@ -123,7 +124,8 @@ async fn serve(
         Err(outcome) => return outcome,
     };
 
-    if let Admission::OverLimit(_) = admission {
+    // The connection leaves the pre-association budget (listener::admission).
+    if !admission.graduate() {
         audit.detail = Some(format!("listener at max_connections ({})", cfg.max_connections));
         send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu(), cfg).await;
         return Outcome::Limit;
@@ -256,9 +258,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let services = Services { metrics: Metrics::new(), force_abort: CancellationToken::new() };
-        let task = handle(tcp, peer, rt, Admission::Admitted(permit), services);
+        let admission = Admission::unbudgeted(Arc::new(crate::listener::Slots::new(1)));
+        let services = Services {
+            metrics: Metrics::new(),
+            force_abort: CancellationToken::new(),
+            refusals: crate::listener::RefusalLog::new(),
+        };
+        let task = handle(tcp, peer, rt, admission, services);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(size <= 2048, "the connection future is {size} bytes; box its large later phases");
