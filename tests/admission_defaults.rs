@@ -202,11 +202,13 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
     eprintln!(
         "admission at defaults: {n} hostile connections ({} TLS-side, {} plaintext; half from 127.0.0.1, half from \
          127.0.0.2), {handshaken} connected (TLS: handshake done), {open_before} open when echoscu started; echoscu +tls and plain together took {echo_took:?}; \
-         evictions tls {} plain {}",
+         evictions tls {}+{} (source_cap+budget_full) plain {}+{}",
         per_listener[0][0] + per_listener[0][1],
         per_listener[1][0] + per_listener[1][1],
         evictions(&after, "tls", "source_cap"),
+        evictions(&after, "tls", "budget_full"),
         evictions(&after, "plain", "source_cap"),
+        evictions(&after, "plain", "budget_full"),
     );
     for (echo, tls) in [(&tls_echo, true), (&plain_echo, false)] {
         assert!(
@@ -218,15 +220,18 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
     assert_eq!(after.connections("tls", "forwarded"), 1, "{}", after.0);
     assert_eq!(after.connections("plain", "forwarded"), 1, "{}", after.0);
 
-    // Per listener and source, at most 64 (a quarter of the default budget of
-    // 256) wait for their RQ: every one beyond that evicted the oldest of its
-    // source, and echoscu's own connection from 127.0.0.1 one more.
+    // Each listener's budget is 256 (its default max_connections), a
+    // source's share 64. The connections beyond the budget (echoscu's
+    // included) must have been evicted; and no source is cut below 63 of its
+    // own (trimming stops there, and a full budget evicts from the busiest of
+    // the two sources, which holds 128 or more). Which rule evicted depends
+    // on timing; the bounds do not.
     for (i, listener) in ["tls", "plain"].into_iter().enumerate() {
-        let beyond: u64 = per_listener[i].iter().map(|c| c.saturating_sub(64)).sum();
-        let echo_evicted = u64::from(per_listener[i][0] >= 64);
-        assert_eq!(evictions(&after, listener, "source_cap"), beyond + echo_evicted, "{listener}:\n{}", after.0);
-        assert_eq!(evictions(&after, listener, "budget_full"), 0, "{listener}:\n{}", after.0);
-        assert_eq!(after.connections(listener, "limit"), beyond + echo_evicted, "{listener}:\n{}", after.0);
+        let evicted = evictions(&after, listener, "source_cap") + evictions(&after, listener, "budget_full");
+        let lower = (per_listener[i].iter().sum::<u64>() + 1).saturating_sub(256);
+        let upper: u64 = per_listener[i].iter().map(|c| c.saturating_sub(63)).sum();
+        assert!((lower..=upper).contains(&evicted), "{listener}: {evicted} evictions, expected {lower}..={upper}");
+        assert_eq!(after.connections(listener, "limit"), evicted, "{listener}: evictions are its limit outcomes");
     }
     // Evictions are summarised, not one line each.
     let log = daemon.log_text();

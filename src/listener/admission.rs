@@ -8,12 +8,15 @@
 //! instead of refusing so that the newest connection always gets its chance:
 //!
 //! - a listener holds at most [`Budget::capacity`] pre-association
-//!   connections (default: `max_connections`, at least [`MIN_BUDGET`]), and
-//!   one source address at most [`Budget::per_source`] of them (a quarter);
-//! - a new connection from a source at its cap evicts that source's oldest
-//!   pre-association connection; when the whole budget is full it evicts the
-//!   oldest one of the source holding the most. A source with few connections
-//!   in progress (a legitimate peer) is thus never evicted by a busier one;
+//!   connections (default: `max_connections`, at least [`MIN_BUDGET`]);
+//! - a source address holds [`Budget::per_source`] of them (a quarter) as
+//!   of right: a new connection from a source at that share evicts the
+//!   source's oldest ones that have had [`STALE_AFTER`] to send their RQ.
+//!   Younger ones are kept (a burst of a real peer's associations from one
+//!   address is not cut short while the budget has room);
+//! - when the whole budget is full, a new connection evicts the oldest one of
+//!   the source holding the most. A source with few connections in progress
+//!   (a legitimate peer) is thus never evicted by a busier one;
 //! - a connection leaves the budget when its A-ASSOCIATE-RQ has been read
 //!   ("graduates") and only then takes one of `max_connections` association
 //!   slots; none free: A-ASSOCIATE-RJ 2/3/2 (local limit exceeded).
@@ -27,6 +30,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The smallest pre-association budget, whatever `max_connections` says: a
@@ -36,6 +42,11 @@ pub const MIN_BUDGET: usize = 32;
 /// The per-source cap is the budget divided by this (at least [`MIN_PER_SOURCE`]).
 const PER_SOURCE_SHARE: usize = 4;
 const MIN_PER_SOURCE: usize = 8;
+/// How long a connection of a source over its share may go without a
+/// complete RQ before a newer one of the same source evicts it: a TLS
+/// handshake and an RQ take a few round trips, well under a second even
+/// across a continent.
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a pre-association connection was evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +69,7 @@ impl Eviction {
 /// A pre-association connection as the budget sees it.
 struct Entry {
     id: u64,
+    since: Instant,
     evict: CancellationToken,
 }
 
@@ -90,6 +102,22 @@ impl Table {
         if queue.is_empty() {
             self.by_source.remove(&source);
         }
+    }
+
+    /// Evicts the oldest entries of `source` while it holds `share` or more
+    /// and the oldest has had [`STALE_AFTER`]; returns how many.
+    fn trim_source(&mut self, source: IpAddr, share: usize, now: Instant) -> usize {
+        let mut evicted = 0;
+        while self
+            .by_source
+            .get(&source)
+            .and_then(|q| q.front().map(|oldest| (q.len(), oldest.since)))
+            .is_some_and(|(len, since)| len >= share && now.duration_since(since) >= STALE_AFTER)
+        {
+            self.evict_oldest_of(source);
+            evicted += 1;
+        }
+        evicted
     }
 
     /// The source holding the most entries; on a tie, the one whose oldest is oldest.
@@ -157,13 +185,11 @@ impl Budget {
     /// Returns the ticket and each eviction it caused (the victim's source, why).
     pub fn enter(self: &Arc<Self>, source: IpAddr, capped: bool) -> (Ticket, Vec<(IpAddr, Eviction)>) {
         let mut evicted = Vec::new();
-        let (capacity, per_source) = (self.capacity(), self.per_source());
+        let (capacity, per_source, now) = (self.capacity(), self.per_source(), Instant::now());
         let mut t = lock(&self.table);
         if capped {
-            while t.by_source.get(&source).is_some_and(|q| q.len() >= per_source) {
-                t.evict_oldest_of(source);
-                evicted.push((source, Eviction::SourceCap));
-            }
+            let n = t.trim_source(source, per_source, now);
+            evicted.extend(std::iter::repeat_n((source, Eviction::SourceCap), n));
         }
         while t.len >= capacity {
             let Some(busiest) = t.busiest() else { break };
@@ -173,10 +199,10 @@ impl Budget {
         let id = t.next_id;
         t.next_id += 1;
         let evict = CancellationToken::new();
-        t.by_source.entry(source).or_default().push_back(Entry { id, evict: evict.clone() });
+        t.by_source.entry(source).or_default().push_back(Entry { id, since: now, evict: evict.clone() });
         t.len += 1;
         drop(t);
-        (Ticket { budget: self.clone(), source, id, evict, held: true }, evicted)
+        (Ticket { budget: self.clone(), source, id, since: now, evict, held: true }, evicted)
     }
 }
 
@@ -186,6 +212,7 @@ pub struct Ticket {
     budget: Arc<Budget>,
     source: IpAddr,
     id: u64,
+    since: Instant,
     evict: CancellationToken,
     held: bool,
 }
@@ -201,20 +228,17 @@ impl Ticket {
     /// applies to it. Returns the evictions it caused; `None`: this
     /// connection itself had already been evicted.
     pub fn rekey(&mut self, client: IpAddr) -> Option<Vec<(IpAddr, Eviction)>> {
-        let per_source = self.budget.per_source();
+        let (per_source, now) = (self.budget.per_source(), Instant::now());
         let mut t = lock(&self.budget.table);
         if !t.remove(self.source, self.id) {
             return None;
         }
-        let mut evicted = Vec::new();
-        while t.by_source.get(&client).is_some_and(|q| q.len() >= per_source) {
-            t.evict_oldest_of(client);
-            evicted.push((client, Eviction::SourceCap));
-        }
+        let n = t.trim_source(client, per_source, now);
+        let evicted = vec![(client, Eviction::SourceCap); n];
         let queue = t.by_source.entry(client).or_default();
         // Keep the order by age: entries of this source may be younger.
         let at = queue.iter().position(|e| e.id > self.id).unwrap_or(queue.len());
-        queue.insert(at, Entry { id: self.id, evict: self.evict.clone() });
+        queue.insert(at, Entry { id: self.id, since: self.since, evict: self.evict.clone() });
         t.len += 1;
         self.source = client;
         Some(evicted)
@@ -345,21 +369,27 @@ mod tests {
         assert_eq!((small.capacity(), small.per_source()), (MIN_BUDGET, MIN_PER_SOURCE));
     }
 
-    #[test]
-    fn a_source_at_its_cap_evicts_its_own_oldest() {
+    #[tokio::test(start_paused = true)]
+    async fn a_source_over_its_share_evicts_its_own_oldest_once_they_are_stale() {
         let b = Arc::new(Budget::new(256));
         let mut tickets: Vec<Ticket> = (0..64).map(|_| b.enter(ip(2), true).0).collect();
+        // A burst: the oldest had no time yet, so the 65th is let in over the share.
+        let (young, evicted) = b.enter(ip(2), true);
+        assert!(evicted.is_empty() && !young.evicted().is_cancelled());
+        assert_eq!(b.len(), 65);
+        tokio::time::advance(STALE_AFTER).await;
+        // Now the source is trimmed back under its share, oldest first.
         let (newest, evicted) = b.enter(ip(2), true);
-        assert_eq!(evicted, vec![(ip(2), Eviction::SourceCap)]);
-        assert!(tickets[0].evicted().is_cancelled());
-        assert!(tickets[1..].iter().all(|t| !t.evicted().is_cancelled()));
-        assert!(!newest.evicted().is_cancelled());
+        assert_eq!(evicted, vec![(ip(2), Eviction::SourceCap); 2]);
+        assert!(tickets[0].evicted().is_cancelled() && tickets[1].evicted().is_cancelled());
+        assert!(tickets[2..].iter().all(|t| !t.evicted().is_cancelled()));
+        assert!(!newest.evicted().is_cancelled() && !young.evicted().is_cancelled());
         assert_eq!(b.len(), 64);
         // Another source is untouched by all this.
         let (other, evicted) = b.enter(ip(1), true);
         assert!(evicted.is_empty() && !other.evicted().is_cancelled());
         assert!(!tickets[0].leave(), "an evicted ticket is no longer in the budget");
-        assert!(tickets[1].leave());
+        assert!(tickets[2].leave());
         assert_eq!(b.len(), 64);
     }
 
@@ -385,8 +415,8 @@ mod tests {
         assert!(!quiet.evicted().is_cancelled(), "the source with one connection is never the victim");
     }
 
-    #[test]
-    fn rekey_moves_a_balancer_connection_to_its_client_and_applies_the_cap() {
+    #[tokio::test(start_paused = true)]
+    async fn rekey_moves_a_balancer_connection_to_its_client_and_applies_the_share() {
         let b = Arc::new(Budget::new(256));
         let lb = ip(9);
         let mut from_client: Vec<Ticket> = (0..64)
@@ -396,6 +426,7 @@ mod tests {
                 t
             })
             .collect();
+        tokio::time::advance(STALE_AFTER).await;
         let mut late = b.enter(lb, false).0;
         assert_eq!(late.rekey(ip(2)), Some(vec![(ip(2), Eviction::SourceCap)]));
         assert!(from_client[0].evicted().is_cancelled());
