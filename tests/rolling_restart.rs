@@ -120,6 +120,8 @@ impl Instance {
             if self.metric(r#"dicomgate_active_connections{listener="store"}"#).await > 0 {
                 return true;
             }
+            // Associations last tens of milliseconds: look often.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         false
     }
