@@ -142,7 +142,7 @@ impl RefusalLog {
         if let Some(source) = first {
             tracing::warn!(
                 target: "dicomgate::refusals",
-                listener, source = %source, reason = refusal.as_str(),
+                listener = %listener, source = %source, reason = refusal.as_str(),
                 "{source}: connection refused ({}): {}; more from this source are summarised every {} s",
                 refusal.as_str(), refusal.describe(), INTERVAL.as_secs()
             );
