@@ -84,7 +84,7 @@ async fn hold(
     connected: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
-    let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(10), connect_from(from, to)).await else {
+    let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(30), connect_from(from, to)).await else {
         panic!("{kind:?} from {from}: connect to {to} failed or timed out");
     };
     let rq = wire::associate_rq(1, 1);
@@ -127,6 +127,20 @@ async fn drip<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: &[u8], stop: C
     }
 }
 
+/// TcpExt ListenDrops of /proc/net/netstat (system-wide): handshakes the
+/// kernel dropped because a listener's accept queue was full.
+fn listen_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn evictions(s: &Scrape, listener: &str, reason: &str) -> u64 {
     s.value("dicomgate_preassociation_evictions_total", &[("listener", listener), ("reason", reason)]) as u64
 }
@@ -143,6 +157,10 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
 
     // Half from 127.0.0.1 (the same address as echoscu), half from 127.0.0.2.
     let (connected, stop) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
+    let drops_before = listen_drops();
+    // Connections start evenly over the ramp (at most 1.5 s), so that the
+    // larger sizes of scripts/abuse.sh do not only measure the accept queue.
+    let ramp = (Duration::from_micros(300) * n as u32).min(Duration::from_millis(1500));
     let mut per_listener = [[0u64; 2]; 2]; // [tls, plain][source .1, .2]
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -152,24 +170,33 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
             per_listener[usize::from(on_plain)][from] += 1;
             let to = if on_plain { plain_addr } else { tls_addr };
             let (client, connected, stop) = (client.clone(), connected.clone(), stop.clone());
-            tokio::spawn(hold(kind, source(1 + from as u8), to, client, connected, stop))
+            let start_after = ramp * i as u32 / n as u32;
+            tokio::spawn(async move {
+                tokio::time::sleep(start_after).await;
+                hold(kind, source(1 + from as u8), to, client, connected, stop).await
+            })
         })
         .collect();
 
-    // Every hostile connection was accepted: it is open, or was evicted.
-    let ramp = Instant::now();
+    // Every hostile connection was accepted: it is open, or was evicted;
+    // or the kernel dropped its handshake (accept queue full at the larger sizes).
+    let ramp_started = Instant::now();
     loop {
         let s = daemon.scrape().await;
         let accepted = s.active("tls") as u64
             + s.active("plain") as u64
             + s.connections("tls", "limit")
             + s.connections("plain", "limit");
-        if accepted >= n as u64 {
+        let dropped = listen_drops().saturating_sub(drops_before);
+        // A dropped handshake is retried by the client's kernel after 1, 3, 7 s:
+        // give those 10 s before going on without them.
+        let retried = ramp_started.elapsed() >= ramp + Duration::from_secs(10);
+        if accepted >= n as u64 || (accepted + dropped >= n as u64 && retried) {
             break;
         }
         assert!(
-            ramp.elapsed() < Duration::from_secs(20),
-            "only {accepted} of {n} hostile connections accepted:\n{}",
+            ramp_started.elapsed() < Duration::from_secs(30),
+            "only {accepted} of {n} hostile connections accepted ({dropped} kernel drops):\n{}",
             s.0
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -184,6 +211,7 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
         echoscu(plain_addr, false, Duration::from_secs(40))
     );
     let echo_took = echo_started.elapsed();
+    let dropped = listen_drops().saturating_sub(drops_before);
     // An evicted connection's task counts its `limit` outcome a moment after
     // the evictor counted the eviction.
     let settled = Instant::now();
@@ -202,7 +230,7 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
     eprintln!(
         "admission at defaults: {n} hostile connections ({} TLS-side, {} plaintext; half from 127.0.0.1, half from \
          127.0.0.2), {handshaken} connected (TLS: handshake done), {open_before} open when echoscu started; echoscu +tls and plain together took {echo_took:?}; \
-         evictions tls {}+{} (source_cap+budget_full) plain {}+{}",
+         evictions tls {}+{} (source_cap+budget_full) plain {}+{}; kernel listen drops {dropped}",
         per_listener[0][0] + per_listener[0][1],
         per_listener[1][0] + per_listener[1][1],
         evictions(&after, "tls", "source_cap"),
@@ -228,7 +256,7 @@ async fn hundreds_of_silent_and_slow_allowed_peers_do_not_keep_echoscu_out_at_de
     // on timing; the bounds do not.
     for (i, listener) in ["tls", "plain"].into_iter().enumerate() {
         let evicted = evictions(&after, listener, "source_cap") + evictions(&after, listener, "budget_full");
-        let lower = (per_listener[i].iter().sum::<u64>() + 1).saturating_sub(256);
+        let lower = (per_listener[i].iter().sum::<u64>() + 1).saturating_sub(256 + dropped);
         let upper: u64 = per_listener[i].iter().map(|c| c.saturating_sub(63)).sum();
         assert!((lower..=upper).contains(&evicted), "{listener}: {evicted} evictions, expected {lower}..={upper}");
         assert_eq!(after.connections(listener, "limit"), evicted, "{listener}: evictions are its limit outcomes");
