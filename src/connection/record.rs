@@ -16,6 +16,7 @@ use crate::backend::ConnectFailure;
 use crate::config::ServerAddress;
 use crate::dicom::associate::MalformedAssociate;
 use crate::dicom::pdu::{describe_abort, describe_rejection, Rejection};
+use crate::listener::Refusal as SummarisedRefusal;
 use crate::metrics::Outcome;
 use crate::proxy_protocol::{ProxyError, ProxyHeader};
 use crate::relay::{self, RelayEnd, RelayReport, Side, Truncation};
@@ -93,6 +94,18 @@ impl Refused {
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
+        }
+    }
+
+    /// The refusal-log reason when this refusal is summarised rather than
+    /// audited (see [`crate::listener::refusals`]).
+    pub fn summarised(&self) -> Option<SummarisedRefusal> {
+        match self {
+            Refused::SourceDenied => Some(SummarisedRefusal::DeniedIp),
+            Refused::NotALoadBalancer => Some(SummarisedRefusal::NotLoadBalancer),
+            Refused::ProxiedClientDenied { .. } => Some(SummarisedRefusal::ProxyDeniedIp),
+            Refused::OverLimit(_) => Some(SummarisedRefusal::OverLimit),
+            _ => None,
         }
     }
 
@@ -202,6 +215,15 @@ pub fn finish(listener: &str, trail: Trail, ending: &Ending, elapsed: Duration, 
         }
         if let Some(report) = &f.relay {
             metrics.association_ended(listener, report.end.kind());
+        }
+    }
+    // What anyone can cause for free (a stranger's address, a full gateway)
+    // is summarised in the log per source, not written one audit line each.
+    if let Ending::Refused(refused) = ending {
+        if let Some(refusal) = refused.summarised() {
+            let client = trail.proxied_client.unwrap_or(trail.tcp_peer);
+            services.refusals.record(listener, client.ip(), refusal);
+            return;
         }
     }
     let audit = record(listener, trail, ending);
