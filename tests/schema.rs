@@ -207,6 +207,8 @@ listeners:
     timeouts: {}
 log: {}
 shutdown: {}
+audit:
+  syslog: {address: arr.hospital.local:6514, ca: arr-ca.pem}
 "#;
     let mut explicit: Value = serde_yaml::from_str(minimal).expect("yaml");
     let mut count = 0;
