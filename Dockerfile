@@ -10,7 +10,8 @@
 # published port (and Prometheus) reaches the admin endpoint, and keep files
 # the gateway writes (generate_if_missing) under /var/lib/dicomgate.
 
-# ---- build: the same `cargo build --locked` as CI, on the same Debian release
+# ---- build: the release profile ([profile.release] in Cargo.toml), the same
+# binary scripts/build-package.sh puts in the .deb, on the same Debian release
 # as the runtime image, so the binary's glibc matches.
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The abuse suite (tests/abuse.rs) at sizes too large for CI, against the real
-# release binary: slowloris connections (TCP and TLS, silent or one byte a
-# second) while DCMTK's echoscu must still be served, a connect-and-close
+# release binary at its default limits (no max_connections key: issue 11):
+# slowloris connections (TCP and TLS, silent or one byte a second) from
+# 127.0.0.2 while DCMTK's echoscu must still be served, a connect-and-close
 # flood that must leave the daemon's fds and RSS at baseline, and the hostile
-# first-PDU cases. Loopback only (127.0.0.0/8); every loop is bounded in count
+# first-PDU cases. Then tests/admission_defaults.rs at its larger sizes. Loopback only (127.0.0.0/8); every loop is bounded in count
 # and the whole run in time.
 #
 #   scripts/abuse.sh [SLOWLORIS [FLOOD]]     defaults: 5000 slowloris, 20000 flood
@@ -41,3 +42,8 @@ export ABUSE_SLOWLORIS="$slowloris" ABUSE_FLOOD="$flood"
 # One test at a time, so each has the machine to itself; 30 minutes at most.
 timeout --kill-after=30s 1800 \
   cargo test --release --locked --test abuse -- --nocapture --test-threads=1
+# Hostile peers from allowed addresses against echoscu, and a denied flood,
+# with no limit or timeout key at all.
+export ADMISSION_HOSTILE="$slowloris" ADMISSION_DENIED="$flood"
+timeout --kill-after=30s 900 \
+  cargo test --release --locked --test admission_defaults -- --nocapture --test-threads=1

@@ -10,6 +10,10 @@
 #   chromium   headless rendering and screenshot of the status page (tests/admin_page.rs)
 #   rsyslog    the syslog receiver of the ATNA audit trail tests (imtcp, RFC 6587)
 #   rsyslog-gnutls  its TLS driver (RFC 5425, client certificates), tests/atna_syslog.rs
+#   lintian    the Debian package check (scripts/check-package.sh)
+# and from PyPI:
+#   check-jsonschema  validates configs against `dicomgate schema` (tests/schema.rs)
+# (cargo-deb comes from crates.io: scripts/build-package.sh installs it.)
 set -euo pipefail
 
 need=()
@@ -22,8 +26,31 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+
+# PyPI, not Debian: Debian's python3-check-jsonschema is not in every release.
+need_pip_for_check_jsonschema() {
+  command -v check-jsonschema >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing check-jsonschema (tests/schema.rs will skip); run: pip install check-jsonschema" >&2
+    return 0
+  fi
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
+  return 0
+}
+need_pip_for_check_jsonschema
+pip_install() {
+  command -v check-jsonschema >/dev/null 2>&1 && return 0
+  [ "$(id -u)" -eq 0 ] || return 0
+  echo "install-test-deps: installing check-jsonschema (PyPI)"
+  # Debian's system Python refuses pip installs (PEP 668) unless told to;
+  # this is a test tool on a CI or developer machine, not a system package.
+  python3 -m pip install --quiet check-jsonschema 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages check-jsonschema
+}
 
 if [ ${#need[@]} -eq 0 ]; then
+  pip_install
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -34,3 +61,4 @@ echo "install-test-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+pip_install

@@ -1,5 +1,5 @@
 //! Process exit codes. Stable: scripts and systemd units rely on them
-//! (README.md, "Exit codes"). A module of its own so that the commands
+//! (docs/operations.md, "Command line and exit codes"). A module of its own so that the commands
 //! (`check`, `echo`, `gen-cert`) and `main` share them without importing `cli`.
 
 /// Success.
@@ -11,7 +11,7 @@ pub const USAGE: u8 = 2;
 /// The configuration file (or a certificate/key it names) is invalid.
 pub const CONFIG: u8 = 64;
 
-// `dicomgate echo` only (table in `echo`'s module docs and README):
+// `dicomgate echo` only (table in `echo`'s module docs and docs/operations.md):
 // one code per kind of failure, so scripts can tell them apart.
 /// echo: the association was rejected (A-ASSOCIATE-RJ).
 pub const ECHO_REJECTED: u8 = 3;

@@ -12,11 +12,14 @@
 //! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
 //! - [`prepare`]: what `run` and `check` both build from a config (listener and backend runtimes).
 //! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
-//! - [`listener`]: accept loop, source allow list, connection limit.
+//! - [`listener`]: accept loop, source allow list, the pre-association budget, the refusal log (summaries, not a line each).
 //! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
-//! - [`connection`]: one connection, phase by phase, each under a named deadline.
-//! - [`tls`]: rustls server/client configurations and client-certificate pinning.
-//! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs.
+//! - [`connection`]: one connection, phase by phase, each under a named deadline; `connection::record::finish`
+//!   is the one place a finished connection becomes audit event, metrics, status-page entry and ATNA event.
+//! - [`tls`]: server configuration, backend client configuration, client-certificate pinning, and the
+//!   stream type with its bulk read path (`tls::stream`).
+//! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs, and the one DIMSE
+//!   command-set reader and status table (`dicom::command_set`).
 //! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
 //! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
 //! - [`relay`]: PDU-framed relay in both directions.
@@ -27,7 +30,8 @@
 //! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
 //! - [`check`]: `dicomgate check`, everything `run` would load, without running.
 //! - [`cli`]: the clap arguments (only `main` uses them); [`exit`]: the process exit codes.
-//! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify.
+//! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify; sockets passed by
+//!   systemd (`lifecycle::sockets`) and the SIGUSR2 binary upgrade (`lifecycle::upgrade`).
 //! - [`recent`]: the bounded ring of recently finished connections (status page, `/status`).
 //! - [`admin`]: the admin HTTP endpoint (status page, /status, /metrics, /healthz, /readyz; `admin.allow`).
 #![forbid(unsafe_code)]

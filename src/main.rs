@@ -1,6 +1,6 @@
 //! The `dicomgate` binary: parse the command line, load the configuration,
 //! set up logging, run the library, map the result to an exit code
-//! (README.md, "Exit codes").
+//! (docs/operations.md, "Command line and exit codes").
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -20,6 +20,17 @@ fn main() -> ExitCode {
         Command::Check(args) => dicomgate::check::check_command(&args.config, args.echo),
         Command::Echo(args) => dicomgate::echo::echo_command(&args.into()),
         Command::GenCert(args) => dicomgate::pki::gen_cert_command(&args.into()),
+        Command::Schema => {
+            print!("{}", dicomgate::config::schema::json_schema_text());
+            exit::OK
+        }
+        Command::GenerateAssets(args) => match dicomgate::cli::assets::generate(&args.out) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("dicomgate: cannot write assets into {}: {e}", args.out.display());
+                exit::FAILURE
+            }
+        },
     };
     ExitCode::from(code)
 }

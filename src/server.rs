@@ -30,7 +30,7 @@ use crate::connection::Services;
 use crate::lifecycle::sockets::{Inherited, SocketError, ADMIN_FD_NAME};
 use crate::lifecycle::upgrade::{self, Relauncher};
 use crate::lifecycle::{Lifecycle, State};
-use crate::listener::{accept_loop, Limits, Snapshot};
+use crate::listener::{accept_loop, Limits, RefusalLog, Snapshot};
 use crate::metrics::Metrics;
 use crate::prepare::{self, Backends, Generation, PrepareError, Prepared, PreparedListener};
 use crate::recent::RecentAssociations;
@@ -235,7 +235,13 @@ impl Gateway {
             force_abort: CancellationToken::new(),
             recent: board.recent.clone(),
             atna: atna.clone(),
+            refusals: RefusalLog::new(),
         };
+        let summaries_stop = CancellationToken::new();
+        let summaries = services.refusals.spawn_summaries(summaries_stop.clone());
+        crate::listener::raise_nofile_limit(
+            config.listeners.values().map(|l| crate::listener::descriptors_needed(l.max_connections)).sum(),
+        );
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|Socket { address, tcp, .. }| {
             let allow = Arc::new(config.admin.clone().unwrap_or_else(|| (*crate::admin::loopback_only()).clone()));
@@ -338,6 +344,8 @@ impl Gateway {
             let _ = tokio::time::timeout(FINAL_CLOSE, tracker.wait()).await;
         }
         lifecycle.set(State::Stopped);
+        summaries_stop.cancel();
+        let _ = summaries.await;
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
@@ -425,25 +433,27 @@ async fn reload_config(
             (None, Some(slot)) => {
                 banner(&name, slot.bound, &built, metrics);
                 views.push(ListenerView::new(&built.runtime.config, slot.bound, built.certificate.as_ref()));
-                let limits = {
-                    let old = slot.publish.borrow();
-                    if old.runtime.config.max_connections == max {
-                        old.limits.clone()
-                    } else {
-                        Limits::new(max)
-                    }
-                };
+                // The same counts, new numbers: live connections keep counting.
+                let limits = slot.publish.borrow().limits.clone();
+                limits.resize(max);
                 slot.publish.send_replace(Snapshot { runtime: built.runtime, limits });
             }
             (Some(socket), existing) => {
-                if let Some(old) = existing {
-                    old.stop.cancel();
-                    tracing::info!(listener = %name, from = %old.bound, to = %socket.address, "listener moved");
-                }
+                // A moved listener keeps counting the connections it accepted at its old address.
+                let limits = match existing {
+                    Some(old) => {
+                        old.stop.cancel();
+                        tracing::info!(listener = %name, from = %old.bound, to = %socket.address, "listener moved");
+                        let limits = old.publish.borrow().limits.clone();
+                        limits.resize(max);
+                        limits
+                    }
+                    None => Limits::new(max),
+                };
                 metrics.register_listener(&name);
                 banner(&name, socket.address, &built, metrics);
                 views.push(ListenerView::new(&built.runtime.config, socket.address, built.certificate.as_ref()));
-                let (name, slot) = start_listener(Bound { name, socket, built }, Limits::new(max), services, tracker);
+                let (name, slot) = start_listener(Bound { name, socket, built }, limits, services, tracker);
                 slots.insert(name, slot);
             }
             // An unchanged address always has a slot (see `rebind` above).

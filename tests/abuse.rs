@@ -1,6 +1,6 @@
-//! Abuse suite (issue 7): the real `dicomgate run` keeps serving a real DCMTK
-//! `echoscu` under slowloris connections and closes each of them at the ACSE
-//! deadline; a connect-and-close flood leaves its file descriptors and memory
+//! Abuse suite (issues 7 and 11), at default limits: the real `dicomgate run`
+//! keeps serving a real DCMTK `echoscu` under slowloris connections from
+//! another allowed address, and none of them outlives the ACSE deadline; a connect-and-close flood leaves its file descriptors and memory
 //! where they were; hostile first bytes are closed or rejected within their
 //! deadline and the service continues.
 //!
@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,10 +30,12 @@ const RSS_MARGIN_KIB: u64 = 20 * MIB_IN_KIB;
 
 /// Listeners `tls` and `plain` (default 64 KiB RQ bound) and `big` (TLS,
 /// `max_associate_rq_length` raised to 1 MiB), all routing PACS to `scp`.
-fn write_config(dir: &Path, scp: SocketAddr, max_connections: usize) -> PathBuf {
+/// `max_connections` is left at its default (issue 11: the defaults are what
+/// must hold); the ACSE deadline is short so that the suite is.
+fn write_config(dir: &Path, scp: SocketAddr) -> PathBuf {
     let policy = format!(
         "    allow: [127.0.0.0/8]\n    calling_ae_titles: [CLOUD]\n    routes: {{PACS: pacs}}\n    \
-         max_connections: {max_connections}\n    timeouts: {{acse: {}s, dimse: 30s, connect: 2s}}\n",
+         timeouts: {{acse: {}s, dimse: 30s, connect: 2s}}\n",
         ACSE.as_secs()
     );
     let tls = "    tls: {certificate: scp_cert.pem, private_key: scp_key.pem}\n";
@@ -84,46 +86,62 @@ async fn wait_until_counted(daemon: &Daemon, expected: u64) -> Scrape {
 }
 
 /// A TLS certificate, `storescp` and the daemon in `dir`.
-async fn start(dir: &Path, max_connections: usize) -> (Daemon, ScpProcess) {
+async fn start(dir: &Path) -> (Daemon, ScpProcess) {
     support::init();
     gen_cert(dir, 365).await;
     let scp = storescp(support::PACS_AE, &[], dir).await;
-    let daemon = Daemon::start(&write_config(dir, scp.addr, max_connections)).await;
+    let daemon = Daemon::start(&write_config(dir, scp.addr)).await;
     (daemon, scp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acse_deadline() {
+async fn slowloris_connections_do_not_stop_echoscu_and_none_outlives_the_acse_deadline() {
     require_tool!("echoscu", "storescp");
     let n = size_from_env("ABUSE_SLOWLORIS", 300);
     require_nofile(2 * n as u64 + 256);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut daemon, mut scp) = start(dir.path(), n + 64).await;
+    let (mut daemon, mut scp) = start(dir.path()).await;
     let (tls_addr, plain_addr) = (daemon.addr("tls"), daemon.addr("plain"));
     let client = support::wire::insecure_client();
 
+    // The slow peers come from 127.0.0.2, an allowed address other than
+    // echoscu's: each listener keeps at most a quarter of its
+    // pre-association budget (64 at defaults) for one source and evicts that
+    // source's oldest for its newest, so the pressure is all there but stays
+    // with its source. (A peer that reconnects at once when evicted can only
+    // crowd out other connections from its own address.)
+    let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let drops_before = listen_drops();
     let pressure = Arc::new(Pressure::default());
     let give_up = ACSE + LATE + Duration::from_secs(2);
-    // Connections start evenly over the ramp: 0.3 ms apart, at most 1.5 s in all
-    // (well under ACSE, so all n are open together).
+    // Connections start evenly over the ramp: 0.3 ms apart, at most 1.5 s in all.
     let ramp = (Duration::from_micros(300) * n as u32).min(Duration::from_millis(1500));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let kind = Slow::ALL[i % Slow::ALL.len()];
             let addr = if kind.on_tls_listener() { tls_addr } else { plain_addr };
             let start_after = ramp * i as u32 / n as u32;
-            tokio::spawn(slowloris(kind, addr, client.clone(), pressure.clone(), start_after, give_up))
+            tokio::spawn(slowloris(kind, attacker, addr, client.clone(), pressure.clone(), start_after, give_up))
         })
         .collect();
 
-    // Wait for the pressure to build (the connections come back as soon as
-    // the gateway closes them, so nearly all n are open at any moment).
-    let wanted = n - n / 20;
+    // Wait for the pressure to build: every task has started, and both
+    // listeners are evicting (their pre-association budgets hold at most 256
+    // each, so at large sizes most of the n are being refused at any moment:
+    // evicted, they reconnect at once).
+    let wanted = (n - n / 20).min(256);
     let ramp_started = Instant::now();
-    while pressure.open.load(Ordering::SeqCst) < wanted {
+    loop {
+        let s = daemon.scrape().await;
+        let evicting = ["tls", "plain"]
+            .iter()
+            .all(|l| s.value("dicomgate_preassociation_evictions_total", &[("listener", l)]) > 0.0);
+        if ramp_started.elapsed() >= ramp && evicting && pressure.open.load(Ordering::SeqCst) >= wanted {
+            break;
+        }
         assert!(
             ramp_started.elapsed() < Duration::from_secs(30),
-            "only {} of {n} slow connections open",
+            "only {} of {n} slow connections open, evicting on both listeners: {evicting}",
             pressure.open.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -143,8 +161,8 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
         lives.extend(support::within(give_up * 2, "slowloris tasks to end", t).await.expect("slowloris task"));
     }
     eprintln!(
-        "slowloris: {n} concurrent ({open_at_echo} open when echoscu started, {open_after_echo} when it ended), \
-         {} connections in all; both echoes took {echo_took:?}",
+        "slowloris at default limits: {n} concurrent from 127.0.0.2 ({open_at_echo} open when echoscu started, \
+         {open_after_echo} when it ended), {} connections in all; both echoes took {echo_took:?}",
         lives.len()
     );
     for (echo, tls) in [(&tls_echo, true), (&plain_echo, false)] {
@@ -154,30 +172,58 @@ async fn slowloris_connections_do_not_stop_echoscu_and_each_is_closed_at_the_acs
             support::tools::output_text(echo)
         );
     }
-    assert!(open_at_echo >= wanted, "the pressure was gone before echoscu ran");
+    assert!(open_at_echo >= wanted, "the pressure was gone before echoscu ran ({open_at_echo} open)");
 
-    let mut longest = Duration::ZERO;
+    // Each slow connection was evicted (closed early, for a newer one of its
+    // source) or closed at the ACSE deadline; none lived longer. Measured
+    // from the client's connect, which is also the gateway's accept unless
+    // the kernel's accept queue overflowed: evicted peers that reconnect at
+    // once are a connect flood, and at abuse.sh's sizes the kernel drops
+    // handshakes (TcpExt ListenDrops), so a connection can wait there for
+    // seconds of SYN-ACK retransmission before the gateway sees it. Then only
+    // the gateway's own accounting is exact, and lifetimes are reported.
+    let scrape = daemon.wait_idle(&["tls", "plain"], Duration::from_secs(30)).await;
+    let dropped = listen_drops().saturating_sub(drops_before);
+    let strict = dropped == 0;
+    let (mut longest, mut early, mut stuck) = (Duration::ZERO, 0, 0);
     for kind in Slow::ALL {
         let of_kind: Vec<_> = lives.iter().filter(|l| l.kind == kind).collect();
         assert!(!of_kind.is_empty(), "no {kind:?} connection ran");
         for life in of_kind {
-            let lived = life.lived.unwrap_or_else(|| panic!("a {kind:?} connection was still open after {give_up:?}"));
+            let Some(lived) = life.lived else {
+                assert!(!strict, "a {kind:?} connection was still open after {give_up:?}");
+                stuck += 1;
+                continue;
+            };
             assert!(
-                lived + EARLY >= ACSE && lived <= ACSE + LATE,
-                "a {kind:?} connection was closed after {lived:?}, expected at the ACSE deadline ({ACSE:?})"
+                !strict || lived <= ACSE + LATE,
+                "a {kind:?} connection was closed after {lived:?}, past the ACSE deadline"
             );
+            early += usize::from(lived + EARLY < ACSE);
             longest = longest.max(lived);
         }
     }
-    eprintln!("slowloris: every connection closed between {:?} and {longest:?} after connect", ACSE - EARLY);
-
-    let scrape = daemon.wait_idle(&["tls", "plain"], Duration::from_secs(10)).await;
+    let evicted = |l: &str| scrape.value("dicomgate_preassociation_evictions_total", &[("listener", l)]) as u64;
+    eprintln!(
+        "slowloris: every connection closed within {longest:?} of connect ({stuck} still open client-side after \
+         {give_up:?}); {early} before the ACSE deadline; evicted: tls {}, plain {}; kernel listen drops {dropped}",
+        evicted("tls"),
+        evicted("plain")
+    );
     let on_tls = lives.iter().filter(|l| l.kind.on_tls_listener()).count() as u64;
     let on_plain = lives.len() as u64 - on_tls;
-    assert_eq!(scrape.connections("tls", "timeout"), on_tls, "{}", scrape.0);
-    assert_eq!(scrape.connections("plain", "timeout"), on_plain, "{}", scrape.0);
-    assert_eq!(scrape.connections("tls", "forwarded"), 1);
-    assert_eq!(scrape.connections("plain", "forwarded"), 1);
+    for (listener, count) in [("tls", on_tls), ("plain", on_plain)] {
+        let (timeouts, limit) = (scrape.connections(listener, "timeout"), scrape.connections(listener, "limit"));
+        // Every connection the gateway accepted timed out or was evicted; one
+        // whose handshake the kernel dropped may never have reached it.
+        assert!(
+            timeouts + limit <= count && count - (timeouts + limit) <= dropped,
+            "{listener}: {count} slow connections, {timeouts} timed out, {limit} evicted, {dropped} kernel drops:\n{}",
+            scrape.0
+        );
+        assert_eq!(limit, evicted(listener), "{listener}: the limit outcomes are the evictions:\n{}", scrape.0);
+        assert_eq!(scrape.connections(listener, "forwarded"), 1);
+    }
     daemon.assert_running();
     scp.assert_running();
 }
@@ -189,7 +235,7 @@ async fn a_connect_and_close_flood_leaves_fds_and_memory_at_baseline() {
     let parallel = 64;
     require_nofile(4 * parallel as u64 + 256);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut daemon, mut scp) = start(dir.path(), 256).await;
+    let (mut daemon, mut scp) = start(dir.path()).await;
     let (tls_addr, plain_addr) = (daemon.addr("tls"), daemon.addr("plain"));
     let client = support::wire::insecure_client();
 
@@ -242,7 +288,7 @@ async fn a_connect_and_close_flood_leaves_fds_and_memory_at_baseline() {
 async fn hostile_first_bytes_are_closed_or_rejected_within_their_deadline_and_service_continues() {
     require_tool!("echoscu", "storescp");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut daemon, mut scp) = start(dir.path(), 256).await;
+    let (mut daemon, mut scp) = start(dir.path()).await;
     let (tls_addr, plain_addr, big_addr) = (daemon.addr("tls"), daemon.addr("plain"), daemon.addr("big"));
     let client = support::wire::insecure_client();
     assert_echo(tls_addr, true).await;
@@ -379,7 +425,7 @@ async fn rq_to_a_silent_scp(dir: &Path) -> (Daemon, Vec<u8>, support::wire::Endi
     support::init();
     gen_cert(dir, 365).await;
     let (scp, mut received) = silent_scp().await;
-    let daemon = Daemon::start(&write_config(dir, scp, 16)).await;
+    let daemon = Daemon::start(&write_config(dir, scp)).await;
     let rq = support::wire::associate_rq(1, 1);
     let mut s = support::wire::tls_connect(daemon.addr("tls"), support::wire::insecure_client()).await.expect("TLS");
     let sent = Instant::now();

@@ -141,3 +141,54 @@ async fn overflow_beyond_the_bounded_rejections_is_closed() {
     assert_eq!(scu::echo(&mut held, 9).await, Ok(0));
     held.release().await.expect("release");
 }
+
+/// Waits until `dicomgate_config_reloads_total{result="success"}` is `n`.
+async fn wait_for_reloads(metrics: &dicomgate::Metrics, n: u64) {
+    let line = format!("dicomgate_config_reloads_total{{result=\"success\"}} {n}");
+    support::wait_until(PROMPT, "the reload to be applied", || metrics.render().contains(&line), || metrics.render())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_lowers_max_connections_keeps_counting_the_live_associations() {
+    // Issue 11: a new limit used to come with a fresh semaphore that forgot
+    // the associations already running, so a reload could admit past it.
+    let scp = TestScp::spawn(PACS_AE).await;
+    let spec = GatewaySpec::store(&[scp.addr]).listener(|l| l.max_connections = Some(2));
+    let mut gw = spec.start().await;
+    let mut first = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("first");
+    let second = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("second");
+    wait_for_active(&gw.metrics, "store", 2).await;
+
+    gw.reload(&spec.clone().listener(|l| l.max_connections = Some(1)).to_yaml()).await;
+    wait_for_reloads(&gw.metrics, 1).await;
+    let refused = |expected: u64| {
+        let (addr, metrics) = (gw.addr(), gw.metrics.clone());
+        async move {
+            let mut s = raw::tls_connect(addr, pki().client_config(None)).await.expect("TLS");
+            raw::send(&mut s, &raw::associate_rq(PACS_AE, CLOUD_AE)).await.expect("send RQ");
+            raw::expect_rejection(&mut s, LOCAL_LIMIT_EXCEEDED).await;
+            wait_for_count(&metrics, "store", Outcome::Limit, expected).await;
+        }
+    };
+    // Two live against a limit of one: refused; one live: still refused.
+    refused(1).await;
+    assert_eq!(scu::echo(&mut first, 3).await, Ok(0), "live associations continue across the reload");
+    first.release().await.expect("release first");
+    wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
+    refused(2).await;
+    second.release().await.expect("release second");
+    wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 2).await;
+    wait_for_active(&gw.metrics, "store", 0).await;
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("within the new limit");
+    wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 3).await;
+
+    // Raising it applies at once to the same count.
+    let held = scu::associate_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("held");
+    wait_for_active(&gw.metrics, "store", 1).await;
+    refused(3).await;
+    gw.reload(&spec.clone().listener(|l| l.max_connections = Some(2)).to_yaml()).await;
+    wait_for_reloads(&gw.metrics, 2).await;
+    scu::echo_tls(gw.addr(), pki().client_config(None), CLOUD_AE, PACS_AE).await.expect("after raising the limit");
+    held.release().await.expect("release held");
+}

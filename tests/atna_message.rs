@@ -12,6 +12,7 @@ use dicomgate::atna::message::{self, codes, Outcome};
 use dicomgate::atna::Identity;
 use dicomgate::audit::AuditRecord;
 use dicomgate::metrics::Outcome as ConnectionOutcome;
+use dicomgate::tls::HandshakeFailure;
 use support::atna::schema;
 
 fn identity() -> Identity {
@@ -82,6 +83,7 @@ fn application_start_and_stop_are_application_activity() {
 fn refused_calling_ae_is_a_node_authentication_alert_naming_the_peer() {
     let event = AuditEvent::for_connection(
         ConnectionOutcome::RejectedCallingAe,
+        None,
         &record("INTRUDER", "calling AE title not allowed"),
     )
     .expect("a refused calling AE title is audited");
@@ -107,17 +109,25 @@ fn refused_calling_ae_is_a_node_authentication_alert_naming_the_peer() {
 
 #[test]
 fn certificate_and_handshake_failures_are_told_apart() {
+    // As tokio-rustls returns them: the rustls error inside the io::Error.
+    let no_certificate = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::NoCertificatesPresented);
+    let no_suite = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon),
+    );
     let mut r = AuditRecord::new("store", peer());
-    r.detail = Some("TLS handshake failed: peer sent no certificates".into());
-    let event = AuditEvent::for_connection(ConnectionOutcome::TlsError, &r).expect("audited");
+    r.detail = Some(format!("TLS handshake failed: {no_certificate}"));
+    let handshake = Some(HandshakeFailure::of(&no_certificate));
+    let event = AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &r).expect("audited");
     let xml = message::render(&event, &identity());
     valid(&xml);
     assert!(xml.contains("client certificate refused or missing"), "{xml}");
     assert!(xml.contains(r#"UserID="192.0.2.7:51234""#), "no AE title yet: the address identifies the peer: {xml}");
 
-    r.detail = Some("TLS handshake failed: peer is incompatible: no cipher suites in common".into());
-    let xml =
-        message::render(&AuditEvent::for_connection(ConnectionOutcome::TlsError, &r).expect("audited"), &identity());
+    r.detail = Some(format!("TLS handshake failed: {no_suite}"));
+    let handshake = Some(HandshakeFailure::of(&no_suite));
+    let event = AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &r).expect("audited");
+    let xml = message::render(&event, &identity());
     valid(&xml);
     assert!(xml.contains("TLS handshake failed on listener store"), "{xml}");
 }
@@ -133,19 +143,21 @@ fn scanner_noise_and_normal_traffic_are_not_audited() {
         ConnectionOutcome::BackendUnavailable,
         ConnectionOutcome::Limit,
     ] {
-        assert!(AuditEvent::for_connection(outcome, &r).is_none(), "{outcome:?} is counted, not audited");
+        assert!(AuditEvent::for_connection(outcome, None, &r).is_none(), "{outcome:?} is counted, not audited");
     }
     // A load balancer's TCP health check on a TLS listener.
     let mut probe = AuditRecord::new("store", peer());
-    probe.detail = Some("TLS handshake failed: tls handshake eof".into());
-    assert!(AuditEvent::for_connection(ConnectionOutcome::TlsError, &probe).is_none());
+    let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+    probe.detail = Some(format!("TLS handshake failed: {eof}"));
+    let handshake = Some(HandshakeFailure::of(&eof));
+    assert!(AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &probe).is_none());
 }
 
 #[test]
 fn hostile_text_from_the_wire_cannot_break_the_xml() {
     let hostile = "\"/><Evil x=\"&amp;\u{1}\u{7f}\n]]>";
-    let event =
-        AuditEvent::for_connection(ConnectionOutcome::RejectedCalledAe, &record(hostile, hostile)).expect("audited");
+    let event = AuditEvent::for_connection(ConnectionOutcome::RejectedCalledAe, None, &record(hostile, hostile))
+        .expect("audited");
     let xml = message::render(&event, &identity());
     let doc = valid(&xml);
     assert!(!xml.contains('\n'), "one line per message");

@@ -128,9 +128,15 @@ async fn issue4_echo_through_dicomgate_accepted_and_each_rejection_in_words() {
     let dead = echo(echo_args(store, "BUTTERFLY", "DEAD", &tls)).await;
     assert_rejected(&dead, "rejected-transient, service-provider (presentation), temporary-congestion (2/3/1)");
 
-    // One connection holds the only permit (it sends nothing); the next is
-    // over the limit.
-    let holder = tokio::net::TcpStream::connect(limited).await.expect("holder");
+    // One association holds the only slot; the next is over the limit. (A
+    // connection that sends nothing holds no slot: issue 11.)
+    let holder = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("BUTTERFLY")
+        .called_ae_title("PACS")
+        .with_abstract_syntax("1.2.840.10008.1.1")
+        .establish_async(limited)
+        .await
+        .expect("holder association");
     let limited = echo(echo_args(limited, "BUTTERFLY", "PACS", &[])).await;
     assert_rejected(&limited, "rejected-transient, service-provider (presentation), local-limit-exceeded (2/3/2)");
     drop(holder);

@@ -118,9 +118,14 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
         assert_eq!(gw.metrics.connections(listener, Outcome::ProtocolError), 0);
     }
 
-    // The audit line names the client as `peer` and the balancer as `proxy`.
-    let denied = logs::matching(&[&format!("listener={lo1} "), "peer=\"127.0.0.2:", "proxy=\"127.0.0.1:", "denied_ip"]);
-    assert_eq!(denied.len(), 1, "audit lines: {denied:#?}");
+    // A refusal is counted and logged once as a refusal of the client (issue
+    // 11: no audit line per refused connection); the audit line of the
+    // admitted one names the client as `peer` and the balancer as `proxy`.
+    let denied =
+        logs::matching(&["dicomgate::refusals", &format!("listener={lo1} "), "source=127.0.0.2 ", "proxy_denied_ip"]);
+    assert_eq!(denied.len(), 1, "refusal lines: {denied:#?}");
+    let audited = logs::matching(&[&format!("listener={lo1} "), "peer=\"127.0.0.2:", "connection ended"]);
+    assert!(audited.is_empty(), "audit line for a refused client: {audited:#?}");
     let forwarded =
         logs::matching(&[&format!("listener={lo2} "), "peer=\"127.0.0.2:", "proxy=\"127.0.0.1:", "forwarded"]);
     assert_eq!(forwarded.len(), 1, "audit lines: {forwarded:#?}");
@@ -204,8 +209,9 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
     assert_eq!(why.len(), 1, "audit lines: {why:#?}");
     let wrong = logs::matching(&["listener=direct_lo1 ", "protocol_error", "accepts v2 only"]);
     assert_eq!(wrong.len(), 1, "audit lines: {wrong:#?}");
-    let untrusted = logs::matching(&["listener=direct_lo1 ", "denied_ip", "proxy_protocol_from"]);
-    assert_eq!(untrusted.len(), 1, "audit lines: {untrusted:#?}");
+    let untrusted =
+        logs::matching(&["dicomgate::refusals", "listener=direct_lo1 ", "not_load_balancer", "proxy_protocol_from"]);
+    assert_eq!(untrusted.len(), 1, "refusal lines: {untrusted:#?}");
     scp.assert_running();
     gw.stop().await;
 }

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use super::message::{codes, Code, Outcome};
 use crate::audit::AuditRecord;
 use crate::metrics::Outcome as ConnectionOutcome;
+use crate::tls::HandshakeFailure;
 
 /// One auditable event, with the time it happened.
 #[derive(Debug, Clone)]
@@ -95,19 +96,20 @@ impl AuditEvent {
 
     /// The Security Alert for a connection that ended with `outcome`, if it
     /// is one the gateway reports (see the module table).
-    pub fn for_connection(outcome: ConnectionOutcome, record: &AuditRecord) -> Option<AuditEvent> {
+    pub fn for_connection(
+        outcome: ConnectionOutcome,
+        handshake: Option<HandshakeFailure>,
+        record: &AuditRecord,
+    ) -> Option<AuditEvent> {
         let detail = record.detail.as_deref().unwrap_or("");
-        let reason = match outcome {
-            ConnectionOutcome::RejectedCallingAe => Refusal::CallingAeTitle,
-            ConnectionOutcome::RejectedCalledAe => Refusal::CalledAeTitle,
-            // rustls names certificate problems in its error text
-            // ("peer sent no certificates", "invalid peer certificate: …");
-            // everything else is a failed handshake (versions, suites, alerts).
+        let reason = match (outcome, handshake) {
+            (ConnectionOutcome::RejectedCallingAe, _) => Refusal::CallingAeTitle,
+            (ConnectionOutcome::RejectedCalledAe, _) => Refusal::CalledAeTitle,
             // Closed before a ClientHello: a load balancer's TCP health
             // check or a port probe, not a node presenting an identity.
-            ConnectionOutcome::TlsError if detail.contains("handshake eof") => return None,
-            ConnectionOutcome::TlsError if detail.contains("certificate") => Refusal::ClientCertificate,
-            ConnectionOutcome::TlsError => Refusal::TlsHandshake,
+            (ConnectionOutcome::TlsError, Some(HandshakeFailure::Closed)) => return None,
+            (ConnectionOutcome::TlsError, Some(HandshakeFailure::ClientCertificate)) => Refusal::ClientCertificate,
+            (ConnectionOutcome::TlsError, _) => Refusal::TlsHandshake,
             _ => return None,
         };
         let peer = record.peer?;

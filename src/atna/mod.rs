@@ -35,7 +35,7 @@ use transport::Connector;
 use crate::audit::AuditRecord;
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome as ConnectionOutcome};
-use crate::tls::TlsError;
+use crate::tls::{HandshakeFailure, TlsError};
 
 /// How long a stopping gateway waits for queued messages (Application Stop
 /// among them) to reach the receiver; the rest is counted as dropped.
@@ -201,11 +201,16 @@ impl AuditSink {
 
     /// The hook at the end of every connection: a Security Alert when the
     /// outcome is one the audit trail reports ([`event`] has the table).
-    pub fn connection_ended(&self, outcome: ConnectionOutcome, record: &AuditRecord) {
+    pub fn connection_ended(
+        &self,
+        outcome: ConnectionOutcome,
+        handshake: Option<HandshakeFailure>,
+        record: &AuditRecord,
+    ) {
         if self.shared.connector.borrow().is_none() {
             return;
         }
-        if let Some(event) = AuditEvent::for_connection(outcome, record) {
+        if let Some(event) = AuditEvent::for_connection(outcome, handshake, record) {
             self.record(event);
         }
     }

@@ -188,15 +188,9 @@ pub async fn deliver(
                         );
                     }
                     outage = true;
-                    if closing.is_cancelled() {
+                    if !back_off(&mut backoff, &mut connector, &closing).await {
                         return;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        r = connector.changed() => if r.is_err() { return },
-                        _ = closing.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             },
@@ -216,18 +210,32 @@ pub async fn deliver(
                     tracing::warn!(receiver = ?current, error = %e, "audit receiver connection lost; reconnecting");
                 }
                 outage = true;
-                if closing.is_cancelled() {
+                if !back_off(&mut backoff, &mut connector, &closing).await {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    r = connector.changed() => if r.is_err() { return },
-                    _ = closing.cancelled() => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+/// After a failed connect or send: waits out `backoff` (cut short by a
+/// reload or by closing) and doubles it. False when the task should end
+/// (closing, or every sink handle gone).
+async fn back_off(
+    backoff: &mut Duration,
+    connector: &mut watch::Receiver<Option<Arc<Connector>>>,
+    closing: &CancellationToken,
+) -> bool {
+    if closing.is_cancelled() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        r = connector.changed() => if r.is_err() { return false },
+        _ = closing.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
 }
 
 #[cfg(test)]

@@ -4,29 +4,43 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::schema as s;
 use super::validate::{parse_server_address, Validator};
 use super::{BackendTlsConfig, ServerAddress};
 
-/// `audit:` as written.
-#[derive(Debug, Default, Deserialize)]
+/// The audit trail: IHE ATNA "Record Audit Event" messages (DICOM PS3.15 A.5) to a syslog receiver.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
+    /// The Audit Record Repository or SIEM that receives the messages. Absent: no audit messages.
     pub syslog: Option<RawSyslog>,
+    /// AuditSourceID: names this gateway instance in every message. Absent: the host name.
     pub source_id: Option<String>,
+    /// AuditEnterpriseSiteID: the hospital or site, for repositories that collect from several.
     pub enterprise_site_id: Option<String>,
 }
 
-/// `audit.syslog:` as written.
-#[derive(Debug, Deserialize)]
+/// Where and how audit messages are sent (RFC 5424 syslog).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSyslog {
+    /// The receiver, HOST:PORT (6514 is the RFC 5425 TLS port, 514 plain syslog).
+    #[schemars(schema_with = "s::server_address")]
     pub address: String,
+    /// tls (RFC 5425), tcp (RFC 6587 octet counting) or udp (RFC 5426).
+    #[serde(default)]
+    #[schemars(schema_with = "s::syslog_transport", extend("default" = "tls"))]
     pub transport: Option<String>,
+    /// tls: PEM bundle of the CA(s) that signed the receiver's certificate.
     pub ca: Option<String>,
+    /// tls: the name checked in the receiver's certificate. Absent: the host of address.
     pub server_name: Option<String>,
+    /// tls: optional client certificate (PEM) for ATNA node authentication.
     pub certificate: Option<String>,
+    /// tls: the client certificate's private key (PEM).
     pub private_key: Option<String>,
 }
 

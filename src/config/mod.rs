@@ -11,6 +11,7 @@
 mod audit;
 mod error;
 mod raw;
+pub mod schema;
 mod validate;
 
 use std::collections::BTreeMap;

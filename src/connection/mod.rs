@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -73,13 +72,7 @@ impl std::fmt::Debug for ListenerRuntime {
     }
 }
 
-/// Why the listener let the connection in.
-pub enum Admission {
-    /// Within `max_connections`.
-    Admitted(OwnedSemaphorePermit),
-    /// Over the limit: read the RQ (bounded) only to answer A-ASSOCIATE-RJ 2/3/2.
-    OverLimit(OwnedSemaphorePermit),
-}
+pub use crate::listener::Admission;
 
 /// Process-wide services a connection uses.
 #[derive(Clone)]
@@ -92,6 +85,8 @@ pub struct Services {
     pub recent: Arc<crate::recent::RecentAssociations>,
     /// The IHE ATNA audit trail (Security Alerts for refused peers).
     pub atna: crate::atna::AuditSink,
+    /// Refusals are counted always and logged as summaries, not audit lines.
+    pub refusals: crate::listener::RefusalLog,
 }
 
 /// Serves one accepted connection to its end; never panics on peer input.
@@ -115,7 +110,7 @@ pub async fn handle(
 async fn serve(
     mut tcp: TcpStream,
     rt: &ListenerRuntime,
-    admission: Admission,
+    mut admission: Admission,
     services: &Services,
     trail: &mut Trail,
 ) -> Ending {
@@ -141,6 +136,7 @@ async fn serve(
                 return Ending::Refused(refused);
             }
         }
+        admission.client_known(trail.proxied_client);
     }
     let phase = Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline));
     let mut client = match unless_forced(forced, Phase::TlsHandshake, phase).await {
@@ -168,7 +164,8 @@ async fn serve(
     let (calling, called) = request.ae_titles();
     (trail.calling_ae, trail.called_ae) = (Some(calling), Some(called));
 
-    if let Admission::OverLimit(_) = admission {
+    // The connection leaves the pre-association budget (listener::admission).
+    if !admission.graduate() {
         send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
         return Ending::Refused(Refused::OverLimit(cfg.max_connections));
     }
@@ -268,12 +265,13 @@ async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, pdu: 
             linger_close(stream).await;
         }
     };
-    let _ = timeout(FAREWELL, farewell).await;
+    // Boxed: the timers would otherwise sit in every connection's future.
+    let _ = Box::pin(timeout(FAREWELL, farewell)).await;
 }
 
 /// Closes within [`FAREWELL`] (see [`linger_close`]).
 async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = timeout(FAREWELL, linger_close(stream)).await;
+    let _ = Box::pin(timeout(FAREWELL, linger_close(stream))).await;
 }
 
 /// Lingering close: half-close our side, then drain what the peer still
@@ -314,14 +312,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let admission = Admission::unbudgeted(Arc::new(crate::listener::Slots::new(1)));
         let services = Services {
             metrics: Metrics::new(),
             force_abort: CancellationToken::new(),
             recent: Arc::new(crate::recent::RecentAssociations::new()),
             atna: crate::atna::AuditSink::disabled(),
+            refusals: crate::listener::RefusalLog::new(),
         };
-        let task = handle(tcp, peer, rt, Admission::Admitted(permit), services);
+        let task = handle(tcp, peer, rt, admission, services);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(size <= 2048, "the connection future is {size} bytes; box its large later phases");

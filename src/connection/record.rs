@@ -16,11 +16,12 @@ use crate::backend::ConnectFailure;
 use crate::config::ServerAddress;
 use crate::dicom::associate::MalformedAssociate;
 use crate::dicom::pdu::{describe_abort, describe_rejection, Rejection};
+use crate::listener::Refusal as SummarisedRefusal;
 use crate::metrics::Outcome;
 use crate::proxy_protocol::{ProxyError, ProxyHeader};
 use crate::relay::{self, RelayEnd, RelayReport, Side, Truncation};
 use crate::routing::Refusal;
-use crate::tls::SessionInfo;
+use crate::tls::{HandshakeFailure, SessionInfo};
 
 /// The phase of a connection, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,29 @@ impl Refused {
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
             Refused::Shutdown(phase) => *phase,
+        }
+    }
+
+    /// The refusal-log reason when this refusal is summarised rather than
+    /// audited (see [`crate::listener::refusals`]).
+    pub fn summarised(&self) -> Option<SummarisedRefusal> {
+        match self {
+            Refused::SourceDenied => Some(SummarisedRefusal::DeniedIp),
+            Refused::NotALoadBalancer => Some(SummarisedRefusal::NotLoadBalancer),
+            Refused::ProxiedClientDenied { .. } => Some(SummarisedRefusal::ProxyDeniedIp),
+            Refused::OverLimit(_) => Some(SummarisedRefusal::OverLimit),
+            _ => None,
+        }
+    }
+
+    /// For a failed TLS handshake: what kind of failure (see
+    /// [`HandshakeFailure`]); `None` for every other refusal.
+    pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
+        match self {
+            Refused::Tls(e) => Some(HandshakeFailure::of(e)),
+            Refused::TlsClientCertV1 => Some(HandshakeFailure::ClientCertificate),
+            Refused::TlsTimeout => Some(HandshakeFailure::Other),
+            _ => None,
         }
     }
 
@@ -216,10 +240,23 @@ pub fn finish(listener: &str, trail: Trail, ending: &Ending, elapsed: Duration, 
             metrics.association_ended(listener, report.end.kind());
         }
     }
+    // What anyone can cause for free (a stranger's address, a full gateway)
+    // is summarised in the log per source, not written one audit line each.
+    if let Ending::Refused(refused) = ending {
+        if let Some(refusal) = refused.summarised() {
+            let client = trail.proxied_client.unwrap_or(trail.tcp_peer);
+            services.refusals.record(listener, client.ip(), refusal);
+            return;
+        }
+    }
     let audit = record(listener, trail, ending);
     audit.emit(outcome, elapsed);
     services.recent.record(&audit, outcome, elapsed);
-    services.atna.connection_ended(outcome, &audit);
+    let handshake = match ending {
+        Ending::Refused(refused) => refused.handshake_failure(),
+        Ending::Forwarded(_) => None,
+    };
+    services.atna.connection_ended(outcome, handshake, &audit);
 }
 
 /// The audit record, in words, from the phases' results.

@@ -1,5 +1,6 @@
-//! The label values of the metrics (DESIGN.md, "Metrics"): names are API,
-//! dashboards and alerts match on them.
+//! The label values of the metrics: the outcome of a connection, the SCP's
+//! answer, how an association ended, the direction of bytes. Their strings
+//! are API (dashboards and alerts match them); each enum lists them once.
 
 /// How a connection ended, as counted in `dicomgate_connections_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

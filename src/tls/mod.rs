@@ -29,6 +29,36 @@ pub use client::{backend_tls, BackendTls};
 pub use server::{ensure_generated, server_config, ServerIdentity};
 pub use stream::Stream;
 
+/// Why a listener's TLS handshake failed, as the audit trail tells them
+/// apart (IHE ATNA: a refused client certificate is a Node Authentication
+/// failure; a closed probe is no event at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Closed before the handshake got anywhere: a port probe or a load
+    /// balancer's TCP check, not a node presenting an identity.
+    Closed,
+    /// The client certificate was missing, or refused by the verifier.
+    ClientCertificate,
+    /// Anything else: versions, suites, alerts, malformed records.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Classifies the error tokio-rustls returned from `accept`: it wraps
+    /// the `rustls::Error` in the `io::Error`; an end of stream without one
+    /// is the peer closing.
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+                HandshakeFailure::ClientCertificate
+            }
+            Some(_) => HandshakeFailure::Other,
+            None if error.kind() == std::io::ErrorKind::UnexpectedEof => HandshakeFailure::Closed,
+            None => HandshakeFailure::Other,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Reading or parsing a PEM file (the message names the file).

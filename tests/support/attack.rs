@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
@@ -55,7 +55,7 @@ pub struct Life {
     pub lived: Option<Duration>,
 }
 
-/// Runs `kind` against `addr` over and over until `pressure.stop` is set;
+/// Runs `kind` from `source` against `addr` over and over until `pressure.stop` is set;
 /// each connection lasts until the gateway closes it (or `give_up` passes).
 /// The first connection waits `start_after`, so that a large run ramps up
 /// instead of overflowing the listener's accept queue: a connection the kernel
@@ -63,6 +63,7 @@ pub struct Life {
 /// and started its ACSE clock.
 pub async fn slowloris(
     kind: Slow,
+    source: IpAddr,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     pressure: Arc<Pressure>,
@@ -74,7 +75,12 @@ pub async fn slowloris(
     let rq = wire::associate_rq(1, 1);
     let hello = raw::client_hello(tls.clone());
     while !pressure.stop.load(Ordering::SeqCst) {
-        let Ok(tcp) = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await else {
+        let connect = async {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await
+        };
+        let Ok(tcp) = tokio::time::timeout(Duration::from_secs(10), connect).await else {
             panic!("{kind:?}: connect to {addr} timed out");
         };
         let tcp = tcp.unwrap_or_else(|e| panic!("{kind:?}: connect to {addr}: {e}"));

@@ -91,6 +91,19 @@ pub struct Daemon {
     admin: Option<SocketAddr>,
 }
 
+/// Like `support::gateway`'s: with `DICOMGATE_CONFIG_CORPUS` set, keep a copy
+/// of every config a daemon started with, for scripts/check-config-corpus.sh.
+fn record_config(config: &Path) {
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = std::env::var_os("DICOMGATE_CONFIG_CORPUS") else { return };
+    let yaml = std::fs::read_to_string(config).expect("read daemon config");
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    yaml.hash(&mut hash);
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).expect("create DICOMGATE_CONFIG_CORPUS");
+    std::fs::write(dir.join(format!("{:016x}.yaml", hash.finish())), yaml).expect("record config");
+}
+
 impl Daemon {
     /// Starts `dicomgate run --config CONFIG` (stderr to `CONFIG.log`, at the
     /// configured log format; `RUST_LOG` removed so the configured level
@@ -115,6 +128,7 @@ impl Daemon {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some((listeners, admin)) = parse_startup(&text) {
+                record_config(config);
                 return Daemon { child, pid, log, listeners, admin };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -245,7 +259,7 @@ fn parse_startup(log: &str) -> Option<(BTreeMap<String, SocketAddr>, Option<Sock
                 listeners.insert(name, a);
             }
             (m, None, Some(a)) if m.starts_with("admin endpoint listening") => admin = Some(a),
-            ("dicomgate ready", _, _) => ready = true,
+            (m, _, _) if m == "dicomgate ready" || m.starts_with("dicomgate ready ") => ready = true,
             _ => {}
         }
     }

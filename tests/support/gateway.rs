@@ -195,6 +195,20 @@ pub struct RunningGateway {
     handle: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
+/// With `DICOMGATE_CONFIG_CORPUS` set (.ci/run sets it around
+/// scripts/test.sh), every configuration a test starts a gateway with is
+/// copied there, named by its hash, so scripts/check-config-corpus.sh can
+/// check that the JSON Schema accepts every config the suite uses.
+fn record_config(yaml: &str) {
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = std::env::var_os("DICOMGATE_CONFIG_CORPUS") else { return };
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    yaml.hash(&mut hash);
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).expect("create DICOMGATE_CONFIG_CORPUS");
+    std::fs::write(dir.join(format!("{:016x}.yaml", hash.finish())), yaml).expect("record config");
+}
+
 impl RunningGateway {
     /// Writes `yaml` to `dir/dicomgate.yaml` (the test shows the keys it
     /// exercises; files it names must already be in `dir`), loads it as
@@ -205,6 +219,7 @@ impl RunningGateway {
         let path = dir.join("dicomgate.yaml");
         std::fs::write(&path, yaml).expect("write yaml");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("test config refused: {e}\n---\n{yaml}"));
+        record_config(yaml);
         let names: Vec<String> = config.listeners.keys().cloned().collect();
         let metrics = Metrics::new();
         let gateway = Gateway::bind(config, metrics.clone())

@@ -34,6 +34,8 @@ fn package_of(program: &str) -> &str {
         "testssl" => "testssl.sh",
         "systemd-analyze" | "systemd-socket-activate" => "systemd",
         "rsyslogd" => "rsyslog",
+        // From PyPI (scripts/install-test-deps.sh): the message names the installer.
+        "check-jsonschema" => "python3-pip && pip install check-jsonschema",
         other => other,
     }
 }

@@ -233,7 +233,8 @@ fn validate_proxy_protocol(
                 "is set but proxy_protocol is off: set proxy_protocol (v1, v2 or any) or remove proxy_protocol_from",
             );
         }
-        if allow_local.is_some() {
+        // `false` next to `off` is harmless (and what a defaults dump writes).
+        if allow_local == Some(true) {
             v.issue(
                 format!("{key}.proxy_protocol_allow_local"),
                 "is set but proxy_protocol is off: set proxy_protocol (v1, v2 or any) or remove the key",

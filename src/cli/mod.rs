@@ -1,10 +1,13 @@
-//! The command line: `run`, `check`, `echo`, `gen-cert` (DESIGN.md, "Command line").
+//! The command line: `run`, `check`, `echo`, `gen-cert`, `schema` (DESIGN.md, "Command line"),
+//! and the hidden `generate-assets` the packaging script runs.
 //!
 //! Raw clap arguments live here and nowhere else: each is converted into the
 //! plain options struct of the module that runs the command ([`crate::echo`],
 //! [`crate::check`], [`crate::pki`]), which never sees clap. Dependencies point
-//! from here inward. Exit codes are documented in README.md ("Exit codes") and
+//! from here inward. Exit codes are documented in docs/operations.md ("Command line and exit codes") and
 //! defined once in [`crate::exit`].
+
+pub mod assets;
 
 use std::path::PathBuf;
 
@@ -30,6 +33,18 @@ pub enum Command {
     Echo(EchoArgs),
     /// Generate a private key and self-signed certificate (the guide's Appendix A in one step).
     GenCert(GenCertArgs),
+    /// Print the JSON Schema of the configuration file (for editors: completion and validation).
+    Schema,
+    /// Write man pages and shell completions into a directory (used by scripts/build-package.sh).
+    #[command(hide = true)]
+    GenerateAssets(GenerateAssetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateAssetsArgs {
+    /// Output directory; man/ and completions/ are created inside.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -3,13 +3,12 @@
 //!
 //! The registry is owned by [`Metrics`] and passed in; there is no global.
 
-use std::sync::Arc;
-
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-
 mod labels;
 
+use std::sync::Arc;
+
 pub use labels::{AssociationResult, Direction, End, Outcome};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The gateway's metrics. Cheap to clone (shared inside).
 #[derive(Clone)]
@@ -33,6 +32,7 @@ struct Inner {
     admin_requests_denied_total: prometheus::IntCounter,
     listener_max_connections: IntGaugeVec,
     audit_messages_total: IntCounterVec,
+    preassociation_evictions_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,6 +146,11 @@ impl Metrics {
                 "IHE ATNA audit messages, by sink and result (sent, or dropped undelivered).",
                 &["sink", "result"],
             ),
+            preassociation_evictions_total: counter(
+                "dicomgate_preassociation_evictions_total",
+                "Connections closed before their A-ASSOCIATE-RQ to make room for newer ones, by reason.",
+                &["listener", "reason"],
+            ),
             registry,
         };
         // Both results exported as 0 from the start, so dashboards and
@@ -172,6 +177,24 @@ impl Metrics {
         for d in [Direction::ToBackend, Direction::ToClient] {
             self.inner.bytes_total.with_label_values(&[listener, d.as_str()]);
         }
+        self.register_admission(listener);
+    }
+
+    /// The pre-association eviction series of a listener, exported as 0 from the start.
+    fn register_admission(&self, listener: &str) {
+        for reason in ["source_cap", "budget_full"] {
+            self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]);
+        }
+    }
+
+    /// `reason`: a [`crate::listener::Eviction::as_str`].
+    pub fn preassociation_evicted(&self, listener: &str, reason: &str) {
+        self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).inc();
+    }
+
+    /// Current `dicomgate_preassociation_evictions_total{listener,reason}`.
+    pub fn preassociation_evictions(&self, listener: &str, reason: &str) -> u64 {
+        self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).get()
     }
 
     pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
@@ -368,6 +391,7 @@ mod tests {
             "process_cpu_seconds_total",
             "process_start_time_seconds",
             "dicomgate_audit_messages_total",
+            "dicomgate_preassociation_evictions_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -1,0 +1,186 @@
+//! The accept loop of one listener: source allow list before any TLS work
+//! (behind a load balancer: the balancer's address, see [`crate::proxy_protocol`]),
+//! the pre-association budget ([`admission`]), and a spawn per connection.
+//! It never does slow work and never dies: accept errors (EMFILE,
+//! ECONNABORTED, …) back off and retry. Refusals are counted in the metrics
+//! and summarised in the log ([`refusals`]), never one line each.
+
+pub mod admission;
+pub mod refusals;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, ListenerRuntime, Services};
+use crate::metrics::Outcome;
+pub use admission::{Admission, Budget, Eviction, Slots};
+pub use refusals::{Refusal, RefusalLog};
+
+const BACKOFF_START: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One listener's admission state, kept across reloads (a reload only
+/// changes the numbers) so live connections keep counting.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Established associations (`max_connections`).
+    pub slots: Arc<Slots>,
+    /// Connections before their A-ASSOCIATE-RQ (see [`admission`]).
+    pub budget: Arc<Budget>,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize) -> Limits {
+        Limits { slots: Arc::new(Slots::new(max_connections)), budget: Arc::new(Budget::new(max_connections)) }
+    }
+
+    /// A reload's new `max_connections`; live connections stay counted.
+    pub fn resize(&self, max_connections: usize) {
+        self.slots.set_limit(max_connections);
+        self.budget.resize(max_connections);
+    }
+}
+
+/// What a reload publishes to a running accept loop.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub runtime: Arc<ListenerRuntime>,
+    /// Kept across reloads while `max_connections` is unchanged, so live
+    /// connections keep counting against the limit.
+    pub limits: Limits,
+}
+
+/// Accepts until `stop` is cancelled. The snapshot is read per connection,
+/// so a reload applies to new connections only.
+pub async fn accept_loop(
+    listener: TcpListener,
+    snapshot: watch::Receiver<Snapshot>,
+    services: Services,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff = BACKOFF_START;
+                a
+            }
+            Err(e) => {
+                let name = snapshot.borrow().runtime.config.name.clone();
+                tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let current = snapshot.borrow().clone();
+        admit(tcp, peer, current.runtime, &current.limits, &services, &tracker);
+    }
+}
+
+fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    limits: &Limits,
+    services: &Services,
+    tracker: &TaskTracker,
+) {
+    let name = rt.config.name.as_str();
+    // Closed before a single byte is read or written: no TLS work for
+    // strangers. Behind a load balancer the client's address is only known
+    // from the PROXY header, so the allow list is applied in the connection
+    // task; here only the balancer itself is checked (a CIDR match, as cheap
+    // as the allow list). Counted always, logged as a summary (`refusals`).
+    let refusal = match &rt.config.proxy_protocol {
+        None => (!rt.config.allows(peer.ip())).then_some(Refusal::DeniedIp),
+        Some(proxy) => (!proxy.trusts(peer.ip())).then_some(Refusal::NotLoadBalancer),
+    };
+    if let Some(refusal) = refusal {
+        drop(tcp);
+        services.metrics.connection_ended(name, Outcome::DeniedIp);
+        services.refusals.record(name, peer.ip(), refusal);
+        return;
+    }
+    // A balancer's connections carry many clients: the per-source cap
+    // applies once the PROXY header has named the client.
+    let capped = rt.config.proxy_protocol.is_none();
+    let (ticket, evicted) = limits.budget.enter(peer.ip(), capped);
+    for (source, why) in evicted {
+        count_eviction(services, name, source, why);
+    }
+    let evicted = ticket.evicted();
+    let on_evict: admission::OnEvict = {
+        let (services, name) = (services.clone(), name.to_owned());
+        Box::new(move |source, why| count_eviction(&services, &name, source, why))
+    };
+    let admission = Admission::new(ticket, limits.slots.clone(), on_evict);
+    let (metrics, listener) = (services.metrics.clone(), name.to_owned());
+    let connection = connection::handle(tcp, peer, rt, admission, services.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            biased;
+            // Dropping the connection's future closes its socket; the
+            // eviction was counted and logged by the evictor.
+            _ = evicted.cancelled() => metrics.connection_ended(&listener, Outcome::Limit),
+            _ = connection => {}
+        }
+    });
+}
+
+fn count_eviction(services: &Services, listener: &str, source: IpAddr, why: Eviction) {
+    services.metrics.preassociation_evicted(listener, why.as_str());
+    services.refusals.record(listener, source, Refusal::Evicted(why));
+}
+
+/// File descriptors one listener may hold at its limits: two per
+/// association (client and backend) and one per pre-association connection.
+pub fn descriptors_needed(max_connections: usize) -> u64 {
+    let budget = Budget::new(max_connections).capacity();
+    (2 * max_connections + budget) as u64
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (what systemd's
+/// `LimitNOFILE=` or limits.conf allows) and logs both, warning when the
+/// listeners' limits need more: past it, accept fails with EMFILE and the
+/// loop backs off instead of serving.
+pub fn raise_nofile_limit(needed: u64) {
+    // Listeners, the admin endpoint, stdio, health probes and backends' spares.
+    const BASE: u64 = 64;
+    let before = rlimit::Resource::NOFILE.get();
+    let after = rlimit::increase_nofile_limit(u64::MAX);
+    match (before, after) {
+        (Ok((soft, hard)), Ok(now)) => {
+            tracing::info!(
+                soft_before = soft,
+                soft = now,
+                hard,
+                needed = needed + BASE,
+                "open files limit (RLIMIT_NOFILE)"
+            );
+            if now < needed + BASE {
+                tracing::warn!(
+                    limit = now,
+                    needed = needed + BASE,
+                    "the open files limit is below what max_connections needs (2 per association + the \
+                     pre-association budget): raise LimitNOFILE= in the systemd unit, or lower max_connections"
+                );
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
+}

@@ -1,0 +1,257 @@
+//! The refusal log: refusals an attacker can cause for free (a denied
+//! source, a connection that is not from a load balancer, a PROXY header
+//! carrying a denied client, over the limit, evicted from the pre-association
+//! budget) are counted exactly in the metrics, but logged sparingly: the
+//! first refusal of a quiet source at once, then at most one summary line per
+//! (listener, source, reason) per [`INTERVAL`] with the count. An internet
+//! scanner must not flood the journal past its rate limit, which would drop
+//! the audit lines of real associations with it.
+//!
+//! The map of sources is bounded ([`MAX_SOURCES`] per listener); past it,
+//! new sources are aggregated as "other sources". Recording is a counter
+//! update under a short std mutex; lines are written outside the lock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Eviction;
+
+/// How often repeated refusals are summarised.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+/// Distinct (source, reason) pairs remembered per listener per interval.
+pub const MAX_SOURCES: usize = 256;
+
+/// A refusal before (or instead of) an association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Not in the listener's allow list (closed before TLS).
+    DeniedIp,
+    /// A PROXY listener: the TCP peer is not in `proxy_protocol_from`.
+    NotLoadBalancer,
+    /// The PROXY header carried a client not in the allow list.
+    ProxyDeniedIp,
+    /// A-ASSOCIATE-RQ read, but every `max_connections` slot is taken (RJ 2/3/2).
+    OverLimit,
+    /// Evicted from the pre-association budget before its RQ was complete.
+    Evicted(Eviction),
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::DeniedIp => "denied_ip",
+            Refusal::NotLoadBalancer => "not_load_balancer",
+            Refusal::ProxyDeniedIp => "proxy_denied_ip",
+            Refusal::OverLimit => "limit",
+            Refusal::Evicted(Eviction::SourceCap) => "evicted_source_cap",
+            Refusal::Evicted(Eviction::BudgetFull) => "evicted_budget_full",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Refusal::DeniedIp => "source address not in the allow list; closed before TLS",
+            Refusal::NotLoadBalancer => {
+                "source address not in proxy_protocol_from: only the load balancers may connect"
+            }
+            Refusal::ProxyDeniedIp => "the client address of the PROXY header is not in the allow list",
+            Refusal::OverLimit => "listener at max_connections: A-ASSOCIATE-RJ local-limit-exceeded",
+            Refusal::Evicted(Eviction::SourceCap) => {
+                "no A-ASSOCIATE-RQ yet and its source reached its share of the pre-association budget: \
+                 the oldest such connection of the source was closed"
+            }
+            Refusal::Evicted(Eviction::BudgetFull) => {
+                "no A-ASSOCIATE-RQ yet and the pre-association budget was full: the oldest such connection \
+                 of the busiest source was closed"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    Ip(IpAddr),
+    Other,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Ip(ip) => ip.fmt(f),
+            Source::Other => f.write_str("other sources"),
+        }
+    }
+}
+
+/// Refusals since the last summary, per listener.
+type Pending = HashMap<String, HashMap<(Source, Refusal), u64>>;
+
+/// Shared by every listener of a gateway. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RefusalLog {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl fmt::Debug for RefusalLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefusalLog")
+    }
+}
+
+fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // Counters only: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RefusalLog {
+    pub fn new() -> RefusalLog {
+        RefusalLog::default()
+    }
+
+    /// Notes one refusal. Logs a line only for a (source, reason) not seen
+    /// since the last summary; otherwise counts it for the next summary.
+    pub fn record(&self, listener: &str, source: IpAddr, refusal: Refusal) {
+        let first = {
+            let mut pending = lock(&self.pending);
+            let of_listener = match pending.get_mut(listener) {
+                Some(m) => m,
+                None => pending.entry(listener.to_owned()).or_default(),
+            };
+            let mut key = (Source::Ip(source), refusal);
+            if !of_listener.contains_key(&key) && of_listener.len() >= MAX_SOURCES {
+                key.0 = Source::Other;
+            }
+            match of_listener.get_mut(&key) {
+                Some(count) => {
+                    *count += 1;
+                    None
+                }
+                None => {
+                    // The line below stands for this one: the summary counts the rest.
+                    of_listener.insert(key, 0);
+                    Some(key.0)
+                }
+            }
+        };
+        if let Some(source) = first {
+            tracing::warn!(
+                target: "dicomgate::refusals",
+                listener = %listener, source = %source, reason = refusal.as_str(),
+                "{source}: connection refused ({}): {}; more from this source are summarised every {} s",
+                refusal.as_str(), refusal.describe(), INTERVAL.as_secs()
+            );
+        }
+    }
+
+    /// Writes one summary line per (listener, source, reason) refused since
+    /// the last call, and forgets sources that were quiet.
+    pub fn flush(&self) {
+        let summaries = {
+            let mut pending = lock(&self.pending);
+            let mut out = Vec::new();
+            for (listener, of_listener) in pending.iter_mut() {
+                // Quiet since the last summary: a new refusal is logged at once again.
+                of_listener.retain(|_, count| *count > 0);
+                for ((source, refusal), count) in of_listener.iter_mut() {
+                    out.push((listener.clone(), *source, *refusal, std::mem::take(count)));
+                }
+            }
+            pending.retain(|_, m| !m.is_empty());
+            out
+        };
+        for (listener, source, refusal, count) in summaries {
+            tracing::warn!(
+                target: "dicomgate::refusals",
+                listener = %listener, source = %source, reason = refusal.as_str(), count,
+                "{source}: {} connections refused ({}) in the last {} s",
+                thousands(count), refusal.as_str(), INTERVAL.as_secs()
+            );
+        }
+    }
+
+    /// Summarises every [`INTERVAL`] until `stop`, then once more.
+    pub fn spawn_summaries(&self, stop: CancellationToken) -> JoinHandle<()> {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => log.flush(),
+                }
+            }
+            log.flush();
+        })
+    }
+}
+
+/// 2917 → "2,917": the admin reads these lines, not a parser (fields carry the number).
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    fn counts(log: &RefusalLog, listener: &str) -> HashMap<(Source, Refusal), u64> {
+        lock(&log.pending).get(listener).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(2917), "2,917");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_first_refusal_is_logged_and_the_rest_counted_for_the_summary() {
+        let log = RefusalLog::new();
+        for _ in 0..3000 {
+            log.record("store", ip(3), Refusal::DeniedIp);
+        }
+        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), Refusal::DeniedIp)], 2999);
+        log.flush();
+        // Summarised and reset; still remembered, so the next one is counted, not logged.
+        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), Refusal::DeniedIp)], 0);
+        log.flush();
+        assert!(counts(&log, "store").is_empty(), "a quiet source is forgotten");
+    }
+
+    #[test]
+    fn sources_past_the_bound_are_aggregated() {
+        let log = RefusalLog::new();
+        for i in 0..(MAX_SOURCES as u32 + 100) {
+            let source = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i));
+            log.record("store", source, Refusal::DeniedIp);
+            log.record("store", source, Refusal::DeniedIp);
+        }
+        let c = counts(&log, "store");
+        assert_eq!(c.len(), MAX_SOURCES + 1);
+        // 100 sources × 2 refusals, the first of which opened the "other" entry.
+        assert_eq!(c[&(Source::Other, Refusal::DeniedIp)], 199);
+    }
+}
