@@ -92,9 +92,9 @@ async fn a_tls_close_without_close_notify_is_truncated_and_with_it_closed() {
 }
 
 /// An SCP that answers the A-ASSOCIATE-RQ with itself as the AC (the
-/// gateway reads only the items it needs), waits for the gateway to close
-/// its side, then sends bytes that are no PDU.
-async fn scp_failing_after_the_client_finished() -> std::net::SocketAddr {
+/// gateway reads only the items it needs) and reads whatever comes until the
+/// gateway closes its side; then, if `garbage`, it sends bytes that are no PDU.
+async fn raw_scp(garbage: bool) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -106,9 +106,11 @@ async fn scp_failing_after_the_client_finished() -> std::net::SocketAddr {
         s.read_exact(&mut ac[6..]).await.expect("RQ body");
         ac[0] = 0x02;
         s.write_all(&ac).await.expect("AC");
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest).await;
-        let _ = s.write_all(&[0xFF, 0, 0, 0, 0, 4, 1, 2, 3, 4]).await;
+        let mut sink = vec![0u8; 4096];
+        while let Ok(1..) = s.read(&mut sink).await {}
+        if garbage {
+            let _ = s.write_all(&[0xFF, 0, 0, 0, 0, 4, 1, 2, 3, 4]).await;
+        }
         let _ = s.shutdown().await;
     });
     addr
@@ -119,7 +121,7 @@ async fn scp_failing_after_the_client_finished() -> std::net::SocketAddr {
 /// client's clean close.
 #[tokio::test]
 async fn a_failure_after_the_other_direction_finished_is_what_is_recorded() {
-    let scp = scp_failing_after_the_client_finished().await;
+    let scp = raw_scp(true).await;
     let dir = tempfile::tempdir().expect("tempdir");
     support::pki::pki().write_to(dir.path());
     let path = dir.path().join("dicomgate.yaml");
@@ -136,4 +138,39 @@ async fn a_failure_after_the_other_direction_finished_is_what_is_recorded() {
     let scrape = daemon.scrape().await;
     let ended = |end: &str| scrape.value("dicomgate_association_ends_total", &[("listener", "store"), ("end", end)]);
     assert_eq!((ended("protocol_error"), ended("closed")), (1.0, 0.0), "{}", scrape.0);
+}
+
+/// `timeouts.association` (the test is about that key, so it is set): an
+/// association that keeps sending, which the DIMSE idle timer never ends,
+/// is aborted at its lifetime and recorded as `lifetime_exceeded`.
+#[tokio::test]
+async fn a_busy_association_ends_at_timeouts_association() {
+    let scp = raw_scp(false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::pki::pki().write_to(dir.path());
+    let path = dir.path().join("dicomgate.yaml");
+    let yaml = config(scp).replace("    routes:", "    timeouts: {association: 2s}\n    routes:");
+    std::fs::write(&path, yaml).expect("config");
+    let daemon = Daemon::start(&path).await;
+
+    let mut tls = tls_connect(daemon.addr("store"), insecure_client()).await.expect("TLS");
+    assert!(matches!(associate(&mut tls, "PACS", "CLOUD").await, Answer::Accepted(_)));
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut rest)).await;
+        rest
+    });
+    // One-byte dataset PDVs, one every 100 ms, for at most 10 s: never idle.
+    let tiny = [0x04, 0, 0, 0, 0, 7, 0, 0, 0, 3, 1, 0x00, 0xAB];
+    for _ in 0..100 {
+        if wr.write_all(&tiny).await.is_err() || wr.flush().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rest = reader.await.expect("reader");
+    assert!(rest.ends_with(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]), "our A-ABORT last: {rest:02X?}");
+    let ends = wait_for_audits(&daemon, 1).await;
+    assert_eq!(ends[0], ("lifetime_exceeded".to_owned(), "timeouts.association reached".to_owned()), "{ends:?}");
 }
