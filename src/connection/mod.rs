@@ -72,7 +72,7 @@ impl std::fmt::Debug for ListenerRuntime {
     }
 }
 
-pub use crate::listener::Admission;
+pub use crate::listener::{Admission, Graduation};
 
 /// Process-wide services a connection uses.
 #[derive(Clone)]
@@ -165,9 +165,16 @@ async fn serve(
     (trail.calling_ae, trail.called_ae) = (Some(calling), Some(called));
 
     // The connection leaves the pre-association budget (listener::admission).
-    if !admission.graduate() {
-        send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
-        return Ending::Refused(Refused::OverLimit(cfg.max_connections));
+    match admission.graduate() {
+        Graduation::Admitted => {}
+        Graduation::NoSlot => {
+            send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
+            return Ending::Refused(Refused::OverLimit(cfg.max_connections));
+        }
+        // The listener's guard drops this future at its next poll (the
+        // eviction is already signalled) and counts the eviction: no RJ, no
+        // outcome of our own, or the connection would be counted twice.
+        Graduation::Evicted => return std::future::pending().await,
     }
     let (backend_name, called) = match routing::decide(&request.view, cfg) {
         Decision::Forward { backend, called, .. } => (backend, called),

@@ -21,19 +21,23 @@
 //!   ("graduates") and only then takes one of `max_connections` association
 //!   slots; none free: A-ASSOCIATE-RJ 2/3/2 (local limit exceeded).
 //!
-//! Evicting is cancelling the connection's task (its socket is closed). All
-//! work here is a short critical section on a std mutex: O(sources) at worst,
-//! and sources are bounded by the budget itself. It never awaits.
+//! Evicting is taking the entry out and telling the connection's task why
+//! (its [`Notice`], see [`super::eviction`]): the task closes the connection
+//! and counts the eviction, unless the connection ended on its own at the same
+//! moment (its ACSE deadline): then it is counted once, by its own outcome. All work
+//! here is a short critical section on a std mutex: O(sources) at worst, and
+//! sources are bounded by the budget itself. It never awaits.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use super::eviction::{Eviction, Notice};
+use super::slots::{SlotGuard, Slots};
 
 /// The smallest pre-association budget, whatever `max_connections` says: a
 /// listener with a handful of association slots still answers a burst of
@@ -48,29 +52,11 @@ const MIN_PER_SOURCE: usize = 8;
 /// across a continent.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// Why a pre-association connection was evicted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Eviction {
-    /// Its source reached the per-source cap with a newer connection.
-    SourceCap,
-    /// The listener's budget was full; it was the oldest of the busiest source.
-    BudgetFull,
-}
-
-impl Eviction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Eviction::SourceCap => "source_cap",
-            Eviction::BudgetFull => "budget_full",
-        }
-    }
-}
-
 /// A pre-association connection as the budget sees it.
 struct Entry {
     id: u64,
     since: Instant,
-    evict: CancellationToken,
+    notice: Arc<Notice>,
 }
 
 #[derive(Default)]
@@ -93,11 +79,11 @@ impl Table {
         true
     }
 
-    fn evict_oldest_of(&mut self, source: IpAddr) {
+    fn evict_oldest_of(&mut self, source: IpAddr, why: Eviction) {
         let Some(queue) = self.by_source.get_mut(&source) else { return };
         if let Some(victim) = queue.pop_front() {
             self.len -= 1;
-            victim.evict.cancel();
+            victim.notice.evict(source, why);
         }
         if queue.is_empty() {
             self.by_source.remove(&source);
@@ -105,19 +91,16 @@ impl Table {
     }
 
     /// Evicts the oldest entries of `source` while it holds `share` or more
-    /// and the oldest has had [`STALE_AFTER`]; returns how many.
-    fn trim_source(&mut self, source: IpAddr, share: usize, now: Instant) -> usize {
-        let mut evicted = 0;
+    /// and the oldest has had [`STALE_AFTER`].
+    fn trim_source(&mut self, source: IpAddr, share: usize, now: Instant) {
         while self
             .by_source
             .get(&source)
             .and_then(|q| q.front().map(|oldest| (q.len(), oldest.since)))
             .is_some_and(|(len, since)| len >= share && now.duration_since(since) >= STALE_AFTER)
         {
-            self.evict_oldest_of(source);
-            evicted += 1;
+            self.evict_oldest_of(source, Eviction::SourceCap);
         }
-        evicted
     }
 
     /// The source holding the most entries; on a tie, the one whose oldest is oldest.
@@ -182,27 +165,24 @@ impl Budget {
     /// Enters a new connection, evicting as the rule says. `capped`: whether
     /// the per-source cap applies to `source` (not to a trusted load balancer,
     /// whose connections carry many clients; see [`Ticket::rekey`]).
-    /// Returns the ticket and each eviction it caused (the victim's source, why).
-    pub fn enter(self: &Arc<Self>, source: IpAddr, capped: bool) -> (Ticket, Vec<(IpAddr, Eviction)>) {
-        let mut evicted = Vec::new();
+    /// The victims learn of it from their [`Notice`].
+    pub fn enter(self: &Arc<Self>, source: IpAddr, capped: bool) -> Ticket {
         let (capacity, per_source, now) = (self.capacity(), self.per_source(), Instant::now());
         let mut t = lock(&self.table);
         if capped {
-            let n = t.trim_source(source, per_source, now);
-            evicted.extend(std::iter::repeat_n((source, Eviction::SourceCap), n));
+            t.trim_source(source, per_source, now);
         }
         while t.len >= capacity {
             let Some(busiest) = t.busiest() else { break };
-            t.evict_oldest_of(busiest);
-            evicted.push((busiest, Eviction::BudgetFull));
+            t.evict_oldest_of(busiest, Eviction::BudgetFull);
         }
         let id = t.next_id;
         t.next_id += 1;
-        let evict = CancellationToken::new();
-        t.by_source.entry(source).or_default().push_back(Entry { id, since: now, evict: evict.clone() });
+        let notice = Arc::new(Notice::default());
+        t.by_source.entry(source).or_default().push_back(Entry { id, since: now, notice: notice.clone() });
         t.len += 1;
         drop(t);
-        (Ticket { budget: self.clone(), source, id, since: now, evict, held: true }, evicted)
+        Ticket { budget: self.clone(), source, id, since: now, notice, held: true }
     }
 }
 
@@ -213,35 +193,34 @@ pub struct Ticket {
     source: IpAddr,
     id: u64,
     since: Instant,
-    evict: CancellationToken,
+    notice: Arc<Notice>,
     held: bool,
 }
 
 impl Ticket {
-    /// Cancelled when this connection is evicted.
-    pub fn evicted(&self) -> CancellationToken {
-        self.evict.clone()
+    /// How this connection learns that it was evicted.
+    pub fn notice(&self) -> Arc<Notice> {
+        self.notice.clone()
     }
 
     /// Behind a load balancer: the PROXY header named the real client, so the
     /// entry moves to that source (keeping its age) and the per-source cap
-    /// applies to it. Returns the evictions it caused; `None`: this
-    /// connection itself had already been evicted.
-    pub fn rekey(&mut self, client: IpAddr) -> Option<Vec<(IpAddr, Eviction)>> {
+    /// applies to it (the victims learn of it from their [`Notice`]).
+    /// `false`: this connection itself had already been evicted.
+    pub fn rekey(&mut self, client: IpAddr) -> bool {
         let (per_source, now) = (self.budget.per_source(), Instant::now());
         let mut t = lock(&self.budget.table);
         if !t.remove(self.source, self.id) {
-            return None;
+            return false;
         }
-        let n = t.trim_source(client, per_source, now);
-        let evicted = vec![(client, Eviction::SourceCap); n];
+        t.trim_source(client, per_source, now);
         let queue = t.by_source.entry(client).or_default();
         // Keep the order by age: entries of this source may be younger.
         let at = queue.iter().position(|e| e.id > self.id).unwrap_or(queue.len());
-        queue.insert(at, Entry { id: self.id, since: self.since, evict: self.evict.clone() });
+        queue.insert(at, Entry { id: self.id, since: self.since, notice: self.notice.clone() });
         t.len += 1;
         self.source = client;
-        Some(evicted)
+        true
     }
 
     /// Leaves the budget (the RQ was read). `false`: it had been evicted.
@@ -260,54 +239,17 @@ impl Drop for Ticket {
     }
 }
 
-/// The association slots of one listener (`max_connections`): a count and a
-/// limit that a reload can change while the count goes on. (A semaphore
-/// replaced on reload would forget the live associations.)
-#[derive(Debug, Default)]
-pub struct Slots {
-    live: AtomicUsize,
-    limit: AtomicUsize,
+/// What [`Admission::graduate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Graduation {
+    /// Out of the budget, holding an association slot.
+    Admitted,
+    /// No association slot free: answer A-ASSOCIATE-RJ 2/3/2.
+    NoSlot,
+    /// Evicted a moment ago: the connection's [`Notice::guard`] is about to
+    /// close it and count the eviction.
+    Evicted,
 }
-
-impl Slots {
-    pub fn new(limit: usize) -> Slots {
-        Slots { live: AtomicUsize::new(0), limit: AtomicUsize::new(limit) }
-    }
-
-    pub fn set_limit(&self, limit: usize) {
-        self.limit.store(limit, Ordering::SeqCst);
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit.load(Ordering::SeqCst)
-    }
-
-    /// Associations holding a slot now.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
-    }
-
-    pub fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
-        let limit = self.limit();
-        self.live
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |live| (live < limit).then_some(live + 1))
-            .ok()
-            .map(|_| SlotGuard(self.clone()))
-    }
-}
-
-/// An association slot, given back on drop.
-#[derive(Debug)]
-pub struct SlotGuard(Arc<Slots>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts and logs an eviction (the victim's source, why).
-pub type OnEvict = Box<dyn Fn(IpAddr, Eviction) + Send + Sync>;
 
 /// What the listener hands a connection: its pre-association ticket, then
 /// (from [`Admission::graduate`]) its association slot.
@@ -315,40 +257,39 @@ pub struct Admission {
     ticket: Option<Ticket>,
     slots: Arc<Slots>,
     slot: Option<SlotGuard>,
-    on_evict: Option<OnEvict>,
 }
 
 impl Admission {
-    pub fn new(ticket: Ticket, slots: Arc<Slots>, on_evict: OnEvict) -> Admission {
-        Admission { ticket: Some(ticket), slots, slot: None, on_evict: Some(on_evict) }
+    pub fn new(ticket: Ticket, slots: Arc<Slots>) -> Admission {
+        Admission { ticket: Some(ticket), slots, slot: None }
     }
 
     /// Outside any budget (unit tests of the connection task).
     pub fn unbudgeted(slots: Arc<Slots>) -> Admission {
-        Admission { ticket: None, slots, slot: None, on_evict: None }
+        Admission { ticket: None, slots, slot: None }
     }
 
-    /// The PROXY header named the client (see [`Ticket::rekey`]).
+    /// The PROXY header named the client (see [`Ticket::rekey`]). Evicted
+    /// already: nothing to do, the connection's guard closes it.
     pub fn client_known(&mut self, client: Option<SocketAddr>) {
         let (Some(ticket), Some(client)) = (self.ticket.as_mut(), client) else { return };
-        if let (Some(evicted), Some(count)) = (ticket.rekey(client.ip()), self.on_evict.as_ref()) {
-            for (source, why) in evicted {
-                count(source, why);
-            }
-        }
+        let _ = ticket.rekey(client.ip());
     }
 
     /// The A-ASSOCIATE-RQ has been read: leave the pre-association budget and
-    /// take an association slot. `false`: no slot free (answer RJ 2/3/2), or
-    /// evicted a moment ago (the task is being cancelled).
-    pub fn graduate(&mut self) -> bool {
+    /// take an association slot.
+    pub fn graduate(&mut self) -> Graduation {
         if let Some(mut ticket) = self.ticket.take() {
             if !ticket.leave() {
-                return false;
+                return Graduation::Evicted;
             }
         }
         self.slot = self.slots.try_acquire();
-        self.slot.is_some()
+        if self.slot.is_some() {
+            Graduation::Admitted
+        } else {
+            Graduation::NoSlot
+        }
     }
 }
 
@@ -359,6 +300,10 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    fn evicted(t: &Ticket) -> Option<(IpAddr, Eviction)> {
+        t.notice().eviction()
     }
 
     #[test]
@@ -372,22 +317,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_source_over_its_share_evicts_its_own_oldest_once_they_are_stale() {
         let b = Arc::new(Budget::new(256));
-        let mut tickets: Vec<Ticket> = (0..64).map(|_| b.enter(ip(2), true).0).collect();
+        let mut tickets: Vec<Ticket> = (0..64).map(|_| b.enter(ip(2), true)).collect();
         // A burst: the oldest had no time yet, so the 65th is let in over the share.
-        let (young, evicted) = b.enter(ip(2), true);
-        assert!(evicted.is_empty() && !young.evicted().is_cancelled());
+        let young = b.enter(ip(2), true);
+        assert!(tickets.iter().chain([&young]).all(|t| evicted(t).is_none()));
         assert_eq!(b.len(), 65);
         tokio::time::advance(STALE_AFTER).await;
         // Now the source is trimmed back under its share, oldest first.
-        let (newest, evicted) = b.enter(ip(2), true);
-        assert_eq!(evicted, vec![(ip(2), Eviction::SourceCap); 2]);
-        assert!(tickets[0].evicted().is_cancelled() && tickets[1].evicted().is_cancelled());
-        assert!(tickets[2..].iter().all(|t| !t.evicted().is_cancelled()));
-        assert!(!newest.evicted().is_cancelled() && !young.evicted().is_cancelled());
+        let newest = b.enter(ip(2), true);
+        assert_eq!(evicted(&tickets[0]), Some((ip(2), Eviction::SourceCap)));
+        assert_eq!(evicted(&tickets[1]), Some((ip(2), Eviction::SourceCap)));
+        assert!(tickets[2..].iter().chain([&newest, &young]).all(|t| evicted(t).is_none()));
         assert_eq!(b.len(), 64);
         // Another source is untouched by all this.
-        let (other, evicted) = b.enter(ip(1), true);
-        assert!(evicted.is_empty() && !other.evicted().is_cancelled());
+        let other = b.enter(ip(1), true);
+        assert!(evicted(&other).is_none());
+        assert_eq!(tickets.iter().filter(|t| evicted(t).is_some()).count(), 2);
         assert!(!tickets[0].leave(), "an evicted ticket is no longer in the budget");
         assert!(tickets[2].leave());
         assert_eq!(b.len(), 64);
@@ -396,23 +341,25 @@ mod tests {
     #[test]
     fn a_full_budget_evicts_the_oldest_of_the_busiest_source() {
         let b = Arc::new(Budget::new(32)); // per source: 8
-        let quiet = b.enter(ip(1), true).0;
+        let quiet = b.enter(ip(1), true);
         let mut held = Vec::new();
         for source in 2..=5 {
             for _ in 0..(if source == 3 { 8 } else { 7 }) {
-                held.push((source, b.enter(ip(source), true).0));
+                held.push((source, b.enter(ip(source), true)));
             }
         }
         assert_eq!(b.len(), 30);
-        held.push((6, b.enter(ip(6), true).0));
-        let (_seventh, none) = b.enter(ip(7), true);
-        assert!(none.is_empty());
+        held.push((6, b.enter(ip(6), true)));
+        let seventh = b.enter(ip(7), true);
         assert_eq!(b.len(), 32);
-        let (_, evicted) = b.enter(ip(8), true);
-        assert_eq!(evicted, vec![(ip(3), Eviction::BudgetFull)], "source 3 holds the most");
+        assert!(held.iter().map(|(_, t)| t).chain([&quiet, &seventh]).all(|t| evicted(t).is_none()));
+        let _eighth = b.enter(ip(8), true);
+        let victims: Vec<_> = held.iter().filter_map(|(s, t)| evicted(t).map(|e| (*s, e))).collect();
+        assert_eq!(victims, vec![(3, (ip(3), Eviction::BudgetFull))], "source 3 holds the most");
         let first_of_3 = held.iter().find(|(s, _)| *s == 3).expect("source 3");
-        assert!(first_of_3.1.evicted().is_cancelled());
-        assert!(!quiet.evicted().is_cancelled(), "the source with one connection is never the victim");
+        assert!(evicted(&first_of_3.1).is_some(), "its oldest");
+        assert!(evicted(&quiet).is_none(), "the source with one connection is never the victim");
+        assert_eq!(b.len(), 32);
     }
 
     #[tokio::test(start_paused = true)]
@@ -421,44 +368,87 @@ mod tests {
         let lb = ip(9);
         let mut from_client: Vec<Ticket> = (0..64)
             .map(|_| {
-                let mut t = b.enter(lb, false).0;
-                assert_eq!(t.rekey(ip(2)), Some(vec![]));
+                let mut t = b.enter(lb, false);
+                assert!(t.rekey(ip(2)));
                 t
             })
             .collect();
+        assert!(from_client.iter().all(|t| evicted(t).is_none()));
         tokio::time::advance(STALE_AFTER).await;
-        let mut late = b.enter(lb, false).0;
-        assert_eq!(late.rekey(ip(2)), Some(vec![(ip(2), Eviction::SourceCap)]));
-        assert!(from_client[0].evicted().is_cancelled());
-        assert_eq!(from_client[0].rekey(ip(2)), None, "evicted");
+        let mut late = b.enter(lb, false);
+        assert!(late.rekey(ip(2)));
+        // Evicted under the client's address, where the cap applies, not the balancer's.
+        assert_eq!(evicted(&from_client[0]), Some((ip(2), Eviction::SourceCap)));
+        assert!(from_client[1..].iter().chain([&late]).all(|t| evicted(t).is_none()));
+        assert!(!from_client[0].rekey(ip(2)), "evicted");
         assert_eq!(b.len(), 64);
     }
 
-    #[test]
-    fn slots_keep_counting_across_a_new_limit() {
-        let slots = Arc::new(Slots::new(2));
-        let a = slots.try_acquire().expect("1");
-        let _b = slots.try_acquire().expect("2");
-        assert!(slots.try_acquire().is_none());
-        slots.set_limit(1);
-        drop(a);
-        assert!(slots.try_acquire().is_none(), "two live, one given back, limit 1: still full");
-        slots.set_limit(3);
-        assert!(slots.try_acquire().is_some());
-        assert_eq!(slots.live(), 1);
+    /// An eviction is counted only when it is what closes the connection.
+    #[tokio::test(start_paused = true)]
+    async fn an_eviction_counts_only_if_it_closes_the_connection() {
+        let b = Arc::new(Budget::new(32)); // per source: 8
+        let mut waiting: Vec<Ticket> = (0..8).map(|_| b.enter(ip(2), true)).collect();
+        tokio::time::advance(STALE_AFTER).await;
+
+        // Still waiting for its RQ when evicted: the eviction closes it.
+        let first = waiting.remove(0);
+        let notice = first.notice();
+        let guarded = tokio::spawn(async move {
+            notice
+                .guard(async move {
+                    let _ticket = first;
+                    std::future::pending::<()>().await
+                })
+                .await
+        });
+        tokio::task::yield_now().await;
+        assert!(!guarded.is_finished());
+        let _newcomer = b.enter(ip(2), true);
+        assert_eq!(guarded.await.expect("join"), Some((ip(2), Eviction::SourceCap)));
+
+        // The race: the connection ends by itself (say its ACSE deadline
+        // fired, outcome `timeout`) in the very poll in which a newcomer
+        // evicts it. It was evicted, but not closed by the eviction: not counted.
+        let second = waiting.remove(0);
+        let notice = second.notice();
+        let (budget, mut newcomer) = (b.clone(), None);
+        let kept = &mut newcomer;
+        let counted = notice
+            .guard(async move {
+                *kept = Some(budget.enter(ip(2), true));
+                drop(second);
+            })
+            .await;
+        assert_eq!(notice.eviction(), Some((ip(2), Eviction::SourceCap)), "the evictor did evict it");
+        assert_eq!(counted, None, "but it ended by itself: counted by its own outcome only");
+
+        // Evicted before its task ran at all: the eviction wins (biased).
+        let third = waiting.remove(0);
+        let notice = third.notice();
+        let _newcomer = b.enter(ip(2), true);
+        assert_eq!(notice.guard(async move { drop(third) }).await, Some((ip(2), Eviction::SourceCap)));
     }
 
-    #[test]
-    fn graduation_trades_the_ticket_for_a_slot() {
-        let b = Arc::new(Budget::new(256));
+    #[tokio::test(start_paused = true)]
+    async fn graduation_trades_the_ticket_for_a_slot() {
+        let b = Arc::new(Budget::new(32)); // per source: 8
         let slots = Arc::new(Slots::new(1));
-        let mut first = Admission::new(b.enter(ip(1), true).0, slots.clone(), Box::new(|_, _| {}));
-        let mut second = Admission::new(b.enter(ip(1), true).0, slots.clone(), Box::new(|_, _| {}));
+        let mut first = Admission::new(b.enter(ip(1), true), slots.clone());
+        let mut second = Admission::new(b.enter(ip(1), true), slots.clone());
         assert_eq!(b.len(), 2);
-        assert!(first.graduate());
-        assert!(!second.graduate(), "no slot left: RJ 2/3/2");
+        assert_eq!(first.graduate(), Graduation::Admitted);
+        assert_eq!(second.graduate(), Graduation::NoSlot, "no slot left: RJ 2/3/2");
         assert_eq!((b.len(), slots.live()), (0, 1));
         drop(first);
         assert_eq!(slots.live(), 0);
+
+        // Evicted just before its RQ was complete: no slot, no RJ.
+        let mut stale: Vec<Admission> = (0..8).map(|_| Admission::new(b.enter(ip(2), true), slots.clone())).collect();
+        tokio::time::advance(STALE_AFTER).await;
+        let _newcomer = b.enter(ip(2), true);
+        assert_eq!(stale[0].graduate(), Graduation::Evicted);
+        assert_eq!(slots.live(), 0);
+        assert_eq!(stale[1].graduate(), Graduation::Admitted);
     }
 }

@@ -1,12 +1,16 @@
 //! The accept loop of one listener: source allow list before any TLS work
 //! (behind a load balancer: the balancer's address, see [`crate::proxy_protocol`]),
-//! the pre-association budget ([`admission`]), and a spawn per connection.
+//! the pre-association budget ([`admission`]), and a spawn per connection
+//! whose task closes it if the budget evicts it, and counts the eviction
+//! there ([`eviction`]).
 //! It never does slow work and never dies: accept errors (EMFILE,
 //! ECONNABORTED, …) back off and retry. Refusals are counted in the metrics
 //! and summarised in the log ([`refusals`]), never one line each.
 
 pub mod admission;
+pub mod eviction;
 pub mod refusals;
+pub mod slots;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,8 +23,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ListenerRuntime, Services};
 use crate::metrics::Outcome;
-pub use admission::{Admission, Budget, Eviction, Slots};
+pub use admission::{Admission, Budget, Graduation};
+pub use eviction::{Eviction, Notice};
 pub use refusals::{Refusal, RefusalLog};
+pub use slots::{SlotGuard, Slots};
 
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -119,25 +125,19 @@ fn admit(
     // A balancer's connections carry many clients: the per-source cap
     // applies once the PROXY header has named the client.
     let capped = rt.config.proxy_protocol.is_none();
-    let (ticket, evicted) = limits.budget.enter(peer.ip(), capped);
-    for (source, why) in evicted {
-        count_eviction(services, name, source, why);
-    }
-    let evicted = ticket.evicted();
-    let on_evict: admission::OnEvict = {
-        let (services, name) = (services.clone(), name.to_owned());
-        Box::new(move |source, why| count_eviction(&services, &name, source, why))
-    };
-    let admission = Admission::new(ticket, limits.slots.clone(), on_evict);
-    let (metrics, listener) = (services.metrics.clone(), name.to_owned());
+    let ticket = limits.budget.enter(peer.ip(), capped);
+    let notice = ticket.notice();
+    let admission = Admission::new(ticket, limits.slots.clone());
+    let (services, listener) = (services.clone(), name.to_owned());
     let connection = connection::handle(tcp, peer, rt, admission, services.clone());
     tracker.spawn(async move {
-        tokio::select! {
-            biased;
-            // Dropping the connection's future closes its socket; the
-            // eviction was counted and logged by the evictor.
-            _ = evicted.cancelled() => metrics.connection_ended(&listener, Outcome::Limit),
-            _ = connection => {}
+        // An eviction is counted here, where it closes the connection
+        // (dropping its future closes the socket), never by the evictor: a
+        // connection that ended by itself in the same instant has recorded
+        // its own outcome and is not counted twice.
+        if let Some((source, why)) = notice.guard(connection).await {
+            services.metrics.connection_ended(&listener, Outcome::Limit);
+            count_eviction(&services, &listener, source, why);
         }
     });
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::Eviction;
+use super::eviction::Eviction;
 
 /// How often repeated refusals are summarised.
 pub const INTERVAL: Duration = Duration::from_secs(10);
