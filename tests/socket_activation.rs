@@ -162,6 +162,9 @@ async fn store_and_worklist_sockets_are_taken_by_name_and_serve_tls() {
         let o = s.echo(port).await;
         assert!(o.status.success(), "echoscu through {port}:\n{}\n{}", output_text(&o), s.log_text());
     }
+    // The audit line is written when the gateway closes, which may be just
+    // after echoscu has exited.
+    wait_log(&s, "C-ECHO rq=1 success=1", 2).await;
     let log = s.log_text();
     assert!(log.contains("socket activation: sockets passed by systemd sockets=2"), "{log}");
     assert_eq!(log.matches("using the listening socket passed to this process").count(), 2, "{log}");

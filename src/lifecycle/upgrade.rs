@@ -8,7 +8,7 @@
 //!
 //! The sockets go at fd 3.. with the systemd variables (see
 //! [`super::sockets`]); one more fd, a datagram socket, carries the new
-//! process's "READY=1\nMAINPID=<pid>" back to us. Under systemd the new
+//! process's `READY=1\nMAINPID=<pid>` back to us. Under systemd the new
 //! process also sends MAINPID=/READY=1 to the service manager itself
 //! (the unit needs NotifyAccess=all), so it becomes the service's main
 //! process before we exit.

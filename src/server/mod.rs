@@ -3,7 +3,7 @@
 //! serves, reloads on request, and on shutdown drains: stop accepting, let
 //! live associations finish for the grace period, A-ABORT the rest.
 //!
-//! Reload (SIGHUP) is all or nothing, see [`reload`]; live associations keep
+//! Reload (SIGHUP) is all or nothing, see `server/reload.rs`; live associations keep
 //! the snapshot they started with. SIGUSR2 hands the sockets to a new
 //! process ([`crate::lifecycle::upgrade`]) and then drains as on SIGTERM.
 
