@@ -452,7 +452,9 @@ bench_idle() {
     sleep 1
     base=$(rss_kib "$pid")
     out=$WORK/idle.$name.$count.$kind
-    "$DGBENCH" idle --connect "127.0.0.1:${SINKP_PORT[$name]}" --count "$count" --hold 300 "${extra[@]}" \
+    # From 8 loopback addresses: dicomgate lets one address hold at most a
+    # quarter of its pre-association budget, and this measures held connections.
+    "$DGBENCH" idle --connect "127.0.0.1:${SINKP_PORT[$name]}" --count "$count" --hold 300 --sources 8 "${extra[@]}" \
         >"$out" 2>"$out.err" &
     client=$!
     for i in $(seq 600); do

@@ -152,22 +152,28 @@ pub async fn assoc(
 
 /// Opens `count` connections (TLS handshake, plus A-ASSOCIATE when
 /// `associate_too`), prints `idle ready=…`, holds them for `hold`, closes.
+/// The connections come from `sources` loopback addresses in turn
+/// (127.0.0.1, 127.0.0.2, …): dicomgate caps what one address may hold
+/// before its A-ASSOCIATE-RQ, and the memory benchmark measures connections
+/// that are all held.
 pub async fn idle(
     client: Arc<Client>,
     target: Arc<Target>,
     count: usize,
     associate_too: bool,
     hold: Duration,
+    sources: u8,
 ) -> std::io::Result<()> {
     let start = Instant::now();
     let permits = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let (client, target, permits) = (client.clone(), target.clone(), permits.clone());
+        let source = (sources > 1).then(|| std::net::IpAddr::from([127, 0, 0, 1 + (i % sources as usize) as u8]));
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
             let one = async {
-                let mut conn = client.connect(target.addr).await?;
+                let mut conn = client.connect_from(target.addr, source).await?;
                 if associate_too {
                     associate(&mut conn, &target).await?;
                 }

@@ -4,7 +4,7 @@
 //! dgbench sink  --listen 127.0.0.1:PORT
 //! dgbench raw   --connect 127.0.0.1:PORT --bytes N [--pdu 1048576] [--suite aes128|aes256|plain]
 //! dgbench assoc --connect 127.0.0.1:PORT --count N [--concurrency 8] [--seconds 120]
-//! dgbench idle  --connect 127.0.0.1:PORT --count N [--associate] [--hold 300]
+//! dgbench idle  --connect 127.0.0.1:PORT --count N [--associate] [--hold 300] [--sources 8]
 //! ```
 //! Common: `--calling BUTTERFLY --called STORESCP`. Everything runs on one
 //! thread (a current-thread runtime), so the client's CPU share is bounded.
@@ -99,7 +99,8 @@ fn run(command: &str, opts: &HashMap<String, String>) -> Result<(), String> {
             let count: usize = get(opts, "count", None)?;
             let hold = secs("hold", 300)?;
             let associate = opts.contains_key("associate");
-            rt.block_on(clients::idle(Arc::new(client), Arc::new(target), count, associate, hold))
+            let sources: u8 = get(opts, "sources", Some(1))?;
+            rt.block_on(clients::idle(Arc::new(client), Arc::new(target), count, associate, hold, sources.max(1)))
         }
         other => return Err(format!("unknown command {other:?}")),
     };

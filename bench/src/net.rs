@@ -61,7 +61,20 @@ impl Client {
     }
 
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<Conn> {
-        let tcp = TcpStream::connect(addr).await?;
+        self.connect_from(addr, None).await
+    }
+
+    /// As [`Client::connect`], from the loopback `source` address when given.
+    pub async fn connect_from(&self, addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<Conn> {
+        let tcp = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket =
+                    if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         tcp.set_nodelay(true)?;
         match &self.connector {
             None => Ok(Conn::Plain(tcp)),
