@@ -84,16 +84,21 @@ async fn drive_traffic(gw: &RunningGateway) {
     let tls = pki().client_config(None);
     echo_tls(gw.addr(), tls.clone(), "CLOUD", "PACS").await.expect("C-ECHO through the gateway is accepted");
 
+    wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
+
+    // One after the other, each closed and recorded before the next starts,
+    // so the ring's order is the order they were sent in (the gateway lingers
+    // after an RJ until the peer closes).
     let mut s = raw::tls_connect(gw.addr(), tls.clone()).await.expect("TLS to the listener");
     raw::send(&mut s, &associate_rq("PACS", HOSTILE_AE)).await.expect("send RQ");
     raw::expect_rejection(&mut s, (1, 1, 3)).await;
+    drop(s);
+    wait_for_count(&gw.metrics, "store", Outcome::RejectedCallingAe, 1).await;
 
     let mut s = raw::tls_connect(gw.addr(), tls).await.expect("TLS to the listener");
     raw::send(&mut s, &associate_rq("ARCHIVE", "CLOUD")).await.expect("send RQ");
     raw::expect_rejection(&mut s, (2, 3, 1)).await;
-
-    wait_for_count(&gw.metrics, "store", Outcome::Forwarded, 1).await;
-    wait_for_count(&gw.metrics, "store", Outcome::RejectedCallingAe, 1).await;
+    drop(s);
     wait_for_count(&gw.metrics, "store", Outcome::BackendUnavailable, 1).await;
 }
 
@@ -358,9 +363,19 @@ async fn by_default_only_loopback_may_read_the_admin_endpoint_and_a_failed_reloa
     pki().write_to(dir.path());
     let mut gw = RunningGateway::start_yaml(dir.path(), &config(scp.addr, dead, None)).await;
     let admin = gw.admin.expect("admin endpoint");
-    // 127.0.0.2 is loopback too (127.0.0.0/8): the default admits it.
-    let (code, _, _) = get_from("127.0.0.2".parse().expect("ip"), admin, "/readyz").await;
-    assert_eq!(code, 200);
+    // 127.0.0.2 is loopback too (127.0.0.0/8): the default admits it
+    // (503 until the gateway is ready, never 403).
+    let other: IpAddr = "127.0.0.2".parse().expect("ip");
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let (code, _, body) = get_from(other, admin, "/readyz").await;
+        assert_ne!(code, 403, "127.0.0.2 refused by the default admin.allow: {body}");
+        if code == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz still {code} after {PROMPT:?}: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(gw.metrics.render().contains("dicomgate_admin_requests_denied_total 0\n"));
 
     // A failed reload is on the page, with why; the old configuration serves.
