@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::attack::{flood, size_from_env, slowloris, Pressure, Slow};
+use support::attack::{flood, listen_drops, size_from_env, slowloris, Pressure, Slow};
 use support::daemon::{gen_cert, require_nofile, Daemon, Scrape, MIB_IN_KIB};
 use support::dcmtk::{assert_echo, cloud_echoscu, storescp};
 use support::hostile::{check_case, hostile_cases, run_case, Port, ACSE, EARLY, LATE, NOT_SPECIFIED};
@@ -49,20 +49,6 @@ fn write_config(dir: &Path, scp: SocketAddr) -> PathBuf {
     let path = dir.join("dicomgate.yaml");
     std::fs::write(&path, yaml).expect("write config");
     path
-}
-
-/// TcpExt ListenDrops of /proc/net/netstat (system-wide): connections the
-/// kernel dropped because a listener's accept queue was full.
-fn listen_drops() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "ListenDrops")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Waits until `expected` connections have ended on `tls` and `plain`, or

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::attack::listen_drops;
 use support::daemon::{gen_cert, require_nofile, Daemon, Scrape};
 use support::dcmtk::{assert_echo, cloud_echoscu, storescp};
 use support::tools::{output_text, ScpProcess};
@@ -126,20 +127,6 @@ async fn drip<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: &[u8], stop: C
             }
         }
     }
-}
-
-/// TcpExt ListenDrops of /proc/net/netstat (system-wide): handshakes the
-/// kernel dropped because a listener's accept queue was full.
-fn listen_drops() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "ListenDrops")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn evictions(s: &Scrape, listener: &str, reason: &str) -> u64 {

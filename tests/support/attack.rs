@@ -222,3 +222,17 @@ async fn flash(kind: Flash, source: IpAddr, target: SocketAddr, tls: Arc<rustls:
 pub fn size_from_env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// TcpExt ListenDrops of /proc/net/netstat (system-wide): handshakes the
+/// kernel dropped because a listener's accept queue was full.
+pub fn listen_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
