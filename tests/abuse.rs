@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use support::attack::{flood, listen_drops, size_from_env, slowloris, Pressure, Slow};
 use support::daemon::{gen_cert, require_nofile, Daemon, Scrape, MIB_IN_KIB};
-use support::dcmtk::{assert_echo, cloud_echoscu, storescp};
+use support::dcmtk::{assert_echo, cloud_echoscu};
 use support::hostile::{check_case, hostile_cases, run_case, Port, ACSE, EARLY, LATE, NOT_SPECIFIED};
 use support::tools::ScpProcess;
 use tokio::time::Instant;
@@ -73,11 +73,7 @@ async fn wait_until_counted(daemon: &Daemon, expected: u64) -> Scrape {
 
 /// A TLS certificate, `storescp` and the daemon in `dir`.
 async fn start(dir: &Path) -> (Daemon, ScpProcess) {
-    support::init();
-    gen_cert(dir, 365).await;
-    let scp = storescp(support::PACS_AE, &[], dir).await;
-    let daemon = Daemon::start(&write_config(dir, scp.addr)).await;
-    (daemon, scp)
+    support::daemon::start_with_storescp(dir, write_config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::attack::listen_drops;
-use support::daemon::{gen_cert, require_nofile, Daemon, Scrape};
-use support::dcmtk::{assert_echo, cloud_echoscu, storescp};
+use support::daemon::{require_nofile, Daemon, Scrape};
+use support::dcmtk::{assert_echo, cloud_echoscu};
 use support::tools::{output_text, ScpProcess};
 use support::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,11 +46,7 @@ fn write_config(dir: &Path, scp: SocketAddr) -> PathBuf {
 }
 
 async fn start(dir: &Path) -> (Daemon, ScpProcess) {
-    support::init();
-    gen_cert(dir, 365).await;
-    let scp = storescp(support::PACS_AE, &[], dir).await;
-    let daemon = Daemon::start(&write_config(dir, scp.addr)).await;
-    (daemon, scp)
+    support::daemon::start_with_storescp(dir, write_config).await
 }
 
 /// The hostile peers of the first test.

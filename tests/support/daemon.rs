@@ -69,6 +69,20 @@ pub async fn run_until(args: &[&str], deadline: Duration) -> Result<Output, Stri
     }
 }
 
+/// A TLS certificate (`gen_cert`), DCMTK's `storescp` as the PACS, and the
+/// daemon started with the configuration `write_config` writes for that
+/// SCP's address, all in `dir`.
+pub async fn start_with_storescp(
+    dir: &Path,
+    write_config: impl FnOnce(&Path, SocketAddr) -> PathBuf,
+) -> (Daemon, super::tools::ScpProcess) {
+    super::init();
+    gen_cert(dir, 365).await;
+    let scp = super::dcmtk::storescp(super::PACS_AE, &[], dir).await;
+    let daemon = Daemon::start(&write_config(dir, scp.addr)).await;
+    (daemon, scp)
+}
+
 /// `dicomgate gen-cert` into `dir` (RSA 2048, the default key type, which
 /// every DCMTK TLS profile can use): `scp_cert.pem`, `scp_key.pem`.
 pub async fn gen_cert(dir: &Path, days: u32) -> (PathBuf, PathBuf) {
