@@ -41,9 +41,9 @@ echo "abuse.sh: $slowloris slowloris connections, $flood-connection flood, open 
 export ABUSE_SLOWLORIS="$slowloris" ABUSE_FLOOD="$flood"
 # One test at a time, so each has the machine to itself; 30 minutes at most.
 timeout --kill-after=30s 1800 \
-  cargo test --release --locked --test abuse -- --nocapture --test-threads=1
+  cargo test --release --locked --test it abuse:: -- --nocapture --test-threads=1
 # Hostile peers from allowed addresses against echoscu, and a denied flood,
 # with no limit or timeout key at all.
 export ADMISSION_HOSTILE="$slowloris" ADMISSION_DENIED="$flood"
 timeout --kill-after=30s 900 \
-  cargo test --release --locked --test admission_defaults -- --nocapture --test-threads=1
+  cargo test --release --locked --test it admission_defaults:: -- --nocapture --test-threads=1
