@@ -98,14 +98,6 @@ impl RecentAssociations {
     /// Records a finished connection: called once, where its audit event is
     /// emitted. The oldest entry makes room when the ring is full.
     pub fn record(&self, record: &AuditRecord, outcome: Outcome, duration: Duration) {
-        // Connections closed at accept (a stranger's address, or past the
-        // overflow slots) are counted, not listed: a scan would otherwise
-        // push every real association out of the ring.
-        let closed_at_accept =
-            outcome == Outcome::DeniedIp || (outcome == Outcome::Limit && record.calling_ae.is_none());
-        if closed_at_accept {
-            return;
-        }
         let entry = RecentAssociation {
             ended: SystemTime::now(),
             listener: record.listener.clone(),

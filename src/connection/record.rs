@@ -26,8 +26,6 @@ use crate::tls::{HandshakeFailure, SessionInfo};
 /// The phase of a connection, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The accept loop: allow list and connection limits, before any read.
-    Accept,
     ProxyHeader,
     TlsHandshake,
     FirstPdu,
@@ -40,7 +38,6 @@ pub enum Phase {
 impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Accept => "accept",
             Phase::ProxyHeader => "proxy header",
             Phase::TlsHandshake => "TLS handshake",
             Phase::FirstPdu => "first PDU",
@@ -56,12 +53,6 @@ impl Phase {
 /// phase, which side, what the peer did. Words only in `Display`.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    #[error("source address not in the allow list")]
-    SourceDenied,
-    #[error("source address not in proxy_protocol_from: only the load balancers may connect")]
-    NotALoadBalancer,
-    #[error("listener at max_connections and its overflow answers; closed")]
-    Overflow,
     #[error("from load balancer {lb}: {error}")]
     ProxyHeader { lb: SocketAddr, error: ProxyError },
     #[error(
@@ -102,7 +93,6 @@ pub enum Refused {
 impl Refused {
     pub fn phase(&self) -> Phase {
         match self {
-            Refused::SourceDenied | Refused::NotALoadBalancer | Refused::Overflow => Phase::Accept,
             Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
                 Phase::ProxyHeader
             }
@@ -118,8 +108,6 @@ impl Refused {
     /// audited (see [`crate::listener::refusals`]).
     pub fn summarised(&self) -> Option<SummarisedRefusal> {
         match self {
-            Refused::SourceDenied => Some(SummarisedRefusal::DeniedIp),
-            Refused::NotALoadBalancer => Some(SummarisedRefusal::NotLoadBalancer),
             Refused::ProxiedClientDenied { .. } => Some(SummarisedRefusal::ProxyDeniedIp),
             Refused::OverLimit(_) => Some(SummarisedRefusal::OverLimit),
             _ => None,
@@ -154,10 +142,7 @@ impl Refused {
             | Refused::ProxyWithoutClient { .. }
             | Refused::FirstPdu(_)
             | Refused::MalformedRq(_) => Outcome::ProtocolError,
-            Refused::SourceDenied | Refused::NotALoadBalancer | Refused::ProxiedClientDenied { .. } => {
-                Outcome::DeniedIp
-            }
-            Refused::Overflow => Outcome::Limit,
+            Refused::ProxiedClientDenied { .. } => Outcome::DeniedIp,
             Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
             Refused::TlsTimeout => Outcome::Timeout,
             Refused::OverLimit(_) => Outcome::Limit,

@@ -192,11 +192,6 @@ impl Metrics {
         self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).inc();
     }
 
-    /// Current `dicomgate_preassociation_evictions_total{listener,reason}`.
-    pub fn preassociation_evictions(&self, listener: &str, reason: &str) -> u64 {
-        self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).get()
-    }
-
     pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
         self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]).inc();
     }

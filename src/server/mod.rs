@@ -178,11 +178,6 @@ impl Gateway {
         self.health.clone()
     }
 
-    /// What the status page and `/status` show.
-    pub fn status_board(&self) -> Arc<StatusBoard> {
-        self.board.clone()
-    }
-
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.iter().find(|l| l.name == name).map(|l| l.socket.address)
