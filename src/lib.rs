@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod atna;
 pub mod audit;
 pub mod backend;
@@ -51,11 +52,14 @@ pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod pdu_io;
 pub mod pki;
 pub mod prepare;
 pub mod proxy_protocol;
 pub mod recent;
+pub mod refusals;
 pub mod relay;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod tls;

@@ -1,74 +1,61 @@
 //! The most recent finished connections, for the status page and `/status`
-//! (DESIGN.md, "Admin endpoint"): a fixed-capacity ring of compact copies of
-//! the audit record, newest last.
+//! (docs/status-page.md): a fixed-capacity ring of their reports, newest
+//! last.
 //!
-//! Cost per connection: one short mutex hold to push a small struct (its
-//! strings are the audit record's, moved or copied once); nothing on the
-//! relay path. Memory is bounded by [`CAPACITY`] entries of
-//! [`RecentAssociation`], whose strings are bounded by what the audit record
-//! holds (AE titles ≤ 16 bytes, names from the configuration, short texts).
+//! Cost per connection: one short mutex hold to push the report (moved, not
+//! copied); nothing on the relay path. Memory is bounded by [`CAPACITY`]
+//! entries of [`RecentAssociation`], whose strings are bounded by what a
+//! report holds (AE titles ≤ 16 bytes, names from the configuration, short
+//! texts, a few dozen DIMSE counts).
 //!
 //! Only what the audit line already carries is kept: identifiers and
 //! counters, never PDU contents (no PHI).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use serde::ser::SerializeStruct;
 use serde::Serialize;
 
-use crate::audit::AuditRecord;
-use crate::metrics::Outcome;
+use crate::report::{millis, Report};
 
 /// How many finished connections are kept.
 pub const CAPACITY: usize = 100;
 
-/// One finished connection, as the page and `/status` show it.
-#[derive(Debug, Clone, Serialize)]
+/// One finished connection, as the page and `/status` show it: its report
+/// and when it ended.
+#[derive(Debug, Clone)]
 pub struct RecentAssociation {
-    /// When the connection ended (RFC 3339 in JSON).
-    #[serde(serialize_with = "rfc3339")]
     pub ended: SystemTime,
-    pub listener: String,
-    /// The client (after a PROXY header: the address it carried).
-    pub peer: Option<SocketAddr>,
-    /// Behind a load balancer: the balancer's own address.
-    pub proxy: Option<SocketAddr>,
-    pub calling_ae: Option<String>,
-    pub called_ae: Option<String>,
-    pub backend: Option<String>,
-    pub server: Option<String>,
-    /// `dicomgate_connections_total`'s outcome label.
-    #[serde(serialize_with = "outcome_label")]
-    pub outcome: Outcome,
-    /// The SCP's (or our) answer in words: `accepted`, or the A-ASSOCIATE-RJ reason.
-    pub association: Option<String>,
-    /// How an established association ended (`released`, `aborted`, …).
-    pub end: Option<String>,
-    /// DIMSE operations, e.g. `C-ECHO rq=1 success=1`.
-    pub dimse: Option<String>,
-    /// Why, in words, when something failed or was refused.
-    pub detail: Option<String>,
-    pub bytes_to_backend: u64,
-    pub bytes_to_client: u64,
-    pub duration_ms: u64,
+    pub report: Report,
 }
 
-impl RecentAssociation {
-    /// Whether the connection was turned away (the page makes these stand out).
-    pub fn refused(&self) -> bool {
-        self.outcome != Outcome::Forwarded
-            || self.association.as_deref().is_some_and(|a| a.starts_with("rejected") || a.contains("abort"))
+/// `/status`'s JSON of one entry. Field names are API; the texts are the
+/// audit line's.
+impl Serialize for RecentAssociation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = &self.report;
+        let mut o = s.serialize_struct("RecentAssociation", 17)?;
+        o.serialize_field("ended", &humantime::format_rfc3339_millis(self.ended).to_string())?;
+        o.serialize_field("listener", &r.listener)?;
+        o.serialize_field("conn", &r.id.to_string())?;
+        o.serialize_field("peer", &r.trail.client())?;
+        o.serialize_field("proxy", &r.trail.proxy())?;
+        o.serialize_field("calling_ae", &r.trail.calling_ae)?;
+        o.serialize_field("called_ae", &r.trail.called_ae)?;
+        o.serialize_field("backend", &r.trail.backend)?;
+        o.serialize_field("server", &r.server)?;
+        o.serialize_field("outcome", r.outcome.as_str())?;
+        o.serialize_field("association", &r.association.as_ref().map(ToString::to_string))?;
+        o.serialize_field("end", &r.end.map(|e| e.as_str()))?;
+        o.serialize_field("dimse", &r.dimse())?;
+        o.serialize_field("detail", &r.detail)?;
+        o.serialize_field("bytes_to_backend", &r.bytes_to_backend)?;
+        o.serialize_field("bytes_to_client", &r.bytes_to_client)?;
+        o.serialize_field("duration_ms", &millis(r.duration))?;
+        o.end()
     }
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
-}
-
-fn outcome_label<S: serde::Serializer>(o: &Outcome, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(o.as_str())
 }
 
 /// The ring. Shared by every connection task (writers) and the admin
@@ -97,25 +84,8 @@ impl RecentAssociations {
 
     /// Records a finished connection: called once, where its audit event is
     /// emitted. The oldest entry makes room when the ring is full.
-    pub fn record(&self, record: &AuditRecord, outcome: Outcome, duration: Duration) {
-        let entry = RecentAssociation {
-            ended: SystemTime::now(),
-            listener: record.listener.clone(),
-            peer: record.peer,
-            proxy: record.proxy,
-            calling_ae: record.calling_ae.clone(),
-            called_ae: record.called_ae.clone(),
-            backend: record.backend.clone(),
-            server: record.server.clone(),
-            outcome,
-            association: record.association.clone(),
-            end: record.end.clone(),
-            dimse: record.dimse.clone(),
-            detail: record.detail.clone(),
-            bytes_to_backend: record.bytes_to_backend,
-            bytes_to_client: record.bytes_to_client,
-            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-        };
+    pub fn record(&self, report: Report) {
+        let entry = RecentAssociation { ended: SystemTime::now(), report };
         let mut ring = self.lock();
         if ring.len() >= CAPACITY {
             ring.pop_front();
@@ -140,37 +110,55 @@ impl RecentAssociations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{Association, ConnectionId, Outcome, Trail};
+    use std::time::Duration;
 
-    fn record(n: usize) -> AuditRecord {
-        let mut r = AuditRecord::new("store", SocketAddr::from(([127, 0, 0, 1], 40000)));
-        r.calling_ae = Some(format!("AE{n}"));
-        r
+    fn report(n: usize, outcome: Outcome) -> Report {
+        let mut trail = Trail::new(([127, 0, 0, 1], 40000).into());
+        trail.calling_ae = Some(format!("AE{n}"));
+        Report {
+            listener: "store".into(),
+            id: ConnectionId::next(),
+            trail,
+            server: None,
+            outcome,
+            association: None,
+            end: None,
+            operations: Default::default(),
+            scp_answer: None,
+            detail: None,
+            handshake: None,
+            bytes_to_backend: 0,
+            bytes_to_client: 0,
+            duration: Duration::from_millis(3),
+        }
     }
 
     #[test]
     fn keeps_the_newest_capacity_entries_newest_first() {
         let ring = RecentAssociations::new();
         for n in 0..CAPACITY + 7 {
-            ring.record(&record(n), Outcome::Forwarded, Duration::from_millis(3));
+            ring.record(report(n, Outcome::Forwarded));
         }
         let entries = ring.newest_first();
         assert_eq!(entries.len(), CAPACITY);
-        assert_eq!(entries[0].calling_ae.as_deref(), Some(format!("AE{}", CAPACITY + 6).as_str()));
-        assert_eq!(entries[CAPACITY - 1].calling_ae.as_deref(), Some("AE7"));
+        assert_eq!(entries[0].report.trail.calling_ae.as_deref(), Some(format!("AE{}", CAPACITY + 6).as_str()));
+        assert_eq!(entries[CAPACITY - 1].report.trail.calling_ae.as_deref(), Some("AE7"));
     }
 
     #[test]
-    fn refusals_are_marked() {
+    fn the_json_keeps_its_field_names() {
+        let mut r = report(1, Outcome::Forwarded);
+        r.association = Some(Association::RejectedByScp((1, 1, 3)));
         let ring = RecentAssociations::new();
-        ring.record(&record(0), Outcome::RejectedCallingAe, Duration::ZERO);
-        let mut accepted = record(1);
-        accepted.association = Some("accepted".into());
-        ring.record(&accepted, Outcome::Forwarded, Duration::ZERO);
-        let mut scp_rj = record(2);
-        scp_rj.association = Some("rejected-permanent, service-user, no-reason-given".into());
-        ring.record(&scp_rj, Outcome::Forwarded, Duration::ZERO);
-        let refused: Vec<bool> = ring.newest_first().iter().map(|e| e.refused()).collect();
-        assert_eq!(refused, [true, false, true]);
+        ring.record(r);
+        let json = serde_json::to_value(&ring.newest_first()[0]).expect("json");
+        assert_eq!(json["outcome"], "forwarded");
+        assert_eq!(json["peer"], "127.0.0.1:40000");
+        assert_eq!(json["calling_ae"], "AE1");
+        assert!(json["association"].as_str().is_some_and(|a| a.starts_with("rejected by the SCP")), "{json}");
+        assert_eq!(json["duration_ms"], 3);
+        assert!(json["proxy"].is_null() && json["end"].is_null());
     }
 
     #[test]

@@ -7,70 +7,70 @@
 //! as not recognised.
 
 use crate::config::ListenerConfig;
-use crate::dicom::ae::display_raw;
+use crate::dicom::ae::{display_raw, AeTitleError};
 use crate::dicom::associate::AssociateView;
 use crate::dicom::pdu::Rejection;
 use crate::dicom::AeTitle;
-use crate::metrics::Outcome;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Forward { backend: String, calling: AeTitle, called: AeTitle },
-    Reject(Refusal),
+    Reject(PolicyRejection),
 }
 
-/// A policy refusal: what to send, how to count it, and why in words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub rejection: Rejection,
-    pub outcome: Outcome,
-    pub why: String,
+/// Why the policy rejected an association; [`PolicyRejection::rejection`]
+/// is the A-ASSOCIATE-RJ to send, `Display` the why in words (naming the
+/// offending AE title, escaped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyRejection {
+    #[error("protocol version 0x{0:04X} does not include version 1")]
+    ProtocolVersion(u16),
+    #[error("calling AE title \"{raw}\" {error}")]
+    CallingAeInvalid { raw: String, error: AeTitleError },
+    #[error("calling AE title {:?} is not in calling_ae_titles", .0.as_str())]
+    CallingAeNotAllowed(AeTitle),
+    #[error("called AE title \"{raw}\" {error}")]
+    CalledAeInvalid { raw: String, error: AeTitleError },
+    #[error("no route for called AE title {:?}", .0.as_str())]
+    NoRoute(AeTitle),
+}
+
+impl PolicyRejection {
+    pub fn rejection(&self) -> Rejection {
+        match self {
+            PolicyRejection::ProtocolVersion(_) => Rejection::ProtocolVersionNotSupported,
+            PolicyRejection::CallingAeInvalid { .. } | PolicyRejection::CallingAeNotAllowed(_) => {
+                Rejection::CallingAeNotRecognized
+            }
+            PolicyRejection::CalledAeInvalid { .. } | PolicyRejection::NoRoute(_) => Rejection::CalledAeNotRecognized,
+        }
+    }
 }
 
 pub fn decide(rq: &AssociateView, listener: &ListenerConfig) -> Decision {
     if !rq.supports_protocol_version_1() {
-        return Decision::Reject(Refusal {
-            rejection: Rejection::ProtocolVersionNotSupported,
-            outcome: Outcome::ProtocolError,
-            why: format!("protocol version 0x{:04X} does not include version 1", rq.protocol_version),
-        });
+        return Decision::Reject(PolicyRejection::ProtocolVersion(rq.protocol_version));
     }
     let calling = match AeTitle::from_wire(&rq.calling_ae) {
         Ok(ae) => ae,
-        Err(e) => {
-            return Decision::Reject(Refusal {
-                rejection: Rejection::CallingAeNotRecognized,
-                outcome: Outcome::RejectedCallingAe,
-                why: format!("calling AE title \"{}\" {e}", display_raw(&rq.calling_ae)),
-            })
+        Err(error) => {
+            return Decision::Reject(PolicyRejection::CallingAeInvalid { raw: display_raw(&rq.calling_ae), error })
         }
     };
     if let Some(allowed) = &listener.calling_ae_titles {
         if !allowed.contains(&calling) {
-            return Decision::Reject(Refusal {
-                rejection: Rejection::CallingAeNotRecognized,
-                outcome: Outcome::RejectedCallingAe,
-                why: format!("calling AE title {calling:?} is not in calling_ae_titles", calling = calling.as_str()),
-            });
+            return Decision::Reject(PolicyRejection::CallingAeNotAllowed(calling));
         }
     }
     let called = match AeTitle::from_wire(&rq.called_ae) {
         Ok(ae) => ae,
-        Err(e) => {
-            return Decision::Reject(Refusal {
-                rejection: Rejection::CalledAeNotRecognized,
-                outcome: Outcome::RejectedCalledAe,
-                why: format!("called AE title \"{}\" {e}", display_raw(&rq.called_ae)),
-            })
+        Err(error) => {
+            return Decision::Reject(PolicyRejection::CalledAeInvalid { raw: display_raw(&rq.called_ae), error })
         }
     };
     match listener.routes.lookup(&called) {
         Some(backend) => Decision::Forward { backend: backend.to_owned(), calling, called },
-        None => Decision::Reject(Refusal {
-            rejection: Rejection::CalledAeNotRecognized,
-            outcome: Outcome::RejectedCalledAe,
-            why: format!("no route for called AE title {:?}", called.as_str()),
-        }),
+        None => Decision::Reject(PolicyRejection::NoRoute(called)),
     }
 }
 
@@ -108,7 +108,7 @@ mod tests {
 
     fn rejection(d: Decision) -> Option<Rejection> {
         match d {
-            Decision::Reject(r) => Some(r.rejection),
+            Decision::Reject(r) => Some(r.rejection()),
             Decision::Forward { .. } => None,
         }
     }

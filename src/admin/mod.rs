@@ -52,6 +52,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::HealthRegistry;
 use crate::config::AdminConfig;
 use crate::lifecycle::State;
+use crate::listener::Acceptor;
 use crate::metrics::Metrics;
 use crate::recent::RecentAssociations;
 use status::StatusBoard;
@@ -77,9 +78,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// headers; hyper's default (~400 KiB) is meant for proxies. hyper panics
 /// below 8192, so this constant must stay at or above it.
 const MAX_BUF_SIZE: usize = 16 * 1024;
-
-const BACKOFF_START: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
@@ -112,7 +110,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, state: watch::Receiv
 pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
-    let mut backoff = BACKOFF_START;
+    let mut acceptor = Acceptor::new(&listener, &stop, "admin");
     loop {
         // The permit comes first (as in mini-redis): at the cap we stop
         // accepting rather than accept and drop.
@@ -124,26 +122,7 @@ pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: Cancella
                 Err(_) => break,
             },
         };
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = BACKOFF_START;
-                accepted
-            }
-            Err(e) => {
-                // EMFILE, ECONNABORTED, …: transient; the loop must not die.
-                tracing::warn!(error = %e, retry_in = ?backoff, "admin endpoint: accept failed");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
+        let Some((tcp, peer)) = acceptor.next().await else { break };
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tracker.spawn(async move {
             serve_connection(tcp, peer.ip(), ctx, stop).await;
@@ -295,7 +274,7 @@ mod tests {
     #[test]
     fn routes_and_methods() {
         let metrics = Metrics::new();
-        metrics.register_listener("store");
+        metrics.register_listener("store", crate::report::Outcome::labels());
         let lifecycle = Lifecycle::new();
         let ctx = context(metrics, &lifecycle);
 

@@ -297,7 +297,7 @@ fn server_row(h: &mut String, name: &str, b: &BackendView, i: usize, server: &Se
 }
 
 fn recent(h: &mut String, s: &Snapshot) {
-    let refused = s.recent_associations.iter().filter(|a| a.refused()).count();
+    let refused = s.recent_associations.iter().filter(|a| a.report.refused()).count();
     let _ = writeln!(
         h,
         "<section id=\"recent\"><h2>Recent associations<small>last {} (newest first, at most {}); {refused} refused</small></h2>\
@@ -316,43 +316,47 @@ fn recent(h: &mut String, s: &Snapshot) {
 }
 
 fn association_row(h: &mut String, a: &RecentAssociation) {
-    let opt = |v: &Option<String>| v.as_deref().map(esc).unwrap_or_else(|| "-".to_owned());
-    let peer = a.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".to_owned());
-    let via =
-        a.proxy.map(|p| format!("<br><span class=\"mut\">via {}</span>", esc(&p.to_string()))).unwrap_or_default();
+    let r = &a.report;
+    let opt = |v: Option<&str>| v.map(esc).unwrap_or_else(|| "-".to_owned());
+    let via = r
+        .trail
+        .proxy()
+        .map(|p| format!("<br><span class=\"mut\">via {}</span>", esc(&p.to_string())))
+        .unwrap_or_default();
+    let refused = r.refused();
     let _ = write!(
         h,
-        "<tr{}><td class=\"nw\" title=\"{}\">{}</td><td>{}</td><td class=\"mono\">{}{via}</td>\
+        "<tr{}><td class=\"nw\" title=\"{} conn {}\">{}</td><td>{}</td><td class=\"mono\">{}{via}</td>\
          <td class=\"mono nw\">{} → {}</td><td>{}<br><span class=\"mono mut\">{}</span></td>",
-        if a.refused() { " class=\"refused\"" } else { "" },
+        if refused { " class=\"refused\"" } else { "" },
         esc(&rfc3339(a.ended)),
+        r.id,
         clock(a.ended),
-        esc(&a.listener),
-        esc(&peer),
-        opt(&a.calling_ae),
-        opt(&a.called_ae),
-        opt(&a.backend),
-        opt(&a.server),
+        esc(&r.listener),
+        esc(&r.trail.client().to_string()),
+        opt(r.trail.calling_ae.as_deref()),
+        opt(r.trail.called_ae.as_deref()),
+        opt(r.trail.backend.as_deref()),
+        opt(r.server.as_deref()),
     );
-    let outcome = a.outcome.as_str();
-    let class = if a.refused() { "bad" } else { "ok" };
-    let _ = write!(h, "<td><span class=\"b {class}\">{}</span>", esc(outcome));
-    if let Some(assoc) = &a.association {
-        let _ = write!(h, " {}", esc(assoc));
+    let class = if refused { "bad" } else { "ok" };
+    let _ = write!(h, "<td><span class=\"b {class}\">{}</span>", esc(r.outcome.as_str()));
+    if let Some(association) = &r.association {
+        let _ = write!(h, " {}", esc(&association.to_string()));
     }
-    if let Some(end) = &a.end {
-        let _ = write!(h, " <span class=\"mut\">→ {}</span>", esc(end));
+    if let Some(end) = r.end {
+        let _ = write!(h, " <span class=\"mut\">→ {}</span>", esc(end.as_str()));
     }
-    if let Some(detail) = &a.detail {
-        let _ = write!(h, "<br><span class=\"{}\">{}</span>", if a.refused() { "why" } else { "mut" }, esc(detail));
+    if let Some(detail) = &r.detail {
+        let _ = write!(h, "<br><span class=\"{}\">{}</span>", if refused { "why" } else { "mut" }, esc(detail));
     }
     let _ = writeln!(
         h,
         "</td><td class=\"mono\">{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{}</td></tr>",
-        opt(&a.dimse),
-        bytes(a.bytes_to_backend),
-        bytes(a.bytes_to_client),
-        millis(a.duration_ms)
+        opt(r.dimse().as_deref()),
+        bytes(r.bytes_to_backend),
+        bytes(r.bytes_to_client),
+        millis(crate::report::millis(r.duration))
     );
 }
 

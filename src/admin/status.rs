@@ -17,9 +17,10 @@ use crate::backend::health::StatusView;
 use crate::backend::HealthRegistry;
 use crate::config::{ListenerConfig, Security};
 use crate::lifecycle::State;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::pki::CertificateInfo;
 use crate::recent::{RecentAssociation, RecentAssociations};
+use crate::report::Outcome;
 
 /// A certificate is highlighted when it expires within this many days.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -210,7 +211,7 @@ pub struct ListenerStatus {
 
 impl ListenerStatus {
     fn new(view: ListenerView, metrics: &Metrics) -> ListenerStatus {
-        let connections = Outcome::ALL.iter().map(|o| (o.as_str(), metrics.connections(&view.name, *o))).collect();
+        let connections = Outcome::labels().map(|o| (o, metrics.connections(&view.name, o))).collect();
         ListenerStatus {
             certificate_days_left: view.certificate.as_ref().map(CertificateView::days_left),
             active_connections: metrics.active(&view.name),

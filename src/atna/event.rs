@@ -1,5 +1,5 @@
 //! What the gateway audits, and the one mapping from a finished connection
-//! (its [`Outcome`] and [`AuditRecord`]) to an ATNA event. Pure.
+//! (its [`Report`]) to an ATNA event. Pure.
 //!
 //! | trigger | EventID | EventTypeCode | outcome |
 //! |---|---|---|---|
@@ -18,9 +18,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::message::{codes, Code, Outcome};
-use crate::audit::AuditRecord;
-use crate::metrics::Outcome as ConnectionOutcome;
+use super::message::{codes, Code, EventOutcome};
+use crate::report::{Outcome as ConnectionOutcome, Report};
 use crate::tls::HandshakeFailure;
 
 /// One auditable event, with the time it happened.
@@ -28,7 +27,7 @@ use crate::tls::HandshakeFailure;
 pub struct AuditEvent {
     pub time: Timestamp,
     pub kind: EventKind,
-    pub outcome: Outcome,
+    pub outcome: EventOutcome,
     /// `EventOutcomeDescription`: why, in words (no PHI, no secrets).
     pub description: Option<String>,
 }
@@ -38,25 +37,26 @@ pub enum EventKind {
     ApplicationStart,
     ApplicationStop,
     ConfigReload,
-    PeerRefused { reason: Refusal, peer: Participant },
+    PeerRefused { reason: AlertReason, peer: Participant },
 }
 
-/// Why a peer's association was refused before it reached a backend.
+/// Why a peer's association was refused before it reached a backend: what
+/// the Security Alert reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum AlertReason {
     CallingAeTitle,
     CalledAeTitle,
     ClientCertificate,
     TlsHandshake,
 }
 
-impl Refusal {
+impl AlertReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::CallingAeTitle => "calling AE title refused",
-            Refusal::CalledAeTitle => "called AE title refused",
-            Refusal::ClientCertificate => "client certificate refused or missing",
-            Refusal::TlsHandshake => "TLS handshake failed",
+            AlertReason::CallingAeTitle => "calling AE title refused",
+            AlertReason::CalledAeTitle => "called AE title refused",
+            AlertReason::ClientCertificate => "client certificate refused or missing",
+            AlertReason::TlsHandshake => "TLS handshake failed",
         }
     }
 }
@@ -90,30 +90,25 @@ impl EventKind {
 }
 
 impl AuditEvent {
-    pub fn now(kind: EventKind, outcome: Outcome, description: Option<String>) -> AuditEvent {
+    pub fn now(kind: EventKind, outcome: EventOutcome, description: Option<String>) -> AuditEvent {
         AuditEvent { time: Timestamp::now(), kind, outcome, description }
     }
 
-    /// The Security Alert for a connection that ended with `outcome`, if it
-    /// is one the gateway reports (see the module table).
-    pub fn for_connection(
-        outcome: ConnectionOutcome,
-        handshake: Option<HandshakeFailure>,
-        record: &AuditRecord,
-    ) -> Option<AuditEvent> {
-        let detail = record.detail.as_deref().unwrap_or("");
-        let reason = match (outcome, handshake) {
-            (ConnectionOutcome::RejectedCallingAe, _) => Refusal::CallingAeTitle,
-            (ConnectionOutcome::RejectedCalledAe, _) => Refusal::CalledAeTitle,
+    /// The Security Alert for a finished connection, if its outcome is one
+    /// the gateway reports (see the module table).
+    pub fn for_connection(report: &Report) -> Option<AuditEvent> {
+        let reason = match (report.outcome, report.handshake) {
+            (ConnectionOutcome::RejectedCallingAe, _) => AlertReason::CallingAeTitle,
+            (ConnectionOutcome::RejectedCalledAe, _) => AlertReason::CalledAeTitle,
             // Closed before a ClientHello: a load balancer's TCP health
             // check or a port probe, not a node presenting an identity.
             (ConnectionOutcome::TlsError, Some(HandshakeFailure::Closed)) => return None,
-            (ConnectionOutcome::TlsError, Some(HandshakeFailure::ClientCertificate)) => Refusal::ClientCertificate,
-            (ConnectionOutcome::TlsError, _) => Refusal::TlsHandshake,
+            (ConnectionOutcome::TlsError, Some(HandshakeFailure::ClientCertificate)) => AlertReason::ClientCertificate,
+            (ConnectionOutcome::TlsError, _) => AlertReason::TlsHandshake,
             _ => return None,
         };
-        let peer = record.peer?;
-        let calling = record.calling_ae.as_deref().filter(|ae| !ae.is_empty());
+        let peer = report.trail.client();
+        let calling = report.trail.calling_ae.as_deref().filter(|ae| !ae.is_empty());
         let participant = Participant {
             // The calling AE title is what the peer claimed to be; without
             // one (TLS failures) its address is all that identifies it.
@@ -124,27 +119,27 @@ impl AuditEvent {
             address: Some(peer.ip()),
             application_role: false,
         };
-        let mut description = format!("{} on listener {}", reason.as_str(), record.listener);
-        // The AE titles, unless the detail already names them.
-        if let Some(called) = record.called_ae.as_deref().filter(|c| !detail.contains(c)) {
+        let mut description = format!("{} on listener {}", reason.as_str(), report.listener);
+        // The AE titles, but the refused one: the detail names it already.
+        if let Some(called) = report.trail.called_ae.as_deref().filter(|_| reason != AlertReason::CalledAeTitle) {
             description.push_str(&format!(", called AE title {called:?}"));
         }
-        if let Some(calling) = calling.filter(|c| !detail.contains(c)) {
+        if let Some(calling) = calling.filter(|_| reason != AlertReason::CallingAeTitle) {
             description.push_str(&format!(", calling AE title {calling:?}"));
         }
-        if let Some(cert) = record.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) {
+        if let Some(cert) = report.trail.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) {
             description.push_str(&format!(", client certificate SHA-256 {cert}"));
         }
-        if let Some(proxy) = record.proxy {
+        if let Some(proxy) = report.trail.proxy() {
             description.push_str(&format!(", via load balancer {proxy}"));
         }
-        if !detail.is_empty() {
+        if let Some(detail) = report.detail.as_deref().filter(|d| !d.is_empty()) {
             description.push_str(": ");
             description.push_str(detail);
         }
         Some(AuditEvent::now(
             EventKind::PeerRefused { reason, peer: participant },
-            Outcome::MinorFailure,
+            EventOutcome::MinorFailure,
             Some(description),
         ))
     }

@@ -44,7 +44,7 @@ const MAX_DESCRIPTION: usize = 1024;
 
 /// `EventOutcomeIndicator` (PS3.15 A.5.1): 0 success, 4 minor, 8 serious, 12 major failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum EventOutcome {
     Success = 0,
     MinorFailure = 4,
     SeriousFailure = 8,

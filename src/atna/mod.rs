@@ -27,15 +27,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use event::{AuditEvent, EventKind, Refusal};
-use message::Outcome;
+pub use event::{AlertReason, AuditEvent, EventKind};
+use message::EventOutcome;
 use queue::Queue;
 use transport::Connector;
 
-use crate::audit::AuditRecord;
 use crate::config::Config;
-use crate::metrics::{Metrics, Outcome as ConnectionOutcome};
-use crate::tls::{HandshakeFailure, TlsError};
+use crate::metrics::Metrics;
+use crate::report::Report;
+use crate::tls::TlsError;
 
 /// How long a stopping gateway waits for queued messages (Application Stop
 /// among them) to reach the receiver; the rest is counted as dropped.
@@ -201,35 +201,32 @@ impl AuditSink {
 
     /// The hook at the end of every connection: a Security Alert when the
     /// outcome is one the audit trail reports ([`event`] has the table).
-    pub fn connection_ended(
-        &self,
-        outcome: ConnectionOutcome,
-        handshake: Option<HandshakeFailure>,
-        record: &AuditRecord,
-    ) {
+    pub fn connection_ended(&self, report: &Report) {
         if self.shared.connector.borrow().is_none() {
             return;
         }
-        if let Some(event) = AuditEvent::for_connection(outcome, handshake, record) {
+        if let Some(event) = AuditEvent::for_connection(report) {
             self.record(event);
         }
     }
 
     /// Application Start: the gateway is ready (listeners bound, serving).
     pub fn application_started(&self) {
-        self.record(AuditEvent::now(EventKind::ApplicationStart, Outcome::Success, None));
+        self.record(AuditEvent::now(EventKind::ApplicationStart, EventOutcome::Success, None));
     }
 
     /// Application Stop: the gateway has drained and is about to exit.
     pub fn application_stopped(&self) {
-        self.record(AuditEvent::now(EventKind::ApplicationStop, Outcome::Success, None));
+        self.record(AuditEvent::now(EventKind::ApplicationStop, EventOutcome::Success, None));
     }
 
     /// A reload was applied (`Ok`) or refused (`Err` with the reason).
     pub fn config_reloaded(&self, result: Result<(), String>) {
         let (outcome, description) = match result {
-            Ok(()) => (Outcome::Success, "configuration reloaded".to_owned()),
-            Err(why) => (Outcome::SeriousFailure, format!("configuration reload refused, previous one kept: {why}")),
+            Ok(()) => (EventOutcome::Success, "configuration reloaded".to_owned()),
+            Err(why) => {
+                (EventOutcome::SeriousFailure, format!("configuration reload refused, previous one kept: {why}"))
+            }
         };
         self.record(AuditEvent::now(EventKind::ConfigReload, outcome, Some(description)));
     }

@@ -12,7 +12,7 @@
 //!   5425 §4.3 requires for TLS; UDP: one message per datagram (RFC 5426 §3.1).
 
 use super::event::Timestamp;
-use super::message::Outcome;
+use super::message::EventOutcome;
 
 /// MSGID of ITI-20. IHE kept the RFC 3881 name when the payload became the
 /// DICOM schema (PS3.15 A.5); some products (dcm4che) send `DICOM+RFC3881`
@@ -24,8 +24,8 @@ const FACILITY: u8 = 10;
 const BOM: &str = "\u{FEFF}";
 
 /// One SYSLOG-MSG (RFC 5424 §6), without transport framing.
-pub fn format(time: Timestamp, hostname: &str, pid: u32, outcome: Outcome, xml: &str) -> Vec<u8> {
-    let severity: u8 = if outcome == Outcome::Success { 5 } else { 4 };
+pub fn format(time: Timestamp, hostname: &str, pid: u32, outcome: EventOutcome, xml: &str) -> Vec<u8> {
+    let severity: u8 = if outcome == EventOutcome::Success { 5 } else { 4 };
     let pri = FACILITY * 8 + severity;
     format!("<{pri}>1 {time} {hostname} {APP_NAME} {pid} {MSGID} - {BOM}{xml}").into_bytes()
 }
@@ -55,10 +55,10 @@ mod tests {
     #[test]
     fn header_fields_are_iti20s() {
         let time = Timestamp::from_unix(1_790_000_000).expect("valid time");
-        let msg = format(time, "gw1", 42, Outcome::Success, "<AuditMessage/>");
+        let msg = format(time, "gw1", 42, EventOutcome::Success, "<AuditMessage/>");
         let text = String::from_utf8(msg).expect("utf-8");
         assert_eq!(text, "<85>1 2026-09-21T14:13:20.000Z gw1 dicomgate 42 IHE+RFC-3881 - \u{FEFF}<AuditMessage/>");
-        let failed = format(time, "gw1", 42, Outcome::MinorFailure, "x");
+        let failed = format(time, "gw1", 42, EventOutcome::MinorFailure, "x");
         assert!(failed.starts_with(b"<84>1 "), "facility 10, severity warning");
     }
 

@@ -8,7 +8,7 @@
 //! serde_yaml is archived upstream; it is used only in `from_yaml` so it can
 //! be swapped in one place.
 
-mod audit;
+mod atna;
 mod error;
 mod raw;
 pub mod schema;
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use audit::{AuditConfig, SyslogConfig, SyslogTransport};
+pub use atna::{AuditConfig, SyslogConfig, SyslogTransport};
 pub use error::{ConfigError, Issue};
 use ipnet::IpNet;
 pub use validate::DEFAULT_ADMIN_ALLOW;

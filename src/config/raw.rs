@@ -28,7 +28,7 @@ pub struct RawConfig {
     /// Logging to stderr (the journal under systemd).
     pub log: Option<RawLog>,
     /// The audit trail beyond the log line per association: IHE ATNA messages to a syslog receiver.
-    pub audit: Option<super::audit::RawAudit>,
+    pub audit: Option<super::atna::RawAudit>,
     /// What SIGTERM does to live associations.
     pub shutdown: Option<RawShutdown>,
     /// Internal SCPs (PACS, VNA, worklist) that receive the decrypted traffic, by name.

@@ -4,16 +4,18 @@
 //! deadline (patched back for the rewrite, clamped likewise); what happened
 //! is returned as an [`Exchanged`].
 
+use tokio::io::AsyncRead;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::first_pdu::{read_associate_response, AnswerError};
 use super::{close, send_and_close, write_flush, Services};
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::associate::{self, patch_called_ae, AssociateView};
-use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
+use crate::dicom::pdu::{provider_abort, AbortReason, PduHeader, PduType, HEADER_LEN};
 use crate::dicom::AeTitle;
-use crate::metrics::{AssociationResult, Direction};
+use crate::metrics::Direction;
+use crate::pdu_io::{read_pdu, ReadError};
+use crate::report::AssociationResult;
 use crate::tls::Stream;
 
 /// Largest A-ASSOCIATE-AC/RJ/ABORT accepted from an SCP.
@@ -186,4 +188,74 @@ fn clamp_max_length(pdu: &mut [u8], max_length: Option<(u32, usize)>, cap: u32) 
         // Mandatory in RQ and AC, but be lenient: enforce the cap silently.
         None => cap,
     }
+}
+
+/// Why the SCP's answer to a forwarded A-ASSOCIATE-RQ is missing or
+/// unusable. Side: the SCP; phase: SCP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("cannot send the A-ASSOCIATE-RQ: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("cannot send the A-ASSOCIATE-RQ within the ACSE timeout")]
+    SendTimeout,
+    #[error("no answer to the A-ASSOCIATE-RQ within the ACSE timeout")]
+    Timeout,
+    #[error("connection lost before the association answer: {0}")]
+    Lost(#[source] std::io::Error),
+    #[error("answered the A-ASSOCIATE-RQ with {0}")]
+    Unexpected(&'static str),
+    #[error("answered with a non-PDU (first byte 0x{0:02X})")]
+    NotDicom(u8),
+    #[error("{pdu} of {length} bytes exceeds the limit of {limit}")]
+    TooLong { pdu: &'static str, length: u32, limit: u32 },
+    #[error("incomplete {0} within the ACSE timeout")]
+    Incomplete(&'static str),
+    #[error("connection lost in the middle of the {pdu}: {error}")]
+    LostMidPdu { pdu: &'static str, error: std::io::Error },
+    #[error("no answer before the shutdown grace period ended")]
+    Shutdown,
+}
+
+/// Reads the SCP's answer to a forwarded RQ: A-ASSOCIATE-AC, -RJ or A-ABORT,
+/// bounded by `limit`, under `deadline`.
+async fn read_associate_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: u32,
+    deadline: Instant,
+) -> Result<(PduType, Vec<u8>), AnswerError> {
+    let check = |h: &PduHeader| match h.pdu_type() {
+        Some(t @ (PduType::AssociateAc | PduType::AssociateRj | PduType::Abort)) if h.length > limit => {
+            Err(AnswerError::TooLong { pdu: t.name(), length: h.length, limit })
+        }
+        Some(PduType::AssociateAc | PduType::AssociateRj | PduType::Abort) => Ok(()),
+        Some(other) => Err(AnswerError::Unexpected(other.name())),
+        None => Err(AnswerError::NotDicom(h.type_byte)),
+    };
+    let mut seen = None;
+    let checked = |h: &PduHeader| {
+        seen = h.pdu_type();
+        check(h)
+    };
+    match read_pdu(stream, deadline, checked).await {
+        Ok((h, pdu)) => match h.pdu_type() {
+            Some(t) => Ok((t, pdu)),
+            None => Err(AnswerError::NotDicom(h.type_byte)),
+        },
+        Err(ReadError::Refused(e)) => Err(e),
+        Err(ReadError::NotDicom(byte)) => Err(AnswerError::NotDicom(byte)),
+        Err(ReadError::Timeout { header_seen: false, .. }) => Err(AnswerError::Timeout),
+        Err(ReadError::Timeout { .. }) => Err(AnswerError::Incomplete(name(seen))),
+        Err(ReadError::Closed { got }) if got < HEADER_LEN => Err(AnswerError::Lost(eof())),
+        Err(ReadError::Closed { .. }) => Err(AnswerError::LostMidPdu { pdu: name(seen), error: eof() }),
+        Err(ReadError::Io(e)) if seen.is_some() => Err(AnswerError::LostMidPdu { pdu: name(seen), error: e }),
+        Err(ReadError::Io(e)) => Err(AnswerError::Lost(e)),
+    }
+}
+
+fn name(pdu_type: Option<PduType>) -> &'static str {
+    pdu_type.map_or("PDU", PduType::name)
+}
+
+fn eof() -> std::io::Error {
+    std::io::ErrorKind::UnexpectedEof.into()
 }

@@ -63,22 +63,10 @@ pub(super) async fn handshake(
             let info = SessionInfo::of(tls.get_ref().1);
             Ok((Stream::Server(Box::new(tls)), Some(info)))
         }
-        Ok(Err(e)) if is_unsupported_cert_version(&e) => Err(Refused::TlsClientCertV1),
+        Ok(Err(e)) if crate::tls::client_certificate_is_v1(&e) => Err(Refused::TlsClientCertV1),
         Ok(Err(e)) => Err(Refused::Tls(e)),
         Err(_) => Err(Refused::TlsTimeout),
     }
-}
-
-/// webpki's `UnsupportedCertVersion` for the client's certificate: an
-/// X.509 v1 certificate, which deserves words an admin can act on. webpki's
-/// error type is not ours to match on, only its name.
-fn is_unsupported_cert_version(e: &std::io::Error) -> bool {
-    let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
-        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return false;
-    };
-    format!("{other:?}").contains("UnsupportedCertVersion")
 }
 
 /// A whole, checked A-ASSOCIATE-RQ and its raw view.

@@ -1,4 +1,4 @@
-//! One connection, phase by phase (DESIGN.md, "Data flow"):
+//! One connection, phase by phase (docs/architecture.md, "Data flow"):
 //!
 //! 1. `client`: PROXY header (optional), TLS handshake and the first PDU,
 //!    all under the ACSE deadline;
@@ -10,8 +10,8 @@
 //!
 //! Every phase that can fail ends in the DICOM answer the table prescribes and
 //! returns what happened as a typed value (side, phase, what the peer did);
-//! [`record::finish`] turns the results into the one audit event and the
-//! connection's metrics.
+//! [`record::finish`] turns the results into the connection's one
+//! [`crate::report::Report`] and hands it to its consumers.
 
 mod association;
 mod client;
@@ -29,18 +29,20 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Graduation};
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::pdu::Rejection;
 use crate::metrics::{Direction, Metrics};
 use crate::relay::{self, Counters, RelayReport, RelaySettings};
+use crate::report::{ConnectionId, Trail};
 use crate::routing::{self, Decision};
 use crate::tls::Stream;
+pub use association::AnswerError;
 pub use association::Negotiated;
 pub use association::{Answer, Exchanged};
 use client::Request;
-pub use first_pdu::AnswerError;
-pub use record::{Ending, Forwarded, Phase, Refused, Trail};
+pub use record::{Ending, Forwarded, Phase, Refused};
 
 /// The farewell after a refusal or our own A-ABORT: the last PDU, the
 /// shutdown (TLS close_notify) and the linger together. Its own budget, not
@@ -72,8 +74,6 @@ impl std::fmt::Debug for ListenerRuntime {
     }
 }
 
-pub use crate::listener::{Admission, Graduation};
-
 /// Process-wide services a connection uses.
 #[derive(Clone)]
 pub struct Services {
@@ -86,13 +86,15 @@ pub struct Services {
     /// The IHE ATNA audit trail (Security Alerts for refused peers).
     pub atna: crate::atna::AuditSink,
     /// Refusals are counted always and logged as summaries, not audit lines.
-    pub refusals: crate::listener::RefusalLog,
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// Serves one accepted connection to its end; never panics on peer input.
+/// `id` names it in its tracing span (made by the listener) and its report.
 pub async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
+    id: ConnectionId,
     rt: Arc<ListenerRuntime>,
     admission: Admission,
     services: Services,
@@ -102,7 +104,7 @@ pub async fn handle(
     let _active = services.metrics.active_guard(name);
     let mut trail = Trail::new(peer);
     let ending = serve(tcp, &rt, admission, &services, &mut trail).await;
-    record::finish(name, trail, &ending, started.elapsed(), &services);
+    record::finish(name, id, trail, ending, started.elapsed(), &services);
 }
 
 /// Runs the phases in order. Each returns what happened; only this function
@@ -171,16 +173,15 @@ async fn serve(
             send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
             return Ending::Refused(Refused::OverLimit(cfg.max_connections));
         }
-        // The listener's guard drops this future at its next poll (the
-        // eviction is already signalled) and counts the eviction: no RJ, no
-        // outcome of our own, or the connection would be counted twice.
-        Graduation::Evicted => return std::future::pending().await,
+        // Evicted in the instant the RQ became complete: closed without an
+        // RJ, as the eviction would have closed it a moment earlier.
+        Graduation::Evicted(why) => return Ending::Refused(Refused::Evicted(why)),
     }
     let (backend_name, called) = match routing::decide(&request.view, cfg) {
         Decision::Forward { backend, called, .. } => (backend, called),
-        Decision::Reject(refusal) => {
-            send_and_close(&mut client, &refusal.rejection.to_pdu()).await;
-            return Ending::Refused(Refused::Policy(refusal));
+        Decision::Reject(rejected) => {
+            send_and_close(&mut client, &rejected.rejection().to_pdu()).await;
+            return Ending::Refused(Refused::Policy(rejected));
         }
     };
     trail.backend = Some(backend_name.clone());
@@ -319,15 +320,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
-        let admission = Admission::unbudgeted(Arc::new(crate::listener::Slots::new(1)));
+        let admission = Admission::unbudgeted(Arc::new(crate::admission::Slots::new(1)));
         let services = Services {
             metrics: Metrics::new(),
             force_abort: CancellationToken::new(),
             recent: Arc::new(crate::recent::RecentAssociations::new()),
             atna: crate::atna::AuditSink::disabled(),
-            refusals: crate::listener::RefusalLog::new(),
+            refusals: crate::refusals::RefusalLog::new(),
         };
-        let task = handle(tcp, peer, rt, admission, services);
+        let task = handle(tcp, peer, ConnectionId::next(), rt, admission, services);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(size <= 2048, "the connection future is {size} bytes; box its large later phases");

@@ -1,27 +1,27 @@
 //! What a connection's phases return, and the one place where a finished
-//! connection is put into words: [`finish`] builds the audit record from the
-//! phases' results, emits it and counts the metrics. Nothing else writes an
-//! audit field or a per-connection metric label (live byte and DIMSE
-//! counters aside), so a new consumer of finished connections (a syslog
-//! audit trail, a ring of recent associations) hooks in here.
+//! connection becomes its [`Report`]: [`finish`] builds it from the phases'
+//! results and hands it to every consumer (audit line, metrics, the status
+//! page's ring, the IHE ATNA trail) or, for what anyone can cause for free,
+//! to the refusal log's summaries. Nothing else writes an audit field or a
+//! per-connection metric label (live byte and DIMSE counters aside).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::association::{Answer, Exchanged};
 use super::first_pdu::FirstPduError;
 use super::Services;
-use crate::audit::AuditRecord;
+use crate::admission::Eviction;
 use crate::backend::ConnectFailure;
 use crate::config::ServerAddress;
 use crate::dicom::associate::MalformedAssociate;
-use crate::dicom::pdu::{describe_abort, describe_rejection, Rejection};
-use crate::listener::Refusal as SummarisedRefusal;
-use crate::metrics::Outcome;
+use crate::dicom::pdu::{describe_abort, Rejection};
 use crate::proxy_protocol::{ProxyError, ProxyHeader};
-use crate::relay::{self, RelayEnd, RelayReport, Side, Truncation};
-use crate::routing::Refusal;
-use crate::tls::{HandshakeFailure, SessionInfo};
+use crate::refusals::SummarisedRefusal;
+use crate::relay::{End, RelayEnd, RelayReport, Side, Truncation};
+use crate::report::{Association, ConnectionId, Outcome, Report, Trail};
+use crate::routing::PolicyRejection;
+use crate::tls::HandshakeFailure;
 
 /// The phase of a connection, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +78,12 @@ pub enum Refused {
     MalformedRq(MalformedAssociate),
     #[error("listener at max_connections ({0})")]
     OverLimit(usize),
-    #[error("{}", .0.why)]
-    Policy(Refusal),
+    /// Evicted from the pre-association budget in the instant its RQ was
+    /// complete (the listener's guard counts the other evictions).
+    #[error("evicted from the pre-association budget ({})", .0.as_str())]
+    Evicted(Eviction),
+    #[error(transparent)]
+    Policy(PolicyRejection),
     /// Configuration validation guarantees every route names a backend.
     #[error("route names unknown backend {0:?}")]
     UnknownBackend(String),
@@ -98,18 +102,19 @@ impl Refused {
             }
             Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsTimeout => Phase::TlsHandshake,
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
-            Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
+            Refused::OverLimit(_) | Refused::Evicted(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
             Refused::Shutdown(phase) => *phase,
         }
     }
 
     /// The refusal-log reason when this refusal is summarised rather than
-    /// audited (see [`crate::listener::refusals`]).
+    /// audited (see [`crate::refusals`]): what anyone can cause for free.
     pub fn summarised(&self) -> Option<SummarisedRefusal> {
         match self {
             Refused::ProxiedClientDenied { .. } => Some(SummarisedRefusal::ProxyDeniedIp),
             Refused::OverLimit(_) => Some(SummarisedRefusal::OverLimit),
+            Refused::Evicted(why) => Some(SummarisedRefusal::Evicted(*why)),
             _ => None,
         }
     }
@@ -145,8 +150,14 @@ impl Refused {
             Refused::ProxiedClientDenied { .. } => Outcome::DeniedIp,
             Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
             Refused::TlsTimeout => Outcome::Timeout,
-            Refused::OverLimit(_) => Outcome::Limit,
-            Refused::Policy(refusal) => refusal.outcome,
+            Refused::OverLimit(_) | Refused::Evicted(_) => Outcome::Limit,
+            Refused::Policy(PolicyRejection::ProtocolVersion(_)) => Outcome::ProtocolError,
+            Refused::Policy(PolicyRejection::CallingAeInvalid { .. } | PolicyRejection::CallingAeNotAllowed(_)) => {
+                Outcome::RejectedCallingAe
+            }
+            Refused::Policy(PolicyRejection::CalledAeInvalid { .. } | PolicyRejection::NoRoute(_)) => {
+                Outcome::RejectedCalledAe
+            }
             Refused::UnknownBackend(_) | Refused::Backend(_) => Outcome::BackendUnavailable,
             Refused::Shutdown(_) => Outcome::Shutdown,
         }
@@ -155,31 +166,10 @@ impl Refused {
     /// The A-ASSOCIATE-RJ the audit names as the association's result.
     fn rejection(&self) -> Option<Rejection> {
         match self {
-            Refused::Policy(refusal) => Some(refusal.rejection),
+            Refused::Policy(refusal) => Some(refusal.rejection()),
             Refused::Backend(_) | Refused::Shutdown(Phase::BackendConnect) => Some(Rejection::TemporaryCongestion),
             _ => None,
         }
-    }
-}
-
-/// Who the connection was, as the phases returned it.
-#[derive(Debug)]
-pub struct Trail {
-    /// The TCP peer: the client, or the load balancer behind PROXY protocol.
-    pub tcp_peer: SocketAddr,
-    /// The client a PROXY header carried (or the balancer, if it carried none).
-    pub proxied_client: Option<SocketAddr>,
-    pub tls: Option<SessionInfo>,
-    /// From the A-ASSOCIATE-RQ, escaped for display.
-    pub calling_ae: Option<String>,
-    pub called_ae: Option<String>,
-    /// The backend the route chose.
-    pub backend: Option<String>,
-}
-
-impl Trail {
-    pub fn new(tcp_peer: SocketAddr) -> Trail {
-        Trail { tcp_peer, proxied_client: None, tls: None, calling_ae: None, called_ae: None, backend: None }
     }
 }
 
@@ -208,86 +198,110 @@ impl Ending {
     }
 }
 
-/// The end of every connection: one audit event, the connection's metrics,
-/// and the consumers of finished connections: the status page's ring and the
-/// IHE ATNA trail (each decides by outcome what concerns it).
-pub fn finish(listener: &str, trail: Trail, ending: &Ending, elapsed: Duration, services: &Services) {
+/// The end of every connection. What anyone can cause for free (a
+/// stranger's PROXY-carried address, a full gateway, an eviction) is counted
+/// and summarised per source in the log ([`crate::refusals`]); everything
+/// else becomes a [`Report`]: one audit line, the status page's ring, and the
+/// ATNA trail (which decides by outcome what concerns it).
+pub fn finish(listener: &str, id: ConnectionId, trail: Trail, ending: Ending, elapsed: Duration, services: &Services) {
     let metrics = &services.metrics;
     let outcome = ending.outcome();
-    metrics.connection_ended(listener, outcome);
-    if let Ending::Forwarded(f) = ending {
-        metrics.observe_association(listener, elapsed.as_secs_f64());
-        metrics.association_result(listener, f.exchanged.answer.result());
-        if let Some(waited) = f.exchanged.waited {
-            metrics.observe_scp_answer(listener, waited.as_secs_f64());
-        }
-        if let Some(report) = &f.relay {
-            metrics.association_ended(listener, report.end.kind());
-        }
-    }
-    // What anyone can cause for free (a stranger's address, a full gateway)
-    // is summarised in the log per source, not written one audit line each.
-    if let Ending::Refused(refused) = ending {
+    metrics.connection_ended(listener, outcome.as_str());
+    if let Ending::Refused(refused) = &ending {
         if let Some(refusal) = refused.summarised() {
-            let client = trail.proxied_client.unwrap_or(trail.tcp_peer);
-            services.refusals.record(listener, client.ip(), refusal);
+            if let Refused::Evicted(why) = refused {
+                metrics.preassociation_evicted(listener, why.as_str());
+            }
+            services.refusals.record(listener, trail.client().ip(), refusal);
             return;
         }
     }
-    let audit = record(listener, trail, ending);
-    audit.emit(outcome, elapsed);
-    services.recent.record(&audit, outcome, elapsed);
-    let handshake = match ending {
-        Ending::Refused(refused) => refused.handshake_failure(),
-        Ending::Forwarded(_) => None,
-    };
-    services.atna.connection_ended(outcome, handshake, &audit);
+    let report = report(listener, id, trail, ending, elapsed);
+    metrics_of(&report, services);
+    crate::audit::emit(&report);
+    services.atna.connection_ended(&report);
+    services.recent.record(report);
 }
 
-/// The audit record, in words, from the phases' results.
-pub fn record(listener: &str, trail: Trail, ending: &Ending) -> AuditRecord {
-    let (peer, proxy) = match trail.proxied_client {
-        Some(client) => (client, Some(trail.tcp_peer)),
-        None => (trail.tcp_peer, None),
-    };
-    let mut audit = AuditRecord {
+/// An eviction that closed a connection before it finished (the listener's
+/// guard dropped it): counted like [`Refused::Evicted`].
+pub fn evicted(listener: &str, source: IpAddr, why: Eviction, services: &Services) {
+    services.metrics.connection_ended(listener, Outcome::Limit.as_str());
+    services.metrics.preassociation_evicted(listener, why.as_str());
+    services.refusals.record(listener, source, SummarisedRefusal::Evicted(why));
+}
+
+/// The per-association metrics of a forwarded connection.
+fn metrics_of(report: &Report, services: &Services) {
+    if report.outcome != Outcome::Forwarded {
+        return;
+    }
+    let (metrics, listener) = (&services.metrics, report.listener.as_str());
+    metrics.observe_association(listener, report.duration.as_secs_f64());
+    if let Some(result) = report.association.as_ref().and_then(Association::result) {
+        metrics.association_result(listener, result.as_str());
+    }
+    if let Some(waited) = report.scp_answer {
+        metrics.observe_scp_answer(listener, waited.as_secs_f64());
+    }
+    // Only a relayed association has an end (an undelivered AC is not one).
+    if let (Some(end), Some(Association::Accepted)) = (report.end, &report.association) {
+        metrics.association_ended(listener, end.as_str());
+    }
+}
+
+/// The report of a finished connection, from the phases' results.
+pub fn report(listener: &str, id: ConnectionId, trail: Trail, ending: Ending, elapsed: Duration) -> Report {
+    let mut report = Report {
         listener: listener.to_owned(),
-        peer: Some(peer),
-        proxy,
-        tls: trail.tls,
-        calling_ae: trail.calling_ae,
-        called_ae: trail.called_ae,
-        backend: trail.backend,
-        ..AuditRecord::default()
+        id,
+        trail,
+        server: None,
+        outcome: ending.outcome(),
+        association: None,
+        end: None,
+        operations: Default::default(),
+        scp_answer: None,
+        detail: None,
+        handshake: None,
+        bytes_to_backend: 0,
+        bytes_to_client: 0,
+        duration: elapsed,
     };
     match ending {
         Ending::Refused(refused) => {
-            audit.detail = Some(refused.to_string());
-            audit.association = refused.rejection().map(|r| r.to_string());
+            report.detail = Some(refused.to_string());
+            report.association = refused.rejection().map(Association::RejectedByGateway);
+            report.handshake = refused.handshake_failure();
         }
         Ending::Forwarded(f) => {
-            let ex = &f.exchanged;
-            audit.server = Some(f.server.to_string());
-            audit.scp_answer_ms = ex.waited.map(millis);
-            audit.bytes_to_backend = ex.bytes_to_backend;
-            audit.bytes_to_client = ex.bytes_to_client;
-            audit.association = Some(ex.answer.describe());
-            if let Answer::Undelivered(e) = &ex.answer {
-                audit.end = Some(crate::metrics::End::IoError.as_str().to_owned());
-                audit.detail = Some(format!("cannot send the A-ASSOCIATE-AC to the client: {e}"));
-            }
-            if let Some(report) = &f.relay {
-                audit.bytes_to_backend += report.bytes_to_backend;
-                audit.bytes_to_client += report.bytes_to_client;
-                audit.end = Some(report.end.kind().as_str().to_owned());
-                if !report.operations.is_empty() {
-                    audit.dimse = Some(relay::describe_operations(&report.operations));
+            let Forwarded { server, exchanged, relay } = *f;
+            report.server = Some(server.to_string());
+            report.scp_answer = exchanged.waited;
+            report.bytes_to_backend = exchanged.bytes_to_backend;
+            report.bytes_to_client = exchanged.bytes_to_client;
+            report.association = Some(match exchanged.answer {
+                Answer::Accepted(_) => Association::Accepted,
+                Answer::Undelivered(e) => {
+                    report.end = Some(End::IoError);
+                    report.detail = Some(format!("cannot send the A-ASSOCIATE-AC to the client: {e}"));
+                    Association::Undelivered
                 }
-                audit.detail = relay_detail(&report.end);
+                Answer::Rejected(triple) => Association::RejectedByScp(triple),
+                Answer::Aborted { source, reason } => Association::AbortedByScp { source, reason },
+                Answer::NoAnswer(why) => Association::NoAnswer(why.to_string()),
+                Answer::Malformed(pdu) => Association::Malformed(pdu),
+            });
+            if let Some(relay) = relay {
+                report.bytes_to_backend += relay.bytes_to_backend;
+                report.bytes_to_client += relay.bytes_to_client;
+                report.end = Some(relay.end.kind());
+                report.detail = relay_detail(&relay.end);
+                report.operations = relay.operations;
             }
         }
     }
-    audit
+    report
 }
 
 fn relay_detail(end: &RelayEnd) -> Option<String> {
@@ -308,27 +322,9 @@ fn relay_detail(end: &RelayEnd) -> Option<String> {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl Answer {
-    /// The audit's `association` field.
-    fn describe(&self) -> String {
-        match self {
-            Answer::Accepted(_) | Answer::Undelivered(_) => "accepted".to_owned(),
-            Answer::Rejected(triple) => format!("rejected by the SCP: {}", describe_rejection(*triple)),
-            Answer::Aborted { source, reason } => format!("aborted by the SCP: {}", describe_abort(*source, *reason)),
-            Answer::NoAnswer(why) => format!("no valid answer from the SCP: {why}"),
-            Answer::Malformed(pdu) => format!("malformed {pdu} from the SCP"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::End;
 
     fn trail() -> Trail {
         let mut t = Trail::new("127.0.0.2:4000".parse().unwrap());
@@ -345,44 +341,64 @@ mod tests {
         Ending::Forwarded(Box::new(Forwarded { server, exchanged, relay }))
     }
 
+    fn report_of(trail: Trail, ending: Ending) -> Report {
+        report("store", ConnectionId::next(), trail, ending, Duration::from_millis(30))
+    }
+
     #[test]
     fn a_refusal_says_its_phase_side_and_answer() {
         let refused = Refused::Backend(ConnectFailure { attempts: Vec::new() });
         assert_eq!((refused.phase(), refused.side()), (Phase::BackendConnect, Side::Backend));
         let ending = Ending::Refused(refused);
         assert_eq!(ending.outcome(), Outcome::BackendUnavailable);
-        let audit = record("store", trail(), &ending);
-        assert_eq!(audit.association.as_deref(), Some(Rejection::TemporaryCongestion.to_string().as_str()));
-        assert!(audit.detail.as_deref().is_some_and(|d| d.starts_with("no backend server reachable")), "{audit:?}");
-        assert_eq!((audit.server, audit.end), (None, None));
+        let r = report_of(trail(), ending);
+        assert_eq!(r.association, Some(Association::RejectedByGateway(Rejection::TemporaryCongestion)));
+        assert!(r.detail.as_deref().is_some_and(|d| d.starts_with("no backend server reachable")), "{r:?}");
+        assert!(r.refused());
+        assert_eq!((r.server, r.end), (None, None));
     }
 
     #[test]
-    fn the_relay_end_and_both_phases_bytes_reach_the_audit() {
-        let report = RelayReport {
+    fn the_relay_end_and_both_phases_bytes_reach_the_report() {
+        let relay = RelayReport {
             end: RelayEnd::Truncated { by: Side::Client, how: Truncation::NoCloseNotify },
             bytes_to_backend: 1000,
             bytes_to_client: 20,
             operations: Default::default(),
         };
         let negotiated = super::super::Negotiated { max_to_backend: 16384, max_to_client: 16384 };
-        let ending = forwarded(Answer::Accepted(negotiated), Some(report));
-        let audit = record("store", trail(), &ending);
-        assert_eq!(audit.end.as_deref(), Some(End::Truncated.as_str()));
-        assert_eq!(audit.detail.as_deref(), Some("closed by the client without TLS close_notify"));
-        assert_eq!((audit.bytes_to_backend, audit.bytes_to_client), (1200, 200));
-        assert_eq!((audit.association.as_deref(), audit.scp_answer_ms), (Some("accepted"), Some(7)));
-        assert_eq!(audit.server.as_deref(), Some("127.0.0.1:104"));
+        let r = report_of(trail(), forwarded(Answer::Accepted(negotiated), Some(relay)));
+        assert_eq!(r.end, Some(End::Truncated));
+        assert_eq!(r.detail.as_deref(), Some("closed by the client without TLS close_notify"));
+        assert_eq!((r.bytes_to_backend, r.bytes_to_client), (1200, 200));
+        assert!(!r.refused());
+        assert_eq!((r.association, r.scp_answer), (Some(Association::Accepted), Some(Duration::from_millis(7))));
+        assert_eq!(r.server.as_deref(), Some("127.0.0.1:104"));
     }
 
     #[test]
     fn a_proxied_client_is_the_peer_and_the_balancer_the_proxy() {
         let mut t = trail();
         t.proxied_client = Some("203.0.113.9:5000".parse().unwrap());
-        let audit = record("store", t, &forwarded(Answer::Rejected((1, 1, 3)), None));
-        assert_eq!(audit.peer, Some("203.0.113.9:5000".parse().unwrap()));
-        assert_eq!(audit.proxy, Some("127.0.0.2:4000".parse().unwrap()));
-        assert!(audit.association.as_deref().is_some_and(|a| a.starts_with("rejected by the SCP")), "{audit:?}");
-        assert_eq!(audit.end, None);
+        let r = report_of(t, forwarded(Answer::Rejected((1, 1, 3)), None));
+        assert_eq!(r.trail.client(), "203.0.113.9:5000".parse().unwrap());
+        assert_eq!(r.trail.proxy(), Some("127.0.0.2:4000".parse().unwrap()));
+        assert_eq!(r.association, Some(Association::RejectedByScp((1, 1, 3))));
+        assert!(r.refused(), "an SCP's rejection stands out on the page");
+        assert_eq!(r.end, None);
+    }
+
+    #[test]
+    fn policy_rejections_count_under_their_own_outcome() {
+        use crate::dicom::AeTitle;
+        let ae = AeTitle::parse("X").unwrap();
+        let cases = [
+            (PolicyRejection::ProtocolVersion(2), Outcome::ProtocolError),
+            (PolicyRejection::CallingAeNotAllowed(ae.clone()), Outcome::RejectedCallingAe),
+            (PolicyRejection::NoRoute(ae), Outcome::RejectedCalledAe),
+        ];
+        for (rejection, outcome) in cases {
+            assert_eq!(Refused::Policy(rejection).outcome(), outcome);
+        }
     }
 }

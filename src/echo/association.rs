@@ -7,7 +7,7 @@
 //! dicom-ul still writes the A-ASSOCIATE-RQ and parses the A-ASSOCIATE-AC.
 //! Every read and write runs under the caller's single deadline.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use dicom_ul::pdu::{
@@ -20,6 +20,7 @@ use super::{EchoError, Phase};
 use crate::dicom::command_set;
 use crate::dicom::pdu::{PduHeader, PduType, HEADER_LEN};
 use crate::dicom::AeTitle;
+use crate::pdu_io::{read_pdu as read_bounded, ReadError};
 
 /// DICOM Application Context Name (PS3.7 Annex A.2.1).
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
@@ -184,29 +185,19 @@ async fn read_pdu(
     phase: Phase,
     deadline: Instant,
 ) -> Result<(PduHeader, Vec<u8>), EchoError> {
-    let mut head = [0u8; HEADER_LEN];
-    match timeout_at(deadline, stream.read_exact(&mut head)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(EchoError::from_io(phase, e)),
-        Err(_) => return Err(EchoError::Timeout { phase }),
-    }
-    let header = PduHeader::parse(&head);
-    let Some(pdu_type) = header.pdu_type() else {
-        return Err(EchoError::NotDicom { phase, first_byte: header.type_byte });
+    let check = |h: &PduHeader| match h.pdu_type() {
+        Some(t) if h.length > max => {
+            Err(malformed(phase, &format!("{} of {} bytes exceeds the {max}-byte limit", t.name(), h.length)))
+        }
+        _ => Ok(()),
     };
-    if header.length > max {
-        return Err(malformed(
-            phase,
-            &format!("{} of {} bytes exceeds the {max}-byte limit", pdu_type.name(), header.length),
-        ));
-    }
-    let mut pdu = head.to_vec();
-    pdu.resize(HEADER_LEN + header.length as usize, 0);
-    match timeout_at(deadline, stream.read_exact(&mut pdu[HEADER_LEN..])).await {
-        Ok(Ok(_)) => Ok((header, pdu)),
-        Ok(Err(e)) => Err(EchoError::from_io(phase, e)),
-        Err(_) => Err(EchoError::Timeout { phase }),
-    }
+    read_bounded(&mut *stream, deadline, check).await.map_err(|e| match e {
+        ReadError::Refused(e) => e,
+        ReadError::NotDicom(first_byte) => EchoError::NotDicom { phase, first_byte },
+        ReadError::Timeout { .. } => EchoError::Timeout { phase },
+        ReadError::Closed { .. } => EchoError::from_io(phase, std::io::ErrorKind::UnexpectedEof.into()),
+        ReadError::Io(e) => EchoError::from_io(phase, e),
+    })
 }
 
 /// An A-ABORT becomes [`EchoError::Aborted`]; anything else unexpected is a

@@ -1,59 +1,32 @@
 //! The accept loop of one listener: source allow list before any TLS work
 //! (behind a load balancer: the balancer's address, see [`crate::proxy_protocol`]),
-//! the pre-association budget ([`admission`]), and a spawn per connection
+//! the pre-association budget ([`crate::admission`]), and a spawn per connection
 //! whose task closes it if the budget evicts it, and counts the eviction
-//! there ([`eviction`]).
+//! there.
 //! It never does slow work and never dies: accept errors (EMFILE,
-//! ECONNABORTED, …) back off and retry. Refusals are counted in the metrics
-//! and summarised in the log ([`refusals`]), never one line each.
-
-pub mod admission;
-pub mod eviction;
-pub mod refusals;
-pub mod slots;
+//! ECONNABORTED, …) back off and retry ([`accept`]). Refusals are counted in the metrics
+//! and summarised in the log ([`crate::refusals`]), never one line each.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, ListenerRuntime, Services};
-use crate::metrics::Outcome;
-pub use admission::{Admission, Budget, Graduation};
-pub use eviction::{Eviction, Notice};
-pub use refusals::{Refusal, RefusalLog};
-pub use slots::{SlotGuard, Slots};
+use tracing::Instrument;
 
-const BACKOFF_START: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+use crate::admission::{Admission, Budget, Limits, Notice};
+use crate::connection::{self, record, ListenerRuntime, Services};
+use crate::refusals::SummarisedRefusal;
+use crate::report::{ConnectionId, Outcome};
 
-/// One listener's admission state, kept across reloads (a reload only
-/// changes the numbers) so live connections keep counting.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Established associations (`max_connections`).
-    pub slots: Arc<Slots>,
-    /// Connections before their A-ASSOCIATE-RQ (see [`admission`]).
-    pub budget: Arc<Budget>,
-}
+pub mod accept;
 
-impl Limits {
-    pub fn new(max_connections: usize) -> Limits {
-        Limits { slots: Arc::new(Slots::new(max_connections)), budget: Arc::new(Budget::new(max_connections)) }
-    }
-
-    /// A reload's new `max_connections`; live connections stay counted.
-    pub fn resize(&self, max_connections: usize) {
-        self.slots.set_limit(max_connections);
-        self.budget.resize(max_connections);
-    }
-}
+pub use accept::Acceptor;
 
 /// What a reload publishes to a running accept loop.
 #[derive(Debug, Clone)]
@@ -73,28 +46,9 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_START;
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = BACKOFF_START;
-                a
-            }
-            Err(e) => {
-                let name = snapshot.borrow().runtime.config.name.clone();
-                tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
+    let name = snapshot.borrow().runtime.config.name.clone();
+    let mut acceptor = Acceptor::new(&listener, &stop, &name);
+    while let Some((tcp, peer)) = acceptor.next().await {
         let current = snapshot.borrow().clone();
         admit(tcp, peer, current.runtime, &current.limits, &services, &tracker);
     }
@@ -115,12 +69,12 @@ fn admit(
     // task; here only the balancer itself is checked (a CIDR match, as cheap
     // as the allow list). Counted always, logged as a summary (`refusals`).
     let refusal = match &rt.config.proxy_protocol {
-        None => (!rt.config.allows(peer.ip())).then_some(Refusal::DeniedIp),
-        Some(proxy) => (!proxy.trusts(peer.ip())).then_some(Refusal::NotLoadBalancer),
+        None => (!rt.config.allows(peer.ip())).then_some(SummarisedRefusal::DeniedIp),
+        Some(proxy) => (!proxy.trusts(peer.ip())).then_some(SummarisedRefusal::NotLoadBalancer),
     };
     if let Some(refusal) = refusal {
         drop(tcp);
-        services.metrics.connection_ended(name, Outcome::DeniedIp);
+        services.metrics.connection_ended(name, Outcome::DeniedIp.as_str());
         services.refusals.record(name, peer.ip(), refusal);
         return;
     }
@@ -131,11 +85,15 @@ fn admit(
     let notice = ticket.notice();
     let admission = Admission::new(ticket, limits.slots.clone());
     let (services, listener) = (services.clone(), name.to_owned());
+    // Every line the connection causes carries its id (the audit line too, as
+    // a field): docs/operations.md, "Logs".
+    let id = ConnectionId::next();
+    let span = tracing::info_span!("connection", conn = %id, listener = %listener, peer = %peer);
     // Boxed: the task would otherwise hold the connection's future twice
     // (the captured value and the guard's copy): 5.6 KiB a waiting
     // connection instead of 2 (massif, 500 idle TLS peers).
-    let connection = Box::pin(connection::handle(tcp, peer, rt, admission, services.clone()));
-    tracker.spawn(guarded(notice, connection, services, listener));
+    let connection = Box::pin(connection::handle(tcp, peer, id, rt, admission, services.clone()));
+    tracker.spawn(guarded(notice, connection, services, listener).instrument(span));
 }
 
 /// A connection's task: the connection, unless it is evicted first. An
@@ -150,14 +108,8 @@ async fn guarded<F: Future<Output = ()>>(
     listener: String,
 ) {
     if let Some((source, why)) = notice.guard(connection).await {
-        services.metrics.connection_ended(&listener, Outcome::Limit);
-        count_eviction(&services, &listener, source, why);
+        record::evicted(&listener, source, why, &services);
     }
-}
-
-fn count_eviction(services: &Services, listener: &str, source: IpAddr, why: Eviction) {
-    services.metrics.preassociation_evicted(listener, why.as_str());
-    services.refusals.record(listener, source, Refusal::Evicted(why));
 }
 
 /// File descriptors one listener may hold at its limits: two per
@@ -207,13 +159,13 @@ mod tests {
     #[test]
     fn a_connection_task_holds_its_connection_once() {
         let budget = Arc::new(Budget::new(8));
-        let ticket = budget.enter(IpAddr::from([127, 0, 0, 1]), true);
+        let ticket = budget.enter(std::net::IpAddr::from([127, 0, 0, 1]), true);
         let services = Services {
             metrics: crate::Metrics::new(),
             force_abort: CancellationToken::new(),
             recent: Arc::new(crate::recent::RecentAssociations::new()),
             atna: crate::atna::AuditSink::disabled(),
-            refusals: RefusalLog::new(),
+            refusals: crate::refusals::RefusalLog::new(),
         };
         let big = Box::pin(async {
             let pad = [0u8; 4096];

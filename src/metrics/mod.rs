@@ -1,5 +1,7 @@
-//! Every metric name and label value, in one place (DESIGN.md, "Metrics").
-//! Names are API: dashboards and alerts depend on them.
+//! Every metric name, in one place (docs/architecture.md, "Stable
+//! interfaces"). Names are API: dashboards and alerts depend on them. Label
+//! values come from the module that decides them (`report::Outcome`,
+//! `relay::End`, …), as strings.
 //!
 //! The registry is owned by [`Metrics`] and passed in; there is no global.
 
@@ -7,7 +9,7 @@ mod labels;
 
 use std::sync::Arc;
 
-pub use labels::{AssociationResult, Direction, End, Outcome};
+pub use labels::Direction;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The gateway's metrics. Cheap to clone (shared inside).
@@ -167,11 +169,12 @@ impl Metrics {
         Metrics { inner: Arc::new(inner) }
     }
 
-    /// Creates the label sets a listener will use, so that every outcome is
-    /// exported as 0 from the start (rate() and absent() work on fresh starts).
-    pub fn register_listener(&self, listener: &str) {
-        for outcome in Outcome::ALL {
-            self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]);
+    /// Creates the label sets a listener will use, so that every outcome (all
+    /// of `outcomes`) is exported as 0 from the start (rate() and absent()
+    /// work on fresh starts).
+    pub fn register_listener<'a>(&self, listener: &str, outcomes: impl IntoIterator<Item = &'a str>) {
+        for outcome in outcomes {
+            self.inner.connections_total.with_label_values(&[listener, outcome]);
         }
         self.inner.active_connections.with_label_values(&[listener]);
         for d in [Direction::ToBackend, Direction::ToClient] {
@@ -187,13 +190,14 @@ impl Metrics {
         }
     }
 
-    /// `reason`: a [`crate::listener::Eviction::as_str`].
+    /// `reason`: a [`crate::admission::Eviction::as_str`].
     pub fn preassociation_evicted(&self, listener: &str, reason: &str) {
         self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]).inc();
     }
 
-    pub fn connection_ended(&self, listener: &str, outcome: Outcome) {
-        self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]).inc();
+    /// `outcome`: a [`crate::report::Outcome::as_str`].
+    pub fn connection_ended(&self, listener: &str, outcome: &str) {
+        self.inner.connections_total.with_label_values(&[listener, outcome]).inc();
     }
 
     /// Counts the connection as active until the guard is dropped.
@@ -244,12 +248,14 @@ impl Metrics {
         DimseCounter { family: self.inner.dimse_operations_total.clone(), listener: listener.to_owned() }
     }
 
-    pub fn association_result(&self, listener: &str, result: AssociationResult) {
-        self.inner.association_results_total.with_label_values(&[listener, result.as_str()]).inc();
+    /// `result`: a [`crate::report::AssociationResult::as_str`].
+    pub fn association_result(&self, listener: &str, result: &str) {
+        self.inner.association_results_total.with_label_values(&[listener, result]).inc();
     }
 
-    pub fn association_ended(&self, listener: &str, end: End) {
-        self.inner.association_ends_total.with_label_values(&[listener, end.as_str()]).inc();
+    /// `end`: a [`crate::relay::End::as_str`].
+    pub fn association_ended(&self, listener: &str, end: &str) {
+        self.inner.association_ends_total.with_label_values(&[listener, end]).inc();
     }
 
     /// Records how long the SCP took to answer a forwarded A-ASSOCIATE-RQ.
@@ -303,8 +309,8 @@ impl Metrics {
     }
 
     /// Current value of `dicomgate_connections_total{listener,outcome}` (tests, `check`).
-    pub fn connections(&self, listener: &str, outcome: Outcome) -> u64 {
-        self.inner.connections_total.with_label_values(&[listener, outcome.as_str()]).get()
+    pub fn connections(&self, listener: &str, outcome: &str) -> u64 {
+        self.inner.connections_total.with_label_values(&[listener, outcome]).get()
     }
 
     /// Current value of `dicomgate_active_connections{listener}`.
@@ -362,7 +368,7 @@ mod tests {
     #[test]
     fn every_design_metric_is_exported() {
         let m = Metrics::new();
-        m.register_listener("store");
+        m.register_listener("store", ["forwarded", "denied_ip", "limit"]);
         m.set_backend_up("pacs", "127.0.0.1:104", true);
         m.dimse_operation("store", "C-ECHO", "success");
         m.set_certificate_expiry("store", 1);

@@ -52,10 +52,42 @@ pub enum IoFailure {
     Write(Arc<io::Error>),
 }
 
+/// `end` label of `dicomgate_association_ends_total` (and the audit's `end`):
+/// how an established association ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Released,
+    Aborted,
+    Closed,
+    /// Closed in the middle of a PDU, or a TLS peer closed without close_notify.
+    Truncated,
+    ProtocolError,
+    IoError,
+    IdleTimeout,
+    /// `timeouts.association` reached.
+    LifetimeExceeded,
+    Shutdown,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Released => "released",
+            End::Aborted => "aborted",
+            End::Closed => "closed",
+            End::Truncated => "truncated",
+            End::ProtocolError => "protocol_error",
+            End::IoError => "io_error",
+            End::IdleTimeout => "idle_timeout",
+            End::LifetimeExceeded => "lifetime_exceeded",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl RelayEnd {
-    /// The `end` label of metrics and audit (values defined in [`crate::metrics`]).
-    pub fn kind(&self) -> crate::metrics::End {
-        use crate::metrics::End;
+    /// The `end` label of metrics and audit.
+    pub fn kind(&self) -> End {
         match self {
             RelayEnd::Released => End::Released,
             RelayEnd::Aborted { .. } => End::Aborted,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
 use dimse::StatusClass;
 use end::{failed_end, finished_end, PumpEnd};
-pub use end::{IoFailure, RelayEnd, Truncation};
+pub use end::{End, IoFailure, RelayEnd, Truncation};
 use framer::{FrameEvent, Framer};
 
 /// A direction's read buffer starts small (an idle association costs little)

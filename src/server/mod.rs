@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::status::{ListenerView, StatusBoard};
+use crate::admission::Limits;
 use crate::atna::{self, AtnaError, AuditSink};
 use crate::backend::{HealthRegistry, Monitors};
 use crate::config::{Config, ConfigError, Security};
@@ -33,10 +34,12 @@ use crate::connection::Services;
 use crate::lifecycle::sockets::{Inherited, SocketError, ADMIN_FD_NAME};
 use crate::lifecycle::upgrade::{self, Relauncher};
 use crate::lifecycle::{Lifecycle, State};
-use crate::listener::{accept_loop, Limits, RefusalLog, Snapshot};
+use crate::listener::{accept_loop, Snapshot};
 use crate::metrics::Metrics;
 use crate::prepare::{self, Backends, Generation, PrepareError, Prepared, PreparedListener};
 use crate::recent::RecentAssociations;
+use crate::refusals::RefusalLog;
+use crate::report::Outcome;
 
 /// After the grace period and the A-ABORTs, how long closes may take.
 const FINAL_CLOSE: Duration = Duration::from_secs(5);
@@ -135,7 +138,7 @@ impl Gateway {
             let key = format!("listeners.{name}.listen");
             let passed = inherited.take_listener(&name, &key, listen)?;
             let socket = listen_on(&key, listen, passed).await?;
-            metrics.register_listener(&name);
+            metrics.register_listener(&name, Outcome::labels());
             listeners.push(Bound { name, socket, built });
         }
         let admin = match &config.admin {

@@ -69,7 +69,7 @@ pub(super) async fn reload_config(
                     }
                     None => Limits::new(max),
                 };
-                metrics.register_listener(&name);
+                metrics.register_listener(&name, crate::report::Outcome::labels());
                 banner(&name, socket.address, &built, metrics);
                 views.push(ListenerView::new(&built.runtime.config, socket.address, built.certificate.as_ref()));
                 let (name, slot) = start_listener(Bound { name, socket, built }, limits, services, tracker);

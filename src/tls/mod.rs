@@ -59,6 +59,18 @@ impl HandshakeFailure {
     }
 }
 
+/// Whether a failed handshake (as tokio-rustls returns it) refused the
+/// client's certificate for being X.509 v1: webpki's `UnsupportedCertVersion`,
+/// which deserves words an admin can act on ([`REISSUE_AS_V3`]).
+pub fn client_certificate_is_v1(error: &std::io::Error) -> bool {
+    let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+        error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::UnsupportedCertVersion))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Reading or parsing a PEM file (the message names the file).

@@ -80,8 +80,8 @@ fn parse(raw: &[u8]) -> Reply {
 /// Every metric family of DESIGN.md with at least one sample.
 fn populated_metrics() -> Metrics {
     let m = Metrics::new();
-    m.register_listener("store");
-    m.register_listener("worklist");
+    m.register_listener("store", dicomgate::report::Outcome::labels());
+    m.register_listener("worklist", dicomgate::report::Outcome::labels());
     m.set_backend_up("pacs", "10.20.0.15:104", true);
     m.set_backend_up("pacs", "10.20.0.16:104", false);
     m.dimse_operation("store", "C-STORE", "success");
@@ -90,7 +90,7 @@ fn populated_metrics() -> Metrics {
     m.config_reload(true);
     m.config_reload(false);
     m.set_certificate_expiry("store", 1_900_000_000);
-    m.connection_ended("store", dicomgate::metrics::Outcome::Forwarded);
+    m.connection_ended("store", dicomgate::report::Outcome::Forwarded.as_str());
     m.add_bytes("store", dicomgate::metrics::Direction::ToBackend, 1024);
     m
 }

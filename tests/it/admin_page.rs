@@ -26,7 +26,7 @@ use crate::support::raw::{self, associate_rq};
 use crate::support::scp::TestScp;
 use crate::support::scu::echo_tls;
 use crate::support::{wait_for_count, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SETTLE: Duration = Duration::from_secs(15);

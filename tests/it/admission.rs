@@ -9,7 +9,7 @@ use crate::support::pki::pki;
 use crate::support::raw::{self, Next};
 use crate::support::scp::{ScpEvent, TestScp};
 use crate::support::{scu, wait_for_active, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const LOCAL_LIMIT_EXCEEDED: (u8, u8, u8) = (2, 3, 2);
 

@@ -14,7 +14,7 @@ use crate::support::dcmtk::wlmscpfs;
 use crate::support::gateway::RunningGateway;
 use crate::support::raw::{self, ae, Answer};
 use crate::support::tools::{args, output_text, run_scu, ScpProcess};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -83,7 +83,7 @@ async fn the_ac_carries_the_titles_the_client_sent_and_without_rewrite_the_scp_r
     support::wait_until(
         Duration::from_secs(10),
         "two forwarded associations",
-        || gw.metrics.connections("worklist", Outcome::Forwarded) == 2,
+        || gw.metrics.connections("worklist", Outcome::Forwarded.as_str()) == 2,
         || gw.metrics.render(),
     )
     .await;

@@ -9,7 +9,7 @@ use crate::support::pki::pki;
 use crate::support::raw::{self, ae, ae_raw};
 use crate::support::scp::{ScpEvent, TestScp};
 use crate::support::{scu, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const CALLING_AE_NOT_RECOGNIZED: (u8, u8, u8) = (1, 1, 3);
 const CALLED_AE_NOT_RECOGNIZED: (u8, u8, u8) = (1, 1, 7);

@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 
 use crate::support::atna::schema;
 use dicomgate::atna::event::{AuditEvent, EventKind};
-use dicomgate::atna::message::{self, codes, Outcome};
+use dicomgate::atna::message::{self, codes, EventOutcome};
 use dicomgate::atna::Identity;
-use dicomgate::audit::AuditRecord;
-use dicomgate::metrics::Outcome as ConnectionOutcome;
+use dicomgate::report::{ConnectionId, Outcome as ConnectionOutcome, Report, Trail};
 use dicomgate::tls::HandshakeFailure;
 
 fn identity() -> Identity {
@@ -44,11 +43,31 @@ fn peer() -> SocketAddr {
     "192.0.2.7:51234".parse().expect("addr")
 }
 
-fn record(calling: &str, detail: &str) -> AuditRecord {
-    let mut r = AuditRecord::new("store", peer());
-    r.calling_ae = Some(calling.to_owned());
-    r.called_ae = Some("PACS".to_owned());
-    r.detail = Some(detail.to_owned());
+/// A finished connection from [`peer`] on listener `store`.
+fn report(outcome: ConnectionOutcome, handshake: Option<HandshakeFailure>, detail: &str) -> Report {
+    Report {
+        listener: "store".into(),
+        id: ConnectionId::next(),
+        trail: Trail::new(peer()),
+        server: None,
+        outcome,
+        association: None,
+        end: None,
+        operations: Default::default(),
+        scp_answer: None,
+        detail: Some(detail.to_owned()),
+        handshake,
+        bytes_to_backend: 0,
+        bytes_to_client: 0,
+        duration: std::time::Duration::from_millis(2),
+    }
+}
+
+/// A policy refusal of calling AE `calling` (called AE `PACS`).
+fn refused(outcome: ConnectionOutcome, calling: &str, detail: &str) -> Report {
+    let mut r = report(outcome, None, detail);
+    r.trail.calling_ae = Some(calling.to_owned());
+    r.trail.called_ae = Some("PACS".to_owned());
     r
 }
 
@@ -58,7 +77,7 @@ fn application_start_and_stop_are_application_activity() {
         (EventKind::ApplicationStart, "110120", "Application Start"),
         (EventKind::ApplicationStop, "110121", "Application Stop"),
     ] {
-        let xml = message::render(&AuditEvent::now(kind, Outcome::Success, None), &identity());
+        let xml = message::render(&AuditEvent::now(kind, EventOutcome::Success, None), &identity());
         let doc = valid(&xml);
         assert_eq!(coded(&doc, "EventID"), [("110100".into(), "DCM".into(), "Application Activity".into())]);
         assert_eq!(coded(&doc, "EventTypeCode"), [(type_code.into(), "DCM".into(), meaning.into())]);
@@ -79,11 +98,11 @@ fn application_start_and_stop_are_application_activity() {
 
 #[test]
 fn refused_calling_ae_is_a_node_authentication_alert_naming_the_peer() {
-    let event = AuditEvent::for_connection(
+    let event = AuditEvent::for_connection(&refused(
         ConnectionOutcome::RejectedCallingAe,
-        None,
-        &record("INTRUDER", "calling AE title not allowed"),
-    )
+        "INTRUDER",
+        "calling AE title \"INTRUDER\" is not in calling_ae_titles",
+    ))
     .expect("a refused calling AE title is audited");
     let xml = message::render(&event, &identity());
     let doc = valid(&xml);
@@ -113,18 +132,17 @@ fn certificate_and_handshake_failures_are_told_apart() {
         std::io::ErrorKind::InvalidData,
         rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon),
     );
-    let mut r = AuditRecord::new("store", peer());
-    r.detail = Some(format!("TLS handshake failed: {no_certificate}"));
     let handshake = Some(HandshakeFailure::of(&no_certificate));
-    let event = AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &r).expect("audited");
+    let r = report(ConnectionOutcome::TlsError, handshake, &format!("TLS handshake failed: {no_certificate}"));
+    let event = AuditEvent::for_connection(&r).expect("audited");
     let xml = message::render(&event, &identity());
     valid(&xml);
     assert!(xml.contains("client certificate refused or missing"), "{xml}");
     assert!(xml.contains(r#"UserID="192.0.2.7:51234""#), "no AE title yet: the address identifies the peer: {xml}");
 
-    r.detail = Some(format!("TLS handshake failed: {no_suite}"));
     let handshake = Some(HandshakeFailure::of(&no_suite));
-    let event = AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &r).expect("audited");
+    let r = report(ConnectionOutcome::TlsError, handshake, &format!("TLS handshake failed: {no_suite}"));
+    let event = AuditEvent::for_connection(&r).expect("audited");
     let xml = message::render(&event, &identity());
     valid(&xml);
     assert!(xml.contains("TLS handshake failed on listener store"), "{xml}");
@@ -132,7 +150,6 @@ fn certificate_and_handshake_failures_are_told_apart() {
 
 #[test]
 fn scanner_noise_and_normal_traffic_are_not_audited() {
-    let r = record("CLOUD", "whatever");
     for outcome in [
         ConnectionOutcome::Forwarded,
         ConnectionOutcome::DeniedIp,
@@ -141,21 +158,21 @@ fn scanner_noise_and_normal_traffic_are_not_audited() {
         ConnectionOutcome::BackendUnavailable,
         ConnectionOutcome::Limit,
     ] {
-        assert!(AuditEvent::for_connection(outcome, None, &r).is_none(), "{outcome:?} is counted, not audited");
+        let r = refused(outcome, "CLOUD", "whatever");
+        assert!(AuditEvent::for_connection(&r).is_none(), "{outcome:?} is counted, not audited");
     }
     // A load balancer's TCP health check on a TLS listener.
-    let mut probe = AuditRecord::new("store", peer());
     let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
-    probe.detail = Some(format!("TLS handshake failed: {eof}"));
-    let handshake = Some(HandshakeFailure::of(&eof));
-    assert!(AuditEvent::for_connection(ConnectionOutcome::TlsError, handshake, &probe).is_none());
+    let probe =
+        report(ConnectionOutcome::TlsError, Some(HandshakeFailure::of(&eof)), &format!("TLS handshake failed: {eof}"));
+    assert!(AuditEvent::for_connection(&probe).is_none());
 }
 
 #[test]
 fn hostile_text_from_the_wire_cannot_break_the_xml() {
     let hostile = "\"/><Evil x=\"&amp;\u{1}\u{7f}\n]]>";
-    let event = AuditEvent::for_connection(ConnectionOutcome::RejectedCalledAe, None, &record(hostile, hostile))
-        .expect("audited");
+    let event =
+        AuditEvent::for_connection(&refused(ConnectionOutcome::RejectedCalledAe, hostile, hostile)).expect("audited");
     let xml = message::render(&event, &identity());
     let doc = valid(&xml);
     assert!(!xml.contains('\n'), "one line per message");
@@ -166,7 +183,7 @@ fn hostile_text_from_the_wire_cannot_break_the_xml() {
 
 #[test]
 fn reload_results_are_security_alerts_for_software_and_security_configuration() {
-    for (outcome, indicator) in [(Outcome::Success, "0"), (Outcome::SeriousFailure, "8")] {
+    for (outcome, indicator) in [(EventOutcome::Success, "0"), (EventOutcome::SeriousFailure, "8")] {
         let event = AuditEvent::now(EventKind::ConfigReload, outcome, Some("x".repeat(5000)));
         let xml = message::render(&event, &identity());
         let doc = valid(&xml);
@@ -181,7 +198,7 @@ fn reload_results_are_security_alerts_for_software_and_security_configuration() 
 
 #[test]
 fn event_time_is_an_xsd_datetime_in_utc() {
-    let xml = message::render(&AuditEvent::now(EventKind::ApplicationStart, Outcome::Success, None), &identity());
+    let xml = message::render(&AuditEvent::now(EventKind::ApplicationStart, EventOutcome::Success, None), &identity());
     let doc = valid(&xml);
     let t = doc.descendants().find_map(|n| n.attribute("EventDateTime")).expect("EventDateTime");
     assert!(schema::is_xsd_datetime_with_zone(t) && t.ends_with('Z'), "{t}");
@@ -190,7 +207,7 @@ fn event_time_is_an_xsd_datetime_in_utc() {
 /// The checker itself must catch what it is for, or the tests above prove nothing.
 #[test]
 fn the_schema_checker_rejects_what_the_schema_forbids() {
-    let good = message::render(&AuditEvent::now(EventKind::ApplicationStart, Outcome::Success, None), &identity());
+    let good = message::render(&AuditEvent::now(EventKind::ApplicationStart, EventOutcome::Success, None), &identity());
     assert!(schema::check(&good).is_ok());
     let broken = [
         good.replace(r#" codeSystemName="DCM""#, ""),

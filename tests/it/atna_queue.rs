@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dicomgate::atna::event::{AuditEvent, EventKind};
-use dicomgate::atna::message::Outcome;
+use dicomgate::atna::message::EventOutcome;
 use dicomgate::atna::{AuditSink, Prepared};
 use dicomgate::{Config, Metrics};
 
@@ -30,7 +30,7 @@ async fn unreachable_receiver_keeps_the_newest_thousand_and_counts_the_rest() {
 
     // `record` is synchronous: it cannot wait for the network.
     for i in 0..1200u32 {
-        sink.record(AuditEvent::now(EventKind::ConfigReload, Outcome::Success, Some(format!("event {i}"))));
+        sink.record(AuditEvent::now(EventKind::ConfigReload, EventOutcome::Success, Some(format!("event {i}"))));
     }
 
     // 200 over the capacity are dropped (one more may be in a connect

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::dcmtk::{echoscu, storescp, wlmscpfs};
 use crate::support::gateway::RunningGateway;
 use crate::support::tools::{args, output_text, ScpProcess};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 /// Probe settings of these tests: a window (fall × interval + timeout) of
 /// 1.2 s.
@@ -96,11 +96,11 @@ async fn a_stopped_server_is_marked_down_within_its_probe_window_and_traffic_mov
     support::wait_until(
         SETTLE,
         "4 forwarded associations counted",
-        || gw.metrics.connections("store", Outcome::Forwarded) == 4,
+        || gw.metrics.connections("store", Outcome::Forwarded.as_str()) == 4,
         || gw.metrics.render(),
     )
     .await;
-    assert_eq!(gw.metrics.connections("store", Outcome::BackendUnavailable), 0);
+    assert_eq!(gw.metrics.connections("store", Outcome::BackendUnavailable.as_str()), 0);
     second.assert_running();
 
     // Back on its port: up again after `rise` good probes.

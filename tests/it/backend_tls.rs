@@ -13,7 +13,7 @@ use crate::support::dcmtk::{dump2dcm, storescp};
 use crate::support::gateway::RunningGateway;
 use crate::support::pki::pki;
 use crate::support::tools::{args, output_text, run_scu, ScpProcess};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const SETTLE: Duration = Duration::from_secs(15);
 const SCU_DEADLINE: Duration = Duration::from_secs(60);
@@ -95,7 +95,7 @@ async fn dicom_tls_to_storescp_with_a_client_certificate() {
     support::wait_until(
         SETTLE,
         "two forwarded associations",
-        || gw.metrics.connections("store", Outcome::Forwarded) == 2,
+        || gw.metrics.connections("store", Outcome::Forwarded.as_str()) == 2,
         || gw.metrics.render(),
     )
     .await;
@@ -143,7 +143,7 @@ async fn an_scp_certificate_from_another_ca_fails_the_connect_and_the_client_get
     support::wait_until(
         SETTLE,
         "one backend_unavailable",
-        || gw.metrics.connections("store", Outcome::BackendUnavailable) == 1,
+        || gw.metrics.connections("store", Outcome::BackendUnavailable.as_str()) == 1,
         || gw.metrics.render(),
     )
     .await;

@@ -163,7 +163,7 @@ async fn storescu_files_are_counted_as_c_store_successes() {
     assert_eq!(dimse_count(&metrics, "C-STORE", "success"), 12);
     assert_eq!(dimse_count(&metrics, "C-STORE", "failure"), 0);
     // The association outcome: accepted by the SCP, then released.
-    support::wait_for_count(&metrics, "store", dicomgate::metrics::Outcome::Forwarded, 1).await;
+    support::wait_for_count(&metrics, "store", dicomgate::report::Outcome::Forwarded, 1).await;
     let text = metrics.render();
     for line in [
         r#"dicomgate_association_results_total{listener="store",result="accepted"} 1"#,
@@ -264,7 +264,7 @@ async fn a_pdu_over_the_negotiated_maximum_aborts_both_sides() {
         &[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0],
         "then our A-ABORT, nothing of the oversized PDU"
     );
-    support::wait_for_count(&metrics, "store", dicomgate::metrics::Outcome::Forwarded, 1).await;
+    support::wait_for_count(&metrics, "store", dicomgate::report::Outcome::Forwarded, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

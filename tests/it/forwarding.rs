@@ -11,7 +11,7 @@ use crate::support::gateway::GatewaySpec;
 use crate::support::pki::pki;
 use crate::support::raw::{self, ae, Next};
 use crate::support::{dimse, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

@@ -15,7 +15,7 @@ use crate::support::dicom_file::{new_uid, read_part10, ScImage};
 use crate::support::gateway::{BackendSpec, GatewaySpec, ListenerSpec, RunningGateway, Security};
 use crate::support::tools::{args, output_text, run_scu, ScpProcess};
 use crate::support::{wait_for_count, CLOUD_AE, PACS_AE};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const MWL_AE: &str = "MWL";
 const SCU_DEADLINE: Duration = Duration::from_secs(60);

@@ -13,7 +13,7 @@ use crate::support::pki::pki;
 use crate::support::raw;
 use crate::support::scp::{ScpEvent, TestScp};
 use crate::support::{scu, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const ACSE: Duration = Duration::from_secs(2);
 

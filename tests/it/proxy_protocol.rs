@@ -20,7 +20,7 @@ use crate::support::logs;
 use crate::support::pki::pki;
 use crate::support::raw::{self, Answer};
 use crate::support::tools::{args, free_port, is_listening, output_text, run_scu, ScpProcess};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -108,13 +108,13 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
             PROMPT,
             &format!("{listener}: one denied_ip and one forwarded"),
             || {
-                gw.metrics.connections(listener, Outcome::DeniedIp) == 1
-                    && gw.metrics.connections(listener, Outcome::Forwarded) == 1
+                gw.metrics.connections(listener, Outcome::DeniedIp.as_str()) == 1
+                    && gw.metrics.connections(listener, Outcome::Forwarded.as_str()) == 1
             },
             || format!("{}\n{}", gw.metrics.render(), balancer.log_text()),
         )
         .await;
-        assert_eq!(gw.metrics.connections(listener, Outcome::ProtocolError), 0);
+        assert_eq!(gw.metrics.connections(listener, Outcome::ProtocolError.as_str()), 0);
     }
 
     // A refusal is counted and logged once as a refusal of the client (issue
@@ -194,14 +194,14 @@ async fn connections_that_bypass_the_balancer_or_bring_the_wrong_header_are_refu
         PROMPT,
         "3 protocol_error and 1 denied_ip on lo1, 1 forwarded on lo2",
         || {
-            m.connections("direct_lo1", Outcome::ProtocolError) == 3
-                && m.connections("direct_lo1", Outcome::DeniedIp) == 1
-                && m.connections("direct_lo2", Outcome::Forwarded) == 1
+            m.connections("direct_lo1", Outcome::ProtocolError.as_str()) == 3
+                && m.connections("direct_lo1", Outcome::DeniedIp.as_str()) == 1
+                && m.connections("direct_lo2", Outcome::Forwarded.as_str()) == 1
         },
         || m.render(),
     )
     .await;
-    assert_eq!(m.connections("direct_lo1", Outcome::Forwarded), 0);
+    assert_eq!(m.connections("direct_lo1", Outcome::Forwarded.as_str()), 0);
     let local = logs::matching(&["listener=direct_lo1 ", "protocol_error", "v2 LOCAL carries no client", "/readyz"]);
     assert_eq!(local.len(), 1, "audit lines: {local:#?}");
     let why = logs::matching(&["listener=direct_lo1 ", "protocol_error", "no PROXY protocol header", "TLS handshake"]);

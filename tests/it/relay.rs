@@ -13,7 +13,7 @@ use crate::support::scp::{ScpEvent, TestScp};
 use crate::support::{scu, wait_for_active, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource};
 use dicom_ul::Pdu;
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 const DIMSE: Duration = Duration::from_secs(1);
 

@@ -10,7 +10,7 @@ use crate::support::pki::{pki, CapturingVerifier};
 use crate::support::raw::{self, Next};
 use crate::support::scp::{ScpEvent, TestScp};
 use crate::support::{scu, wait_for_count, CLOUD_AE, PACS_AE, PROMPT};
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 
 async fn pinned_gateway(scp: &TestScp) -> RunningGateway {
     GatewaySpec::store(&[scp.addr])

@@ -129,7 +129,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
 
     let admin = raw.admin.and_then(|a| admin::validate_admin(&mut v, a));
     let log = validate_log(&mut v, raw.log);
-    let audit = super::audit::validate_audit(&mut v, raw.audit);
+    let audit = super::atna::validate_audit(&mut v, raw.audit);
     let grace_period =
         v.duration("shutdown.grace_period", raw.shutdown.as_ref().and_then(|s| s.grace_period.as_ref()), DEFAULT_GRACE);
 

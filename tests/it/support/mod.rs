@@ -36,7 +36,7 @@ pub mod wire;
 use std::future::Future;
 use std::time::Duration;
 
-use dicomgate::metrics::Outcome;
+use dicomgate::report::Outcome;
 use dicomgate::Metrics;
 
 /// Deadline for anything that should happen "at once" on a loaded 2-core box.
@@ -132,7 +132,7 @@ pub async fn wait_until(
 pub async fn wait_for_count(metrics: &Metrics, listener: &str, outcome: Outcome, expected: u64) {
     let deadline = tokio::time::Instant::now() + PROMPT;
     loop {
-        let now = metrics.connections(listener, outcome);
+        let now = metrics.connections(listener, outcome.as_str());
         if now >= expected {
             assert_eq!(
                 now,
@@ -174,7 +174,7 @@ pub fn assert_only_outcomes(metrics: &Metrics, listener: &str, allowed: &[Outcom
     for outcome in Outcome::ALL {
         if !allowed.contains(&outcome) {
             assert_eq!(
-                metrics.connections(listener, outcome),
+                metrics.connections(listener, outcome.as_str()),
                 0,
                 "unexpected outcome {:?} counted on {listener:?}\n{}",
                 outcome.as_str(),

@@ -1,5 +1,5 @@
 //! The association slots of one listener (`max_connections`), taken when a
-//! connection graduates from the pre-association budget ([`super::admission`]).
+//! connection graduates from the pre-association budget ([`super::budget`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::eviction::Eviction;
+use crate::admission::Eviction;
 
 /// How often repeated refusals are summarised.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ pub const MAX_SOURCES: usize = 256;
 
 /// A refusal before (or instead of) an association.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub enum SummarisedRefusal {
     /// Not in the listener's allow list (closed before TLS).
     DeniedIp,
     /// A PROXY listener: the TCP peer is not in `proxy_protocol_from`.
@@ -42,31 +42,31 @@ pub enum Refusal {
     Evicted(Eviction),
 }
 
-impl Refusal {
+impl SummarisedRefusal {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::DeniedIp => "denied_ip",
-            Refusal::NotLoadBalancer => "not_load_balancer",
-            Refusal::ProxyDeniedIp => "proxy_denied_ip",
-            Refusal::OverLimit => "limit",
-            Refusal::Evicted(Eviction::SourceCap) => "evicted_source_cap",
-            Refusal::Evicted(Eviction::BudgetFull) => "evicted_budget_full",
+            SummarisedRefusal::DeniedIp => "denied_ip",
+            SummarisedRefusal::NotLoadBalancer => "not_load_balancer",
+            SummarisedRefusal::ProxyDeniedIp => "proxy_denied_ip",
+            SummarisedRefusal::OverLimit => "limit",
+            SummarisedRefusal::Evicted(Eviction::SourceCap) => "evicted_source_cap",
+            SummarisedRefusal::Evicted(Eviction::BudgetFull) => "evicted_budget_full",
         }
     }
 
     fn describe(self) -> &'static str {
         match self {
-            Refusal::DeniedIp => "source address not in the allow list; closed before TLS",
-            Refusal::NotLoadBalancer => {
+            SummarisedRefusal::DeniedIp => "source address not in the allow list; closed before TLS",
+            SummarisedRefusal::NotLoadBalancer => {
                 "source address not in proxy_protocol_from: only the load balancers may connect"
             }
-            Refusal::ProxyDeniedIp => "the client address of the PROXY header is not in the allow list",
-            Refusal::OverLimit => "listener at max_connections: A-ASSOCIATE-RJ local-limit-exceeded",
-            Refusal::Evicted(Eviction::SourceCap) => {
+            SummarisedRefusal::ProxyDeniedIp => "the client address of the PROXY header is not in the allow list",
+            SummarisedRefusal::OverLimit => "listener at max_connections: A-ASSOCIATE-RJ local-limit-exceeded",
+            SummarisedRefusal::Evicted(Eviction::SourceCap) => {
                 "no A-ASSOCIATE-RQ yet and its source reached its share of the pre-association budget: \
                  the oldest such connection of the source was closed"
             }
-            Refusal::Evicted(Eviction::BudgetFull) => {
+            SummarisedRefusal::Evicted(Eviction::BudgetFull) => {
                 "no A-ASSOCIATE-RQ yet and the pre-association budget was full: the oldest such connection \
                  of the busiest source was closed"
             }
@@ -90,7 +90,7 @@ impl fmt::Display for Source {
 }
 
 /// Refusals since the last summary, per listener.
-type Pending = HashMap<String, HashMap<(Source, Refusal), u64>>;
+type Pending = HashMap<String, HashMap<(Source, SummarisedRefusal), u64>>;
 
 /// Shared by every listener of a gateway. Cheap to clone.
 #[derive(Clone, Default)]
@@ -116,7 +116,7 @@ impl RefusalLog {
 
     /// Notes one refusal. Logs a line only for a (source, reason) not seen
     /// since the last summary; otherwise counts it for the next summary.
-    pub fn record(&self, listener: &str, source: IpAddr, refusal: Refusal) {
+    pub fn record(&self, listener: &str, source: IpAddr, refusal: SummarisedRefusal) {
         let first = {
             let mut pending = lock(&self.pending);
             let of_listener = match pending.get_mut(listener) {
@@ -215,7 +215,7 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
     }
 
-    fn counts(log: &RefusalLog, listener: &str) -> HashMap<(Source, Refusal), u64> {
+    fn counts(log: &RefusalLog, listener: &str) -> HashMap<(Source, SummarisedRefusal), u64> {
         lock(&log.pending).get(listener).cloned().unwrap_or_default()
     }
 
@@ -231,12 +231,12 @@ mod tests {
     fn the_first_refusal_is_logged_and_the_rest_counted_for_the_summary() {
         let log = RefusalLog::new();
         for _ in 0..3000 {
-            log.record("store", ip(3), Refusal::DeniedIp);
+            log.record("store", ip(3), SummarisedRefusal::DeniedIp);
         }
-        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), Refusal::DeniedIp)], 2999);
+        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), SummarisedRefusal::DeniedIp)], 2999);
         log.flush();
         // Summarised and reset; still remembered, so the next one is counted, not logged.
-        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), Refusal::DeniedIp)], 0);
+        assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), SummarisedRefusal::DeniedIp)], 0);
         log.flush();
         assert!(counts(&log, "store").is_empty(), "a quiet source is forgotten");
     }
@@ -246,12 +246,12 @@ mod tests {
         let log = RefusalLog::new();
         for i in 0..(MAX_SOURCES as u32 + 100) {
             let source = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i));
-            log.record("store", source, Refusal::DeniedIp);
-            log.record("store", source, Refusal::DeniedIp);
+            log.record("store", source, SummarisedRefusal::DeniedIp);
+            log.record("store", source, SummarisedRefusal::DeniedIp);
         }
         let c = counts(&log, "store");
         assert_eq!(c.len(), MAX_SOURCES + 1);
         // 100 sources × 2 refusals, the first of which opened the "other" entry.
-        assert_eq!(c[&(Source::Other, Refusal::DeniedIp)], 199);
+        assert_eq!(c[&(Source::Other, SummarisedRefusal::DeniedIp)], 199);
     }
 }

@@ -1,4 +1,4 @@
-//! How an eviction by the pre-association budget ([`super::admission`])
+//! How an eviction by the pre-association budget ([`super::budget`])
 //! reaches the evicted connection's task, and where it is counted: in that
 //! task, only when the eviction is what closes the connection. The evictor
 //! cannot know whether the connection is ending by itself at that instant

@@ -29,7 +29,7 @@
 //! sources are bounded by the budget itself. It never awaits.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,7 +37,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::eviction::{Eviction, Notice};
-use super::slots::{SlotGuard, Slots};
 
 /// The smallest pre-association budget, whatever `max_connections` says: a
 /// listener with a handful of association slots still answers a burst of
@@ -239,60 +238,6 @@ impl Drop for Ticket {
     }
 }
 
-/// What [`Admission::graduate`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Graduation {
-    /// Out of the budget, holding an association slot.
-    Admitted,
-    /// No association slot free: answer A-ASSOCIATE-RJ 2/3/2.
-    NoSlot,
-    /// Evicted a moment ago: the connection's [`Notice::guard`] is about to
-    /// close it and count the eviction.
-    Evicted,
-}
-
-/// What the listener hands a connection: its pre-association ticket, then
-/// (from [`Admission::graduate`]) its association slot.
-pub struct Admission {
-    ticket: Option<Ticket>,
-    slots: Arc<Slots>,
-    slot: Option<SlotGuard>,
-}
-
-impl Admission {
-    pub fn new(ticket: Ticket, slots: Arc<Slots>) -> Admission {
-        Admission { ticket: Some(ticket), slots, slot: None }
-    }
-
-    /// Outside any budget (unit tests of the connection task).
-    pub fn unbudgeted(slots: Arc<Slots>) -> Admission {
-        Admission { ticket: None, slots, slot: None }
-    }
-
-    /// The PROXY header named the client (see [`Ticket::rekey`]). Evicted
-    /// already: nothing to do, the connection's guard closes it.
-    pub fn client_known(&mut self, client: Option<SocketAddr>) {
-        let (Some(ticket), Some(client)) = (self.ticket.as_mut(), client) else { return };
-        let _ = ticket.rekey(client.ip());
-    }
-
-    /// The A-ASSOCIATE-RQ has been read: leave the pre-association budget and
-    /// take an association slot.
-    pub fn graduate(&mut self) -> Graduation {
-        if let Some(mut ticket) = self.ticket.take() {
-            if !ticket.leave() {
-                return Graduation::Evicted;
-            }
-        }
-        self.slot = self.slots.try_acquire();
-        if self.slot.is_some() {
-            Graduation::Admitted
-        } else {
-            Graduation::NoSlot
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,27 +373,5 @@ mod tests {
         let notice = third.notice();
         let _newcomer = b.enter(ip(2), true);
         assert_eq!(notice.guard(async move { drop(third) }).await, Some((ip(2), Eviction::SourceCap)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn graduation_trades_the_ticket_for_a_slot() {
-        let b = Arc::new(Budget::new(32)); // per source: 8
-        let slots = Arc::new(Slots::new(1));
-        let mut first = Admission::new(b.enter(ip(1), true), slots.clone());
-        let mut second = Admission::new(b.enter(ip(1), true), slots.clone());
-        assert_eq!(b.len(), 2);
-        assert_eq!(first.graduate(), Graduation::Admitted);
-        assert_eq!(second.graduate(), Graduation::NoSlot, "no slot left: RJ 2/3/2");
-        assert_eq!((b.len(), slots.live()), (0, 1));
-        drop(first);
-        assert_eq!(slots.live(), 0);
-
-        // Evicted just before its RQ was complete: no slot, no RJ.
-        let mut stale: Vec<Admission> = (0..8).map(|_| Admission::new(b.enter(ip(2), true), slots.clone())).collect();
-        tokio::time::advance(STALE_AFTER).await;
-        let _newcomer = b.enter(ip(2), true);
-        assert_eq!(stale[0].graduate(), Graduation::Evicted);
-        assert_eq!(slots.live(), 0);
-        assert_eq!(stale[1].graduate(), Graduation::Admitted);
     }
 }
