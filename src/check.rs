@@ -17,8 +17,6 @@ use crate::exit;
 use crate::pki::{self, CertificateInfo};
 use crate::prepare::{self, Backends, Generation};
 
-/// Certificates expiring sooner than this are warned about.
-const EXPIRY_WARNING_DAYS: i64 = 30;
 /// Per backend server, for `--echo`.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -140,19 +138,9 @@ fn check_listener(l: &Arc<ListenerConfig>, backends: &Backends, report: &mut Rep
 }
 
 fn certificate_warnings(listener: &str, cert: &CertificateInfo, key: &Path, report: &mut Report) {
-    let days = cert.days_left();
-    if days < 0 {
-        report.errors.push(format!("listeners.{listener}.tls.certificate: expired {} days ago", -days));
-    } else if days < EXPIRY_WARNING_DAYS {
-        report.warnings.push(format!(
-            "listeners.{listener}.tls.certificate: expires in {days} days; renew it and upload the new one to the cloud"
-        ));
-    }
-    if let Some(mode) = crate::config::key_readable_by_others(key) {
-        report.warnings.push(format!(
-            "listeners.{listener}.tls.private_key: {} has mode {mode:04o}, readable by group or others; run chmod 600",
-            key.display()
-        ));
+    for finding in prepare::findings(listener, Some(cert), key) {
+        let list = if finding.is_error() { &mut report.errors } else { &mut report.warnings };
+        list.push(finding.to_string());
     }
 }
 

@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
+use std::fmt;
+use std::path::Path;
+
 use crate::backend::{BackendRuntime, HealthRegistry};
 use crate::config::{BackendConfig, Config, ListenerConfig, Security};
 use crate::connection::ListenerRuntime;
@@ -138,6 +141,60 @@ pub fn listener(
     let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
     let runtime = Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends });
     Ok(PreparedListener { runtime, certificate })
+}
+
+/// What an admin must hear about a TLS listener's certificate and key before
+/// anyone connects: the same words from `check` (an expired certificate is
+/// an error there, the rest warnings) and in the log at start and reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Expired { listener: String, days_ago: i64 },
+    ExpiresSoon { listener: String, days: i64 },
+    KeyReadable { listener: String, key: std::path::PathBuf, mode: u32 },
+}
+
+impl Finding {
+    /// Whether `check` fails on it (`run` refuses an expired certificate
+    /// when it loads it, in [`listener`]).
+    pub fn is_error(&self) -> bool {
+        matches!(self, Finding::Expired { .. })
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Expired { listener, days_ago } => {
+                write!(f, "listeners.{listener}.tls.certificate: expired {days_ago} days ago")
+            }
+            Finding::ExpiresSoon { listener, days } => write!(
+                f,
+                "listeners.{listener}.tls.certificate: expires in {days} days; renew it and upload the new one to the cloud"
+            ),
+            Finding::KeyReadable { listener, key, mode } => write!(
+                f,
+                "listeners.{listener}.tls.private_key: {} has mode {mode:04o}, readable by group or others; run chmod 600",
+                key.display()
+            ),
+        }
+    }
+}
+
+/// The findings for a listener's certificate (when it could be read) and key.
+pub fn findings(listener: &str, certificate: Option<&CertificateInfo>, key: &Path) -> Vec<Finding> {
+    let mut found = Vec::new();
+    if let Some(days) = certificate.map(CertificateInfo::days_left) {
+        if days < 0 {
+            found.push(Finding::Expired { listener: listener.to_owned(), days_ago: -days });
+        } else if days < pki::EXPIRY_WARNING_DAYS {
+            found.push(Finding::ExpiresSoon { listener: listener.to_owned(), days });
+        }
+    }
+    // A key others can read is a key others may have.
+    if let Some(mode) = crate::config::key_readable_by_others(key) {
+        found.push(Finding::KeyReadable { listener: listener.to_owned(), key: key.to_owned(), mode });
+    }
+    found
 }
 
 /// A listener's policy in words, for the startup banner and `check`.

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
-use super::status::{ListenerStatus, Snapshot, EXPIRY_WARNING_DAYS};
+use super::status::{ListenerStatus, Snapshot};
 use crate::backend::health::{BackendView, ServerView};
+use crate::pki::EXPIRY_WARNING_DAYS;
 use crate::recent::RecentAssociation;
 
 /// Seconds between automatic reloads of the page.

@@ -22,9 +22,6 @@ use crate::pki::CertificateInfo;
 use crate::recent::{RecentAssociation, RecentAssociations};
 use crate::report::Outcome;
 
-/// A certificate is highlighted when it expires within this many days.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
-
 /// State the gateway publishes for the admin endpoint. Shared; cheap to read.
 #[derive(Debug)]
 pub struct StatusBoard {

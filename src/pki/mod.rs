@@ -30,6 +30,10 @@ pub use inspect::{
 };
 pub use pkcs12::{pkcs12_bundle, read_password_file};
 
+/// A certificate that expires within this many days is warned about: by
+/// `check`, in the log at start and reload, and on the status page.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
 /// The key algorithm of a generated pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
