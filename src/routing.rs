@@ -1,5 +1,6 @@
 //! Association policy, pure: (raw A-ASSOCIATE-RQ fields, listener policy) →
-//! forward to a backend, or the A-ASSOCIATE-RJ of the DESIGN.md table.
+//! forward to a backend, or the A-ASSOCIATE-RJ of the rejection table
+//! (docs/architecture.md, "Stable interfaces").
 //!
 //! Checks run in the order of the table: protocol version, calling AE title,
 //! called AE title. AE titles come from the raw 16-byte fields and are parsed

@@ -1,4 +1,4 @@
-//! The admin HTTP endpoint on `admin.listen` (DESIGN.md, "Admin endpoint",
+//! The admin HTTP endpoint on `admin.listen` (docs/architecture.md, "Stable interfaces";
 //! "Metrics"):
 //!
 //! - `GET /`: the status page for a person ([`page`]);

@@ -1,5 +1,4 @@
-//! `GET /`: the status page for the person on call (DESIGN.md, "Admin
-//! endpoint"; HAProxy's stats page and F5's pool view are the models).
+//! `GET /`: the status page for the person on call (docs/status-page.md; HAProxy's stats page and F5's pool view are the models).
 //!
 //! Server-rendered HTML from one [`Snapshot`], readable without JavaScript:
 //! there is no script at all (a `<meta http-equiv=refresh>` reloads it), the

@@ -2,7 +2,7 @@
 //! the connect deadline, plain TCP or DICOM-TLS towards the SCP; and the
 //! health monitor ([`health`]) whose verdicts order the attempts.
 //!
-//! Selection (DESIGN.md, "Backend"): servers the monitor has not marked down,
+//! Selection (docs/architecture.md, "Data flow"): servers the monitor has not marked down,
 //! in configured order, then the servers marked down, in configured order —
 //! a monitor can be wrong (or slow to notice a recovery), so a down server is
 //! still worth one try when nothing else answers. A failed connect falls

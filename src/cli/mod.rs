@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `echo`, `gen-cert`, `schema` (DESIGN.md, "Command line"),
+//! The command line: `run`, `check`, `echo`, `gen-cert`, `schema` (docs/operations.md, "Command line and exit codes"),
 //! and the hidden `generate-assets` the packaging script runs.
 //!
 //! Raw clap arguments live here and nowhere else: each is converted into the

@@ -1,4 +1,4 @@
-//! `audit:`: where the IHE ATNA audit trail goes (DESIGN.md, "Configuration").
+//! `audit:`: where the IHE ATNA audit trail goes (docs/configuration.md).
 //! The raw serde structs and their validation live together here, so the
 //! section can grow without touching the rest of the loader.
 

@@ -1,4 +1,4 @@
-//! Configuration: the YAML file (DESIGN.md, "Configuration") parsed once into a
+//! Configuration: the YAML file (docs/configuration.md) parsed once into a
 //! validated [`Config`] of domain types. Nothing downstream re-checks it.
 //!
 //! Loading is pure apart from reading the file itself: certificates and keys

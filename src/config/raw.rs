@@ -161,7 +161,7 @@ pub struct RawListener {
     #[serde(default)]
     #[schemars(schema_with = "s::routes")]
     pub routes: Option<BTreeMap<String, String>>,
-    /// Concurrent connections; the next one gets A-ASSOCIATE-RJ local-limit-exceeded.
+    /// Established associations at once; the next complete A-ASSOCIATE-RQ gets A-ASSOCIATE-RJ local-limit-exceeded. Connections that have not yet sent their RQ are counted in a separate pre-association budget of the same size (docs/admission.md).
     #[schemars(range(min = 1), extend("default" = 256))]
     pub max_connections: Option<u32>,
     /// Bound in bytes on the declared length of the first PDU (the A-ASSOCIATE-RQ).

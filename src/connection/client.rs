@@ -112,7 +112,8 @@ pub(super) async fn read_request(
 
 /// dicom-ul's structured view of the request, for debugging interoperability
 /// (proposed SOP classes; no patient data). A library parse failure never
-/// rejects a request the raw fields accept (DESIGN.md).
+/// rejects a request the raw fields accept (docs/architecture.md, "Facts about
+/// the wire").
 fn log_structured_view(rq: &[u8]) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;

@@ -67,7 +67,8 @@ impl PduHeader {
 }
 
 /// An A-ASSOCIATE-RJ's (result, source, reason) triple (PS3.8 §9.3.4),
-/// one variant per row of the DESIGN.md rejection table.
+/// one variant per row of the rejection table (docs/architecture.md, "Stable
+/// interfaces").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     /// 1 rejected-permanent, 1 service-user, 3 calling-AE-title-not-recognized.

@@ -1,4 +1,4 @@
-//! The daemon's lifecycle as a small state machine (STYLE.md principle 9):
+//! The daemon's lifecycle as a small state machine (docs/architecture.md, "Lifecycle"):
 //!
 //! ```text
 //! Starting ──▶ Ready ◀──▶ Reloading

@@ -42,7 +42,7 @@ pub(super) async fn listen_on(
     let tcp = match passed {
         Some(std) => {
             std.set_nonblocking(true).map_err(err)?;
-            tracing::info!(key, "using the listening socket passed to this process");
+            tracing::info!(target: super::LOG_TARGET, key, "using the listening socket passed to this process");
             TcpListener::from_std(std).map_err(err)?
         }
         None => TcpListener::bind(address).await.map_err(err)?,
@@ -134,7 +134,7 @@ impl Listeners {
         for name in removed {
             if let Some(r) = self.running.remove(&name) {
                 r.stop.cancel();
-                tracing::info!(listener = %name, "listener removed: no new connections; live ones continue");
+                tracing::info!(target: super::LOG_TARGET, listener = %name, "listener removed: no new connections; live ones continue");
             }
         }
         let mut views = Vec::new();
@@ -147,7 +147,7 @@ impl Listeners {
                     let limits = match self.running.remove(&name) {
                         Some(old) => {
                             old.stop.cancel();
-                            tracing::info!(listener = %name, from = %old.bound, to = %socket.address, "listener moved");
+                            tracing::info!(target: super::LOG_TARGET, listener = %name, from = %old.bound, to = %socket.address, "listener moved");
                             old.publish.borrow().limits.clone()
                         }
                         None => Limits::new(max),
@@ -195,6 +195,7 @@ fn banner(name: &str, address: SocketAddr, built: &PreparedListener, services: &
     let scu = scu.unwrap_or("-");
     let Security::Tls(tls) = &cfg.security else {
         tracing::warn!(
+            target: super::LOG_TARGET,
             listener = %name, %address, security = "UNSECURED", %allow, %routes,
             "listening WITHOUT TLS (insecure_plaintext): test data only, never patient data"
         );
@@ -204,14 +205,17 @@ fn banner(name: &str, address: SocketAddr, built: &PreparedListener, services: &
         Some(cert) => {
             metrics.set_certificate_expiry(name, cert.not_after.unix_timestamp());
             tracing::info!(
+                target: super::LOG_TARGET,
                 listener = %name, %address, security = "Secured", %allow, %routes,
                 subject = %cert.subject, expires = %cert.not_after, days_left = cert.days_left(),
                 sha256 = %cert.fingerprint_sha256, scu, "listening"
             );
         }
-        None => tracing::info!(listener = %name, %address, security = "Secured", %allow, %routes, "listening"),
+        None => {
+            tracing::info!(target: super::LOG_TARGET, listener = %name, %address, security = "Secured", %allow, %routes, "listening")
+        }
     }
     for finding in prepare::findings(name, built.certificate.as_ref(), &tls.private_key) {
-        tracing::warn!(listener = %name, "{finding}");
+        tracing::warn!(target: super::LOG_TARGET, listener = %name, "{finding}");
     }
 }

@@ -28,6 +28,10 @@ use crate::prepare::{self, Backends, Generation, PrepareError, Prepared};
 use crate::recent::RecentAssociations;
 use listeners::{listen_on, Bound, Socket};
 
+/// The log target of the gateway's own lines (start banner, ready, reload,
+/// drain), whichever file of this module writes them: admins filter on it.
+const LOG_TARGET: &str = "dicomgate::server";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]

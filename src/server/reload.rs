@@ -39,9 +39,9 @@ pub(super) async fn load(current: &Config, health: Arc<HealthRegistry>) -> Resul
 pub(super) fn warn_restart_only(current: &Config, new: &Config) {
     let admin = |c: &Config| c.admin.as_ref().map(|a| (a.listen, a.allow.clone()));
     if admin(current) != admin(new) {
-        tracing::warn!("admin.listen or admin.allow changed: takes effect at the next restart");
+        tracing::warn!(target: super::LOG_TARGET, "admin.listen or admin.allow changed: takes effect at the next restart");
     }
     if current.log.level != new.log.level || current.log.format != new.log.format {
-        tracing::warn!("log settings changed: take effect at the next restart");
+        tracing::warn!(target: super::LOG_TARGET, "log settings changed: take effect at the next restart");
     }
 }

@@ -106,7 +106,7 @@ impl Gateway {
         health.publish(&backends, &metrics);
         let monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
-        tracing::info!(pid = std::process::id(), "dicomgate ready");
+        tracing::info!(target: super::LOG_TARGET, pid = std::process::id(), "dicomgate ready");
         atna.application_started();
         if let Some(channel) = ready_report {
             upgrade::report_ready(&channel);
@@ -131,7 +131,7 @@ impl Serving {
                 }
                 pid = upgrade::finished(&mut self.upgrade.launch) => {
                     if let Some(pid) = pid {
-                        tracing::info!(pid, "upgrade: the new process is ready; this one stops accepting and drains");
+                        tracing::info!(target: super::LOG_TARGET, pid, "upgrade: the new process is ready; this one stops accepting and drains");
                         return Stop::HandedOver;
                     }
                 }
@@ -149,7 +149,7 @@ impl Serving {
         if let Err(e) = result {
             self.board.reload_finished(Some(e.to_string()));
             self.services.atna.config_reloaded(Err(e.to_string()));
-            tracing::error!("reload failed, still serving the previous configuration:\n{e}");
+            tracing::error!(target: super::LOG_TARGET, "reload failed, still serving the previous configuration:\n{e}");
         }
         self.lifecycle.set(State::Ready);
     }
@@ -159,7 +159,7 @@ impl Serving {
         let views = self.listeners.apply(new.listeners).await?;
         reload::warn_restart_only(&self.config, &new.config);
         let file = new.config.source.as_deref().unwrap_or(std::path::Path::new("-"));
-        tracing::info!(file = %file.display(), listeners = new.config.listeners.len(), "configuration reloaded");
+        tracing::info!(target: super::LOG_TARGET, file = %file.display(), listeners = new.config.listeners.len(), "configuration reloaded");
         self.board.set_listeners(views);
         self.board.reload_finished(None);
         self.services.atna.apply(new.audit);
@@ -196,7 +196,7 @@ impl Serving {
         summaries.1.cancel();
         let _ = summaries.0.await;
         admin.stop().await;
-        tracing::info!("dicomgate stopped");
+        tracing::info!(target: super::LOG_TARGET, "dicomgate stopped");
         services.atna.application_stopped();
         services.atna.close(atna::FLUSH_AT_EXIT).await;
     }
@@ -206,9 +206,9 @@ impl Serving {
 /// gives their closes [`FINAL_CLOSE`].
 async fn drain_associations(tracker: &TaskTracker, grace: Duration, force_abort: &CancellationToken) {
     tracker.close();
-    tracing::info!(live = tracker.len(), ?grace, "stopped accepting; draining live associations");
+    tracing::info!(target: super::LOG_TARGET, live = tracker.len(), ?grace, "stopped accepting; draining live associations");
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(live = tracker.len(), "grace period over; sending A-ABORT to the remaining associations");
+        tracing::warn!(target: super::LOG_TARGET, live = tracker.len(), "grace period over; sending A-ABORT to the remaining associations");
         force_abort.cancel();
         let _ = tokio::time::timeout(FINAL_CLOSE, tracker.wait()).await;
     }
@@ -226,7 +226,7 @@ impl Admin {
         let Some(Socket { tcp, address, fd }) = socket else { return Admin { task: None, stop, fd: None } };
         let allow = Arc::new(config.admin.clone().unwrap_or_else(|| (*crate::admin::loopback_only()).clone()));
         let nets: Vec<String> = allow.allow.iter().map(|n| n.to_string()).collect();
-        tracing::info!(%address, allow = %nets.join(","), "admin endpoint listening (/, /status, /metrics, /healthz, /readyz)");
+        tracing::info!(target: super::LOG_TARGET, %address, allow = %nets.join(","), "admin endpoint listening (/, /status, /metrics, /healthz, /readyz)");
         let ctx = AdminContext { metrics: metrics.clone(), state: lifecycle.subscribe(), board: board.clone(), allow };
         let task = tokio::spawn(crate::admin::serve_with(tcp, ctx, stop.clone()));
         Admin { task: Some(task), stop, fd: Some(fd) }

@@ -77,7 +77,7 @@ fn parse(raw: &[u8]) -> Reply {
     Reply { status, headers, body: body.to_owned() }
 }
 
-/// Every metric family of DESIGN.md with at least one sample.
+/// Every metric family of docs/architecture.md with at least one sample.
 fn populated_metrics() -> Metrics {
     let m = Metrics::new();
     m.register_listener("store", dicomgate::report::Outcome::labels());

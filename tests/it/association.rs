@@ -1,6 +1,6 @@
 //! Association policy end to end: a TLS (or plaintext) client through the
 //! gateway to a plain dicom-ul SCP, and every A-ASSOCIATE-RJ the gateway
-//! answers on its own (DESIGN.md rejection table, "Authorize on the raw
+//! answers on its own (docs/architecture.md rejection table, "Authorize on the raw
 //! 16-byte AE fields").
 
 use crate::support;

@@ -114,7 +114,7 @@ async fn issue4_echo_storescp_refusal_is_told_in_words() {
     );
 }
 
-/// Each row of the DESIGN.md rejection table, as a fake SCP sends it.
+/// Each row of the rejection table (docs/architecture.md), as a fake SCP sends it.
 #[test]
 fn issue4_echo_prints_each_rejection_of_the_design_table() {
     for (triple, words) in [

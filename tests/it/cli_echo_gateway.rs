@@ -1,6 +1,6 @@
 //! `dicomgate echo` against dicomgate itself (issue 4): Accepted through the
 //! gateway to DCMTK `storescp`, the printed reason for each A-ASSOCIATE-RJ of
-//! the DESIGN.md table that an SCU can provoke, and a listener pinning a
+//! the rejection table (docs/architecture.md) that an SCU can provoke, and a listener pinning a
 //! gen-cert client certificate, checked with both `dicomgate echo` and
 //! DCMTK `echoscu +tls`.
 //!

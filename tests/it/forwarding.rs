@@ -1,5 +1,5 @@
 //! "Forward the original A-ASSOCIATE-RQ bytes" and "the SCP's AC/RJ goes back
-//! unchanged" (DESIGN.md), checked against a fake backend that records the
+//! unchanged" (docs/architecture.md), checked against a fake backend that records the
 //! exact bytes it receives. The requests carry what dicom-ul would not
 //! re-encode faithfully: 0xFF in reserved bytes (as DCMTK writes them) and a
 //! user-information sub-item dicom-ul does not know.

@@ -1,5 +1,5 @@
 //! Shutdown: stop accepting, let live associations run for the grace period,
-//! then A-ABORT the rest and return `Ok` (DESIGN.md, "Signals and lifecycle").
+//! then A-ABORT the rest and return `Ok` (docs/operations.md, "Signals and lifecycle").
 
 use crate::support;
 use std::time::Duration;

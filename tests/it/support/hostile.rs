@@ -64,7 +64,7 @@ fn case(name: impl Into<String>, port: Port, bytes: Vec<u8>, hold: bool, when: W
     Case { name: name.into(), port, bytes, hold, when, answer }
 }
 
-/// PS3.8 provider A-ABORT reasons (DESIGN.md).
+/// PS3.8 provider A-ABORT reasons (§9.3.8).
 pub const NOT_SPECIFIED: u8 = 0;
 const UNEXPECTED_PDU: u8 = 2;
 const INVALID_PARAMETER_VALUE: u8 = 6;
