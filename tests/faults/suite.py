@@ -103,29 +103,27 @@ class Suite:
     def master(self):
         return self.gw[net.GWA] if net.has_address(net.GWA, net.VIP) else self.gw[net.GWB]
 
-    def audit_between(self, gw, start, end):
-        """Audit events of the store listener from the cloud that ended in
-        [start, end] (wall clock)."""
-        out = []
-        for ev in gw.audit():
-            if ev.get("listener") != "store" or not str(ev.get("peer", "")).startswith(net.CLOUD_IP):
-                continue
-            t = datetime.fromisoformat(ev.get("timestamp", "").replace("Z", "+00:00")).timestamp()
-            if start - 0.1 <= t <= end + 1.0:
-                out.append(ev)
-        return out
+    def store_audit(self, gw):
+        """The audit events of the store listener for the cloud's
+        associations, in the order they were written."""
+        return [ev for ev in gw.audit()
+                if ev.get("listener") == "store" and str(ev.get("peer", "")).startswith(net.CLOUD_IP)]
 
-    def paired_audit(self, gw, runs):
-        """The audit lines of sequential associations `runs` [(started, ended)],
-        paired in order (one line each; a line is written as the association
-        ends, possibly just after the SCU has exited)."""
-        deadline = time.time() + 3
-        while True:
-            events = self.audit_between(gw, runs[0][0], runs[-1][1])
-            if len(events) >= len(runs) or time.time() > deadline:
-                break
+    def audit_mark(self, gw):
+        """Where the next association's audit line will be: a line is written
+        as the association ends, possibly just after the SCU has exited, so
+        let the previous one land first."""
+        time.sleep(0.5)
+        return len(self.store_audit(gw))
+
+    def paired_audit(self, gw, mark, count):
+        """The `count` audit lines written since `mark` (sequential
+        associations: the k-th line is the k-th association's)."""
+        deadline = time.time() + 5
+        while len(self.store_audit(gw)) < mark + count and time.time() < deadline:
             time.sleep(0.1)
-        check(len(events) == len(runs), f"{len(runs)} associations, {len(events)} audit lines: {events}")
+        events = self.store_audit(gw)[mark:]
+        check(len(events) == count, f"{count} associations, {len(events)} audit lines: {events}")
         return events
 
     # --- scenarios ---------------------------------------------------------------------
@@ -139,6 +137,7 @@ class Suite:
         em.set(**LOSSY)
         sent = {}
         results = []
+        mark = self.audit_mark(gw)
         t_start = time.time()
         try:
             for i in range(self.args.lossy_associations):
@@ -167,7 +166,7 @@ class Suite:
                       f"{uid}: stored data set differs from the one sent")
         # One audit line per association; they ran one after the other, so
         # the k-th line is the k-th association's.
-        events = self.paired_audit(gw, [(r[3], r[4]) for r in results])
+        events = self.paired_audit(gw, mark, len(results))
         ok_count = 0
         for (ok, n, out, started, ended, objs), ev in zip(results, events):
             if ok:
@@ -198,6 +197,7 @@ class Suite:
         first = f"{net.PACS_IPS[0]}:11112"
         second = f"{net.PACS_IPS[1]}:11112"
         objs = self.objects("bh", 5, 20_000, 40_000)
+        mark = self.audit_mark(gw)
         self.em["back"].set(blackhole=[net.PACS_IPS[0]])
         t_hole = time.time()
         try:
@@ -207,7 +207,7 @@ class Suite:
                 check(ok, f"an association failed with one server black-holed:\n{out}")
                 durations.append(ended - started)
                 runs.append((started, ended))
-            for ev in self.paired_audit(gw, runs):
+            for ev in self.paired_audit(gw, mark, len(runs)):
                 check(ev.get("server") == second, f"not served by {second}: {ev}")
             figure("black_holed_server: association durations " + ", ".join(f"{d:.2f}s" for d in durations))
             check(all(d < DEFAULT_CONNECT_S * 0.5 for d in durations[1:]),
@@ -240,6 +240,7 @@ class Suite:
             time.sleep(0.5)
             fds0, rss0 = gw.fds(), gw.rss_kib()
             before = set(self.pacs.received())
+            mark = self.audit_mark(gw)
             result = {}
             t = threading.Thread(target=lambda: result.update(r=world.storescu([p for p, _ in objs[1:]], dimse=60)))
             t.start()
@@ -258,7 +259,7 @@ class Suite:
             check(not ok, f"storescu succeeded against a frozen SCP:\n{out}")
             check("abort" in out.lower(), f"storescu saw no abort:\n{out}")
             check(took <= dimse + 2.5, f"the client's abort came {took:.1f} s after the freeze (DIMSE timeout {dimse} s)")
-            ev = self.paired_audit(gw, [(started, ended)])[0]
+            ev = self.paired_audit(gw, mark, 1)[0]
             check(ev.get("end") == "idle_timeout", f"audit does not say idle_timeout: {ev}")
             # The SCP's side: after SIGCONT it reads what the gateway sent
             # while it was stopped, the A-ABORT, and ends the association.
@@ -279,13 +280,14 @@ class Suite:
     def test_partition_healed(self):
         gw = self.master()
         objs = self.objects("part", 2, 20_000, 40_000)
+        mark = self.audit_mark(gw)
         self.em["back"].set(partition=True)
         t_cut = time.time()
         try:
             ok, _, out, started, ended = world.storescu([objs[0][0]], timeout=60)
             check(not ok, "an association succeeded across the partition")
             check("Association Rejected" in out, f"no A-ASSOCIATE-RJ for the cloud during the partition:\n{out}")
-            ev = self.paired_audit(gw, [(started, ended)])[0]
+            ev = self.paired_audit(gw, mark, 1)[0]
             check(ev.get("outcome") == "backend_unavailable", f"audit: {ev}")
             during = ended - started
             left = 10 - (time.time() - t_cut)
