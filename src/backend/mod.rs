@@ -7,7 +7,10 @@
 //! a monitor can be wrong (or slow to notice a recovery), so a down server is
 //! still worth one try when nothing else answers. A failed connect falls
 //! through to the next server within the same association attempt; when every
-//! server fails the caller answers A-ASSOCIATE-RJ 2/3/1.
+//! server fails the caller answers A-ASSOCIATE-RJ 2/3/1. A connect that
+//! fails at layer 4 (refused, unreachable, timed out) also marks a monitored
+//! server down at once ([`health::ServerHealth::connect_failed`]), so the
+//! next association does not wait on a black-holed server again.
 
 pub mod health;
 
@@ -51,6 +54,16 @@ pub enum ConnectError {
     /// The SCP's certificate was refused, or it sent an alert.
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
+}
+
+impl ConnectError {
+    /// Whether the server did not take the connection at all (refused,
+    /// unreachable, no answer in time) — what HAProxy's `observe layer4`
+    /// counts. A TLS failure is the SCP's configuration, which the echo
+    /// monitor judges; a bad `server_name` is ours.
+    pub fn is_layer4(&self) -> bool {
+        matches!(self, ConnectError::Tcp(_) | ConnectError::Timeout(_))
+    }
 }
 
 /// A server host that no certificate can be checked against.
@@ -112,20 +125,22 @@ impl BackendRuntime {
         }
         for (index, marked_down) in order {
             let Some(server) = self.config.servers.get(index) else { continue };
-            match timeout(connect_timeout, self.connect_one(server)).await {
+            let error = match timeout(connect_timeout, self.connect_one(server)).await {
                 Ok(Ok(stream)) => {
                     if !attempts.is_empty() {
                         tracing::warn!(backend = %self.config.name, %server, failed = attempts.len(), "failed over to a later backend server");
                     }
                     return Ok(Connected { stream, server: server.clone() });
                 }
-                Ok(Err(error)) => attempts.push(Attempt { server: server.clone(), marked_down, error }),
-                Err(_) => attempts.push(Attempt {
-                    server: server.clone(),
-                    marked_down,
-                    error: ConnectError::Timeout(connect_timeout),
-                }),
+                Ok(Err(error)) => error,
+                Err(_) => ConnectError::Timeout(connect_timeout),
+            };
+            if error.is_layer4() {
+                if let Some(health) = self.health.servers().get(index) {
+                    health.connect_failed(&error);
+                }
             }
+            attempts.push(Attempt { server: server.clone(), marked_down, error });
         }
         Err(ConnectFailure { attempts })
     }
@@ -157,6 +172,7 @@ pub fn server_name(tls: &BackendTls, server: &ServerAddress) -> Result<ServerNam
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::metrics::Metrics;
     use std::path::Path;
 
     fn backend(servers: &[std::net::SocketAddr]) -> BackendRuntime {
@@ -173,6 +189,113 @@ mod tests {
     async fn closed_port() -> std::net::SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr")
+    }
+
+    /// A monitored backend (`mode: echo`, no monitor task running: the tests
+    /// play the monitor), published so that failed connects are exported.
+    fn monitored(servers: &[std::net::SocketAddr], mode: &str) -> (Arc<BackendRuntime>, Metrics) {
+        let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        let yaml = format!(
+            "backends:\n  pacs:\n    ae_title: PACS\n    servers: [{}]\n    health_check: {{mode: {mode}}}\n\
+             listeners:\n  store:\n    listen: 127.0.0.1:0\n    insecure_plaintext: true\n    allow: [127.0.0.1/32]\n    \
+             routes: {{PACS: pacs}}\n",
+            list.join(", ")
+        );
+        let config = Config::from_yaml_str(&yaml, Path::new("/")).expect("valid test config");
+        let config = config.backends["pacs"].clone();
+        let registry = HealthRegistry::new();
+        let rt = Arc::new(BackendRuntime { health: registry.health_for(&config), config, tls: None });
+        let metrics = Metrics::new();
+        registry.publish(&std::collections::BTreeMap::from([("pacs".to_owned(), rt.clone())]), &metrics);
+        (rt, metrics)
+    }
+
+    /// A server that drops SYNs instead of refusing them, on loopback: a
+    /// listener whose accept queue (backlog 0: one connection) is full.
+    struct BlackHole {
+        addr: std::net::SocketAddr,
+        _listener: tokio::net::TcpListener,
+        _queued: std::net::TcpStream,
+    }
+
+    fn black_hole() -> BlackHole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let listener = socket.listen(0).expect("listen");
+        let queued = std::net::TcpStream::connect(addr).expect("fills the accept queue");
+        BlackHole { addr, _listener: listener, _queued: queued }
+    }
+
+    const CONNECT: Duration = Duration::from_secs(4);
+
+    #[tokio::test]
+    async fn a_black_holed_server_costs_one_connect_timeout_not_one_per_association() {
+        let hole = black_hole();
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let up_addr = up.local_addr().expect("addr");
+        let (rt, metrics) = monitored(&[hole.addr, up_addr], "echo");
+        tokio::time::pause();
+
+        // The first association after the black hole starts waits it out once…
+        let started = tokio::time::Instant::now();
+        let c = rt.connect(CONNECT).await.expect("failover to the second server");
+        assert_eq!(c.server.port, up_addr.port());
+        let waited = started.elapsed();
+        // tokio's timer wheel has millisecond granularity.
+        assert!(waited >= CONNECT && waited < CONNECT + Duration::from_millis(10), "the first waits {waited:?}");
+        let first = &rt.health.servers()[0];
+        assert_eq!(first.state(), ServerState::Down, "one timed-out connect marks the server down");
+        assert_eq!(metrics.backend_up("pacs", &hole.addr.to_string()), Some(false));
+        let failed = first.last_failed_connect().expect("remembered for /status");
+        assert!(failed.text.contains("no connection within 4s"), "{}", failed.text);
+
+        // …and the next ones go straight to the second server.
+        for _ in 0..3 {
+            let started = tokio::time::Instant::now();
+            let c = rt.connect(CONNECT).await.expect("second server");
+            assert_eq!(c.server.port, up_addr.port());
+            assert!(started.elapsed() < Duration::from_millis(100), "waited {:?}", started.elapsed());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_marks_down_at_once_and_only_the_monitor_brings_it_back() {
+        let refused = closed_port().await;
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (rt, metrics) = monitored(&[refused, up.local_addr().unwrap()], "tcp");
+        rt.health.servers()[0].force_state_for_test(ServerState::Up);
+        tokio::time::pause();
+
+        let c = rt.connect(CONNECT).await.expect("failover");
+        assert_eq!(c.server.port, up.local_addr().unwrap().port());
+        let first = &rt.health.servers()[0];
+        assert_eq!(first.state(), ServerState::Down);
+        assert_eq!(metrics.backend_up("pacs", &refused.to_string()), Some(false));
+        assert_eq!(rt.health.connect_order(), vec![(1, false), (0, true)]);
+
+        // Probes (rise 2 by default) bring it back, not a connect.
+        let hc = &rt.config.health_check;
+        let ok = || health::ProbeResult {
+            ok: true,
+            text: "TCP connect succeeded".to_owned(),
+            latency: Duration::ZERO,
+            at: std::time::SystemTime::now(),
+        };
+        assert_eq!(first.record_for_test(ok(), hc.rise, hc.fall), None);
+        assert_eq!(first.record_for_test(ok(), hc.rise, hc.fall), Some(ServerState::Up));
+    }
+
+    #[tokio::test]
+    async fn without_a_monitor_a_failed_connect_changes_no_order() {
+        let refused = closed_port().await;
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (rt, _metrics) = monitored(&[refused, up.local_addr().unwrap()], "off");
+        rt.connect(CONNECT).await.expect("failover");
+        let first = &rt.health.servers()[0];
+        assert_eq!(first.state(), ServerState::Unchecked, "mode off: nothing would mark it up again");
+        assert!(first.last_failed_connect().is_some());
+        assert_eq!(rt.health.connect_order(), vec![(0, false), (1, false)]);
     }
 
     #[tokio::test]

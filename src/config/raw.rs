@@ -122,9 +122,9 @@ pub struct RawHealthCheck {
     #[serde(default)]
     #[schemars(schema_with = "s::duration", extend("default" = "10s"))]
     pub interval: Option<Scalar>,
-    /// Deadline of one probe; at most interval. Default: 10s or interval, whichever is shorter.
+    /// Deadline of one probe; at most interval. Default: 5s or interval, whichever is shorter.
     #[serde(default)]
-    #[schemars(schema_with = "s::duration", extend("default" = "10s"))]
+    #[schemars(schema_with = "s::duration", extend("default" = "5s"))]
     pub timeout: Option<Scalar>,
     /// Consecutive failed probes before a server is marked down (1 to 100).
     #[schemars(range(min = 1, max = 100), extend("default" = 3))]
@@ -222,9 +222,9 @@ pub struct RawTimeouts {
     #[serde(default)]
     #[schemars(schema_with = "s::duration", extend("default" = "300s"))]
     pub dimse: Option<Scalar>,
-    /// Per backend server: TCP (and TLS) connect.
+    /// Per backend server: TCP (and TLS) connect. A layer-4 failure (refused, unreachable, this timeout) marks a monitored server down at once.
     #[serde(default)]
-    #[schemars(schema_with = "s::duration", extend("default" = "10s"))]
+    #[schemars(schema_with = "s::duration", extend("default" = "4s"))]
     pub connect: Option<Scalar>,
     /// Maximum association lifetime, from accept: reached, both sides get A-ABORT. Absent: no limit (the DIMSE idle timer restarts on every byte).
     #[serde(default)]

@@ -28,7 +28,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
     let l = &c.listeners["store"];
     assert_eq!(l.timeouts.acse, Duration::from_secs(30));
     assert_eq!(l.timeouts.dimse, Duration::from_secs(300));
-    assert_eq!(l.timeouts.connect, Duration::from_secs(10));
+    assert_eq!(l.timeouts.connect, Duration::from_secs(4));
     assert_eq!(l.max_connections, 256);
     assert_eq!(l.max_associate_rq_length, 65536);
     let Security::Tls(tls) = &l.security else { panic!("tls expected") };
@@ -155,7 +155,7 @@ fn health_check_thresholds_and_timeout_have_defaults_and_bounds() {
     let hc = &c.backends["pacs"].health_check;
     assert_eq!(
         (hc.mode, hc.interval, hc.timeout, hc.fall, hc.rise),
-        (HealthCheckMode::Echo, Duration::from_secs(10), Duration::from_secs(10), 3, 2)
+        (HealthCheckMode::Echo, Duration::from_secs(10), Duration::from_secs(5), 3, 2)
     );
 
     let short =

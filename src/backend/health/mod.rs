@@ -16,6 +16,15 @@
 //! logged once and exported as `dicomgate_backend_up{backend,server}`; each
 //! probe's result is kept for the `/status` view ([`HealthRegistry::status_json`]).
 //!
+//! Real associations are evidence too (HAProxy's `observe layer4`): when an
+//! association's connect to a monitored server is refused, unreachable or
+//! not answered within the connect timeout, the server is marked down at
+//! once ([`ServerHealth::connect_failed`]) instead of waiting `fall` probes.
+//! A black-holed server (packets dropped, not refused) would otherwise cost
+//! every new association the whole connect timeout until the monitor
+//! caught up (`fall` × `interval` + `timeout`). Only the monitor marks a
+//! server up again (`rise` probes), so one lucky connect cannot undo it.
+//!
 //! The state lives in [`ServerHealth`], shared by the monitor and by
 //! [`super::BackendRuntime::connect`], which orders its attempts by it. The
 //! [`HealthRegistry`] keeps it across reloads for servers whose probe did not
@@ -29,14 +38,14 @@ mod status;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::BackendRuntime;
 use crate::config::{BackendConfig, HealthCheckMode, ServerAddress};
 use crate::metrics::Metrics;
 pub use monitor::{echo_probe, Monitors, ProbeError};
-pub use status::{BackendView, CheckView, ProbeView, ServerView, StatusView};
+pub use status::{BackendView, CheckView, FailedConnectView, ProbeView, ServerView, StatusView};
 
 /// A server as the health check sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +101,18 @@ impl Verdicts {
             next
         })
     }
+
+    /// Counts a real association's failed connect: down at once, whatever
+    /// `fall` says (see the module docs); returns `Down` when that changed
+    /// the state.
+    pub fn observe_failed_connect(&mut self) -> Option<ServerState> {
+        self.failures = self.failures.saturating_add(1);
+        self.successes = 0;
+        (self.state != ServerState::Down).then(|| {
+            self.state = ServerState::Down;
+            ServerState::Down
+        })
+    }
 }
 
 /// What one probe found.
@@ -104,11 +125,20 @@ pub struct ProbeResult {
     pub at: SystemTime,
 }
 
+/// The last connect of a real association that failed.
+#[derive(Debug, Clone)]
+pub struct FailedConnect {
+    /// In words: the connect error.
+    pub text: String,
+    pub at: SystemTime,
+}
+
 #[derive(Debug, Default)]
 struct Status {
     verdicts: Verdicts,
     last_probe: Option<ProbeResult>,
     last_change: Option<SystemTime>,
+    last_failed_connect: Option<FailedConnect>,
 }
 
 /// The health of one backend server, shared by its monitor, the connect
@@ -118,11 +148,20 @@ pub struct ServerHealth {
     pub backend: String,
     pub server: ServerAddress,
     status: Mutex<Status>,
+    /// Where a state change found on the connect path is exported; set when
+    /// the server is published with a monitor ([`HealthRegistry::publish`]),
+    /// never for `mode: off` (nothing would mark the server up again).
+    observed: OnceLock<Metrics>,
 }
 
 impl ServerHealth {
     fn new(backend: &str, server: &ServerAddress) -> ServerHealth {
-        ServerHealth { backend: backend.to_owned(), server: server.clone(), status: Mutex::default() }
+        ServerHealth {
+            backend: backend.to_owned(),
+            server: server.clone(),
+            status: Mutex::default(),
+            observed: OnceLock::new(),
+        }
     }
 
     /// The lock is only ever held for a few field copies, never across an
@@ -149,6 +188,43 @@ impl ServerHealth {
             status.last_change = Some(at);
         }
         changed
+    }
+
+    pub fn last_failed_connect(&self) -> Option<FailedConnect> {
+        self.lock().last_failed_connect.clone()
+    }
+
+    /// A real association could not connect to this server (refused,
+    /// unreachable, or no answer within the connect timeout): marked down at
+    /// once when the server is monitored (see the module docs), logged once
+    /// and exported like a monitor's verdict. Without a monitor (`mode:
+    /// off`, `check`) only remembered for the status view.
+    pub fn connect_failed(&self, error: &impl std::fmt::Display) {
+        let text = error.to_string();
+        let at = SystemTime::now();
+        let metrics = self.observed.get();
+        let changed = {
+            let mut status = self.lock();
+            status.last_failed_connect = Some(FailedConnect { text: text.clone(), at });
+            let changed = metrics.and_then(|_| status.verdicts.observe_failed_connect());
+            if changed.is_some() {
+                status.last_change = Some(at);
+            }
+            changed
+        };
+        if let (Some(ServerState::Down), Some(metrics)) = (changed, metrics) {
+            metrics.set_backend_up(&self.backend, &self.server.to_string(), false);
+            tracing::warn!(
+                backend = %self.backend,
+                server = %self.server,
+                "backend server marked down: an association could not connect: {text}"
+            );
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn record_for_test(&self, probe: ProbeResult, rise: u32, fall: u32) -> Option<ServerState> {
+        self.record(probe, rise, fall)
     }
 
     #[cfg(test)]
@@ -238,6 +314,8 @@ impl HealthRegistry {
         // A server whose state was carried over keeps its series.
         for b in backends.values().filter(|b| b.config.health_check.mode != HealthCheckMode::Off) {
             for s in &b.health.servers {
+                // The same registry for the daemon's lifetime: the first set holds.
+                let _ = s.observed.set(metrics.clone());
                 match s.state() {
                     ServerState::Unchecked => metrics.forget_backend_server(&s.backend, &s.server.to_string()),
                     state => metrics.set_backend_up(&s.backend, &s.server.to_string(), state == ServerState::Up),

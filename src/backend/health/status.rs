@@ -58,6 +58,10 @@ impl ServerHealth {
                 result: p.text.clone(),
                 latency_ms: (p.latency.as_secs_f64() * 1e6).round() / 1e3,
             }),
+            last_failed_connect: status
+                .last_failed_connect
+                .as_ref()
+                .map(|c| FailedConnectView { at: rfc3339(c.at), error: c.text.clone() }),
         }
     }
 }
@@ -97,6 +101,15 @@ pub struct ServerView {
     /// RFC 3339 UTC time of the last state change.
     pub last_change: Option<String>,
     pub last_probe: Option<ProbeView>,
+    /// The last association whose connect to this server failed (refused,
+    /// unreachable, timed out): it marks a monitored server down at once.
+    pub last_failed_connect: Option<FailedConnectView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedConnectView {
+    pub at: String,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]

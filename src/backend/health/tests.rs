@@ -111,3 +111,18 @@ fn thresholds_of_one_flip_on_every_change() {
     assert_eq!(v.observe(false, 1, 1), Some(ServerState::Down));
     assert_eq!(v.observe(true, 1, 1), Some(ServerState::Up));
 }
+
+#[test]
+fn a_failed_connect_marks_down_at_once_whatever_fall_says() {
+    let mut v = Verdicts::default();
+    assert_eq!(v.observe(true, 2, 3), Some(ServerState::Up));
+    assert_eq!(v.observe(true, 2, 3), None);
+    assert_eq!(v.observe_failed_connect(), Some(ServerState::Down));
+    assert_eq!(v.observe_failed_connect(), None, "already down");
+    // The probes' rise counts from zero again.
+    assert_eq!(v.observe(true, 2, 3), None);
+    assert_eq!(v.observe(true, 2, 3), Some(ServerState::Up));
+
+    let mut unchecked = Verdicts::default();
+    assert_eq!(unchecked.observe_failed_connect(), Some(ServerState::Down));
+}

@@ -3,9 +3,11 @@
 use super::*;
 
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-/// Default probe deadline (capped at the interval): the listeners' default
-/// backend connect timeout, for a probe is a connect and a little more.
-const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default probe deadline (capped at the interval): a connect (4 s by
+/// default, `listeners.NAME.timeouts.connect`) and an association, C-ECHO
+/// and release, which a LAN SCP answers in milliseconds. A silent server's
+/// probe ends well before the next is due.
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consecutive failures before "down" and successes before "up" again: the
 /// common load-balancer defaults (HAProxy's fall 3 / rise 2).
 const DEFAULT_HEALTH_FALL: u32 = 3;

@@ -5,7 +5,11 @@ use super::*;
 
 const DEFAULT_ACSE: Duration = Duration::from_secs(30);
 const DEFAULT_DIMSE: Duration = Duration::from_secs(300);
-const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
+/// A LAN connect takes milliseconds; 4 s covers the first SYN and the two
+/// retransmissions Linux sends at 1 s and 3 s, and no more: a server that
+/// has not answered by then is treated as gone (and marked down at once,
+/// see `backend::health`), not waited on by every association.
+const DEFAULT_CONNECT: Duration = Duration::from_secs(4);
 const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// 64 KiB: a storescu request proposing ~100 SOP classes is under 10 KiB.
 const DEFAULT_MAX_RQ_LENGTH: u32 = 64 * 1024;
