@@ -116,22 +116,7 @@ mod tests {
     fn report(n: usize, outcome: Outcome) -> Report {
         let mut trail = Trail::new(([127, 0, 0, 1], 40000).into());
         trail.calling_ae = Some(format!("AE{n}"));
-        Report {
-            listener: "store".into(),
-            id: ConnectionId::next(),
-            trail,
-            server: None,
-            outcome,
-            association: None,
-            end: None,
-            operations: Default::default(),
-            scp_answer: None,
-            detail: None,
-            handshake: None,
-            bytes_to_backend: 0,
-            bytes_to_client: 0,
-            duration: Duration::from_millis(3),
-        }
+        Report::new("store", ConnectionId::next(), trail, outcome, Duration::from_millis(3))
     }
 
     #[test]

@@ -243,6 +243,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report that knows who the connection was and how it ended; the
+    /// rest (answer, bytes, DIMSE, why) is filled in by whoever knows it.
+    pub fn new(listener: &str, id: ConnectionId, trail: Trail, outcome: Outcome, duration: Duration) -> Report {
+        Report {
+            listener: listener.to_owned(),
+            id,
+            trail,
+            server: None,
+            outcome,
+            association: None,
+            end: None,
+            operations: Operations::new(),
+            scp_answer: None,
+            detail: None,
+            handshake: None,
+            bytes_to_backend: 0,
+            bytes_to_client: 0,
+            duration,
+        }
+    }
+
     /// Whether the connection was turned away (the status page makes these stand out).
     pub fn refused(&self) -> bool {
         self.outcome != Outcome::Forwarded || self.association.as_ref().is_some_and(Association::refused)

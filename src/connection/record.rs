@@ -252,22 +252,7 @@ fn metrics_of(report: &Report, services: &Services) {
 
 /// The report of a finished connection, from the phases' results.
 pub fn report(listener: &str, id: ConnectionId, trail: Trail, ending: Ending, elapsed: Duration) -> Report {
-    let mut report = Report {
-        listener: listener.to_owned(),
-        id,
-        trail,
-        server: None,
-        outcome: ending.outcome(),
-        association: None,
-        end: None,
-        operations: Default::default(),
-        scp_answer: None,
-        detail: None,
-        handshake: None,
-        bytes_to_backend: 0,
-        bytes_to_client: 0,
-        duration: elapsed,
-    };
+    let mut report = Report::new(listener, id, trail, ending.outcome(), elapsed);
     match ending {
         Ending::Refused(refused) => {
             report.detail = Some(refused.to_string());

@@ -4,6 +4,7 @@
 //! XML. Pure: no network.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::support::atna::schema;
 use dicomgate::atna::event::{AuditEvent, EventKind};
@@ -45,22 +46,10 @@ fn peer() -> SocketAddr {
 
 /// A finished connection from [`peer`] on listener `store`.
 fn report(outcome: ConnectionOutcome, handshake: Option<HandshakeFailure>, detail: &str) -> Report {
-    Report {
-        listener: "store".into(),
-        id: ConnectionId::next(),
-        trail: Trail::new(peer()),
-        server: None,
-        outcome,
-        association: None,
-        end: None,
-        operations: Default::default(),
-        scp_answer: None,
-        detail: Some(detail.to_owned()),
-        handshake,
-        bytes_to_backend: 0,
-        bytes_to_client: 0,
-        duration: std::time::Duration::from_millis(2),
-    }
+    let mut r = Report::new("store", ConnectionId::next(), Trail::new(peer()), outcome, Duration::from_millis(2));
+    r.detail = Some(detail.to_owned());
+    r.handshake = handshake;
+    r
 }
 
 /// A policy refusal of calling AE `calling` (called AE `PACS`).
