@@ -17,6 +17,7 @@ use crate::backend::{BackendRuntime, HealthRegistry};
 use crate::config::{BackendConfig, Config, ListenerConfig, Security};
 use crate::connection::ListenerRuntime;
 use crate::pki::{self, CertificateInfo};
+use crate::tls::crl::{CrlError, CrlSet};
 use crate::tls::{self, ServerIdentity, TlsError};
 
 /// Backend runtimes by name.
@@ -36,6 +37,31 @@ pub enum PrepareError {
         #[source]
         source: TlsError,
     },
+    /// `owner` is the `tls` section, e.g. `listeners.store.tls`; the error
+    /// names the rest of the key (`client_crls[1]`) and the file.
+    #[error("{owner}.{source}")]
+    Crl {
+        owner: String,
+        #[source]
+        source: CrlError,
+    },
+}
+
+impl PrepareError {
+    /// A listener's TLS error, with a CRL's named by its full key.
+    fn listener_tls(listener: &str, source: TlsError) -> PrepareError {
+        match source {
+            TlsError::Crl(source) => PrepareError::Crl { owner: format!("listeners.{listener}.tls"), source },
+            source => PrepareError::ListenerTls { listener: listener.to_owned(), source },
+        }
+    }
+
+    fn backend_tls(backend: &str, source: TlsError) -> PrepareError {
+        match source {
+            TlsError::Crl(source) => PrepareError::Crl { owner: format!("backends.{backend}.tls"), source },
+            source => PrepareError::BackendTls { backend: backend.to_owned(), source },
+        }
+    }
 }
 
 /// `tls.generate_if_missing` for a pair that does not exist yet: `run`
@@ -52,6 +78,8 @@ pub struct PreparedListener {
     pub runtime: Arc<ListenerRuntime>,
     /// The leaf certificate, for TLS listeners.
     pub certificate: Option<CertificateInfo>,
+    /// `tls.client_crls` as read (empty without).
+    pub crls: CrlSet,
 }
 
 /// Everything a gateway serves, built from a configuration.
@@ -83,9 +111,7 @@ pub fn backends(config: &Config, health: &HealthRegistry) -> Result<Backends, Pr
 
 pub fn backend(bc: &Arc<BackendConfig>, health: &HealthRegistry) -> Result<Arc<BackendRuntime>, PrepareError> {
     let tls = match &bc.tls {
-        Some(t) => {
-            Some(tls::backend_tls(t).map_err(|source| PrepareError::BackendTls { backend: bc.name.clone(), source })?)
-        }
+        Some(t) => Some(tls::backend_tls(t).map_err(|source| PrepareError::backend_tls(&bc.name, source))?),
         None => None,
     };
     Ok(Arc::new(BackendRuntime { config: bc.clone(), tls, health: health.health_for(bc) }))
@@ -107,10 +133,10 @@ pub fn listener(
     backends: &Backends,
     generation: Generation,
 ) -> Result<PreparedListener, PrepareError> {
-    let (acceptor, certificate) = match &lc.security {
-        Security::Plaintext => (None, None),
+    let (acceptor, certificate, crls) = match &lc.security {
+        Security::Plaintext => (None, None, CrlSet::default()),
         Security::Tls(t) => {
-            let err = |source| PrepareError::ListenerTls { listener: lc.name.clone(), source };
+            let err = |source| PrepareError::listener_tls(&lc.name, source);
             if generation == Generation::Create {
                 if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
                     tracing::warn!(
@@ -129,15 +155,15 @@ pub fn listener(
             if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
                 return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
             }
-            let config = tls::server_config(t, &identity).map_err(err)?;
-            (Some(TlsAcceptor::from(config)), certificate)
+            let server = tls::server_config(t, &identity).map_err(err)?;
+            (Some(TlsAcceptor::from(server.config)), certificate, server.crls)
         }
     };
     // Only the backends this listener routes to.
     let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
     let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
     let runtime = Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends });
-    Ok(PreparedListener { runtime, certificate })
+    Ok(PreparedListener { runtime, certificate, crls })
 }
 
 /// A listener's policy in words, for the startup banner and `check`.

@@ -28,6 +28,7 @@
 //! stopped.
 
 pub mod page;
+mod page_crls;
 pub mod status;
 
 use std::convert::Infallible;

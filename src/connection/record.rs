@@ -21,6 +21,7 @@ use crate::metrics::Outcome;
 use crate::proxy_protocol::{ProxyError, ProxyHeader};
 use crate::relay::{self, RelayEnd, RelayReport, Side, Truncation};
 use crate::routing::Refusal;
+use crate::tls::revocation::RevokedCertificate;
 use crate::tls::{HandshakeFailure, SessionInfo};
 
 /// The phase of a connection, as failures name it.
@@ -79,6 +80,8 @@ pub enum Refused {
         crate::tls::REISSUE_AS_V3
     )]
     TlsClientCertV1,
+    #[error("TLS handshake failed: the client certificate is revoked ({0}): a CRL of tls.client_crls lists it")]
+    TlsRevoked(RevokedCertificate),
     #[error("TLS handshake not complete within the ACSE timeout")]
     TlsTimeout,
     #[error(transparent)]
@@ -106,7 +109,9 @@ impl Refused {
             Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
                 Phase::ProxyHeader
             }
-            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsTimeout => Phase::TlsHandshake,
+            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsRevoked(_) | Refused::TlsTimeout => {
+                Phase::TlsHandshake
+            }
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
@@ -131,7 +136,7 @@ impl Refused {
     pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
         match self {
             Refused::Tls(e) => Some(HandshakeFailure::of(e)),
-            Refused::TlsClientCertV1 => Some(HandshakeFailure::ClientCertificate),
+            Refused::TlsClientCertV1 | Refused::TlsRevoked(_) => Some(HandshakeFailure::ClientCertificate),
             Refused::TlsTimeout => Some(HandshakeFailure::Other),
             _ => None,
         }
@@ -159,6 +164,7 @@ impl Refused {
             }
             Refused::Overflow => Outcome::Limit,
             Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
+            Refused::TlsRevoked(_) => Outcome::TlsRevoked,
             Refused::TlsTimeout => Outcome::Timeout,
             Refused::OverLimit(_) => Outcome::Limit,
             Refused::Policy(refusal) => refusal.outcome,

@@ -7,6 +7,7 @@
 //! the snapshot they started with. SIGUSR2 hands the sockets to a new
 //! process ([`crate::lifecycle::upgrade`]) and then drains as on SIGTERM.
 
+mod crls;
 mod reload;
 
 use reload::reload_config;
@@ -80,7 +81,8 @@ struct Bound {
 
 impl Bound {
     fn view(&self) -> ListenerView {
-        ListenerView::new(&self.built.runtime.config, self.socket.address, self.built.certificate.as_ref())
+        let built = &self.built;
+        ListenerView::new(&built.runtime.config, self.socket.address, built.certificate.as_ref(), &built.crls.infos)
     }
 }
 
@@ -267,6 +269,7 @@ impl Gateway {
             slots.insert(slot.0, slot.1);
         }
         health.publish(&backends, &metrics);
+        crls::publish(&board, &metrics);
         let mut monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
         tracing::info!(pid = std::process::id(), "dicomgate ready");
@@ -304,6 +307,7 @@ impl Gateway {
                             atna.config_reloaded(Ok(()));
                             // Dropping the old monitors stops them.
                             health.publish(&backends, &metrics);
+                            crls::publish(&board, &metrics);
                             monitors = Monitors::start(backends.values(), &metrics);
                             metrics.config_reload(true);
                         }

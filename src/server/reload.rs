@@ -51,7 +51,12 @@ pub(super) async fn reload_config(
         match (socket, slots.get(&name)) {
             (None, Some(slot)) => {
                 banner(&name, slot.bound, &built, metrics);
-                views.push(ListenerView::new(&built.runtime.config, slot.bound, built.certificate.as_ref()));
+                views.push(ListenerView::new(
+                    &built.runtime.config,
+                    slot.bound,
+                    built.certificate.as_ref(),
+                    &built.crls.infos,
+                ));
                 // The same counts, new numbers: live connections keep counting.
                 let limits = slot.publish.borrow().limits.clone();
                 limits.resize(max);
@@ -71,7 +76,12 @@ pub(super) async fn reload_config(
                 };
                 metrics.register_listener(&name);
                 banner(&name, socket.address, &built, metrics);
-                views.push(ListenerView::new(&built.runtime.config, socket.address, built.certificate.as_ref()));
+                views.push(ListenerView::new(
+                    &built.runtime.config,
+                    socket.address,
+                    built.certificate.as_ref(),
+                    &built.crls.infos,
+                ));
                 let (name, slot) = start_listener(Bound { name, socket, built }, limits, services, tracker);
                 slots.insert(name, slot);
             }
