@@ -105,24 +105,31 @@ impl OpensslCa {
         let ca = OpensslCa { dir };
         let subject = format!("/CN={cn}/O=dicomgate tests");
         ca.run(&[
-            "req", "-x509", "-config", "ca.cnf", "-extensions", "v3_ca", "-newkey", "rsa:2048", "-nodes", "-keyout",
-            "ca.key", "-out", "ca.pem", "-days", "3650", "-subj", &subject,
+            "req",
+            "-x509",
+            "-config",
+            "ca.cnf",
+            "-extensions",
+            "v3_ca",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3650",
+            "-subj",
+            &subject,
         ]);
         ca
     }
 
-    /// The CA certificate (PEM).
-    pub fn cert(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
     /// Runs `openssl ARGS` in the CA's directory (its paths are relative).
     fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("run openssl");
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(&self.dir).output().expect("run openssl");
         assert!(out.status.success(), "openssl {args:?}:\n{}", super::tools::output_text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -131,7 +138,10 @@ impl OpensslCa {
     pub fn issue(&self, name: &str, cn: &str, usage: Usage) -> Issued {
         let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
         let subject = format!("/CN={cn}/O=dicomgate tests");
-        self.run(&["req", "-new", "-config", "ca.cnf", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject]);
+        self.run(&[
+            "req", "-new", "-config", "ca.cnf", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
+            "-subj", &subject,
+        ]);
         let section = match usage {
             Usage::Client => "client_cert",
             Usage::Server => "server_cert",
@@ -165,6 +175,20 @@ impl OpensslCa {
         out.to_owned()
     }
 
+    /// A version 1 CRL (no extensions), as `openssl ca -gencrl` makes one
+    /// when the configuration sets neither `crlnumber` nor `crl_extensions`.
+    pub fn gencrl_v1(&self, out: &Path) -> PathBuf {
+        let v1: String = CONFIG
+            .lines()
+            .filter(|l| !l.starts_with("crlnumber") && !l.starts_with("crl_extensions"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(self.dir.join("ca-v1.cnf"), v1).expect("write ca-v1.cnf");
+        let out_text = out.display().to_string();
+        self.run(&["ca", "-batch", "-config", "ca-v1.cnf", "-gencrl", "-out", &out_text]);
+        out.to_owned()
+    }
+
     /// The CRL at `pem` converted to DER at `der`.
     pub fn to_der(pem: &Path, der: &Path) -> PathBuf {
         openssl(&["crl", "-in", &pem.display().to_string(), "-outform", "DER", "-out", &der.display().to_string()]);
@@ -175,15 +199,7 @@ impl OpensslCa {
 /// `YYYYMMDDHHMMSSZ` for now plus `seconds` (negative: in the past).
 pub fn openssl_time(seconds: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    format!("{:04}{:02}{:02}{:02}{:02}{:02}Z", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
 }
 
 /// A rustls client configuration presenting `issued` and trusting `server_ca`.
