@@ -212,10 +212,11 @@ async fn a_certificate_revoked_after_start_is_refused_after_sighup_while_its_liv
     daemon.signal("HUP");
     daemon.wait_for_log("configuration reloaded", PROMPT).await;
 
+    // The live association was not cut: it still echoes (and releases, below).
+    assert_eq!(scu::echo(&mut live, 2).await, Ok(0), "the live association after SIGHUP");
     assert_echo_refused(addr, &v.leaked, dir, "revoked after start, after SIGHUP").await;
     assert_echo_ok(addr, &v.good, dir, "the other certificate").await;
-    // The live association was not cut: it still echoes and releases.
-    assert_eq!(scu::echo(&mut live, 2).await, Ok(0), "the live association after SIGHUP");
+    assert_eq!(scu::echo(&mut live, 3).await, Ok(0), "the live association, still");
     live.release().await.expect("release the live association");
 
     let scrape = wait_for_scrape(&daemon, |s| s.connections("store", "tls_revoked") == 1).await;
