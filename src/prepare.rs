@@ -43,7 +43,7 @@ pub enum PrepareError {
     Crl {
         owner: String,
         #[source]
-        source: CrlError,
+        source: Box<CrlError>,
     },
 }
 

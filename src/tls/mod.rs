@@ -89,8 +89,15 @@ pub enum TlsError {
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// A CRL that cannot be used (the message names the key and the file).
+    /// Boxed: it is large, and every `Result` of this module carries it.
     #[error(transparent)]
-    Crl(#[from] crl::CrlError),
+    Crl(Box<crl::CrlError>),
+}
+
+impl From<crl::CrlError> for TlsError {
+    fn from(e: crl::CrlError) -> TlsError {
+        TlsError::Crl(Box::new(e))
+    }
 }
 
 /// How to replace an X.509 v1 certificate. OpenSSL's `x509 -req` still
