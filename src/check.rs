@@ -112,6 +112,11 @@ fn check_listener(l: &Arc<ListenerConfig>, backends: &Backends, report: &mut Rep
                     versions.join(", "),
                     t.certificate.display()
                 );
+                // The client CA, its CRLs and the pins exist already.
+                match prepare::client_auth(l) {
+                    Ok(crls) => print_crls(&format!("listeners.{}.tls", l.name), &crls),
+                    Err(e) => report.errors.push(e.to_string()),
+                }
                 return;
             }
             // Inspected first: its messages name the file and the fix.

@@ -166,6 +166,15 @@ pub fn listener(
     Ok(PreparedListener { runtime, certificate, crls })
 }
 
+/// The client-certificate checks of a TLS listener alone (CA, CRLs, pins),
+/// for `check` when the listener's own pair does not exist yet.
+pub fn client_auth(lc: &ListenerConfig) -> Result<CrlSet, PrepareError> {
+    match &lc.security {
+        Security::Tls(t) => tls::server::client_auth(t).map_err(|e| PrepareError::listener_tls(&lc.name, e)),
+        Security::Plaintext => Ok(CrlSet::default()),
+    }
+}
+
 /// A listener's policy in words, for the startup banner and `check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Description {

@@ -119,6 +119,13 @@ pub fn server_config(tls: &ListenerTlsConfig, identity: &ServerIdentity) -> Resu
     Ok(ServerTls { config: Arc::new(config), crls })
 }
 
+/// Loads what checks client certificates (`client_ca`, its CRLs, the pins)
+/// without the listener's own identity: `check` judges them before
+/// `generate_if_missing` has created the pair.
+pub fn client_auth(tls: &ListenerTlsConfig) -> Result<CrlSet, TlsError> {
+    client_verifier(&tls.client_auth, &provider()).map(|(_, crls)| crls)
+}
+
 /// One certificate for every client (no SNI-based selection: the cloud
 /// connects by IP address).
 #[derive(Debug)]

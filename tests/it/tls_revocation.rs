@@ -345,6 +345,20 @@ async fn check_shows_pem_and_der_crls_and_names_foreign_forged_and_v1_ones() {
             "{file}: expected the key, {path} and {why:?}:\n{err}"
         );
     }
+    // Judged before generate_if_missing has made the listener's pair, too.
+    let yaml = config(scp, &[listener("store", &["forged.crl.pem"])], "").replace(
+        "      certificate: server.pem\n      private_key: server.key\n",
+        "      certificate: new.pem\n      private_key: new.key\n      generate_if_missing: true\n",
+    );
+    std::fs::write(dir.join("generate.yaml"), yaml).expect("yaml");
+    let out = dicomgate(&["check", "--config", &dir.join("generate.yaml").display().to_string()]);
+    assert_eq!(code(&out), 64, "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("listeners.store.tls.client_crls[0]") && stderr(&out).contains("not signed by"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!dir.join("new.pem").exists(), "check writes nothing");
     // Without client_ca a CRL would check nothing: refused.
     let yaml = config(scp, &[listener("store", &["vendor.crl.pem"])], "")
         .replace("      client_ca: vendor-ca/ca.pem\n", "      client_certificates: [cloud.pem]\n");
