@@ -46,6 +46,9 @@ pub fn check_command(config_file: &Path, echo: bool) -> u8 {
     for bc in config.backends.values() {
         match prepare::backend(bc, &health) {
             Ok(rt) => {
+                if let Some(tls) = &rt.tls {
+                    print_crls(&format!("backends.{}.tls", bc.name), &tls.crls);
+                }
                 backends.insert(bc.name.clone(), rt);
             }
             Err(e) => report.errors.push(e.to_string()),
@@ -107,6 +110,11 @@ fn check_listener(l: &Arc<ListenerConfig>, backends: &Backends, report: &mut Rep
                     versions.join(", "),
                     t.certificate.display()
                 );
+                // The client CA, its CRLs and the pins exist already.
+                match prepare::client_auth(l) {
+                    Ok(crls) => print_crls(&format!("listeners.{}.tls", l.name), &crls),
+                    Err(e) => report.errors.push(e.to_string()),
+                }
                 return;
             }
             // Inspected first: its messages name the file and the fix.
@@ -127,13 +135,27 @@ fn check_listener(l: &Arc<ListenerConfig>, backends: &Backends, report: &mut Rep
                 Err(e) => report.errors.push(format!("listeners.{}.tls: {e}", l.name)),
             }
             // Then exactly what `run` loads (rustls's own checks included).
-            if let Err(e) = prepare::listener(l, backends, Generation::ReportOnly) {
-                let prefix = format!("listeners.{}.tls", l.name);
-                if !report.errors.iter().any(|x| x.starts_with(&prefix)) {
-                    report.errors.push(e.to_string());
+            match prepare::listener(l, backends, Generation::ReportOnly) {
+                Ok(built) => print_crls(&format!("listeners.{}.tls", l.name), &built.crls),
+                Err(e) => {
+                    let prefix = format!("listeners.{}.tls", l.name);
+                    if !report.errors.iter().any(|x| x.starts_with(&prefix)) {
+                        report.errors.push(e.to_string());
+                    }
                 }
             }
         }
+    }
+}
+
+/// One line per CRL, and the CA certificates none is from (with CRLs
+/// configured, what they issue directly is refused: status unknown).
+fn print_crls(owner: &str, crls: &crate::tls::crl::CrlSet) {
+    for crl in &crls.infos {
+        println!("{}: {}: {crl}", crl.key(owner), crl.path.display());
+    }
+    for subject in &crls.uncovered {
+        println!("{owner}: no CRL from CA {subject}: certificates it issues directly are refused (revocation status unknown)");
     }
 }
 

@@ -20,6 +20,7 @@ use crate::backend::{BackendRuntime, HealthRegistry};
 use crate::config::{BackendConfig, Config, ListenerConfig, Security};
 use crate::connection::ListenerRuntime;
 use crate::pki::{self, CertificateInfo};
+use crate::tls::crl::{CrlError, CrlSet};
 use crate::tls::{self, ServerIdentity, TlsError};
 
 /// Backend runtimes by name.
@@ -39,6 +40,31 @@ pub enum PrepareError {
         #[source]
         source: TlsError,
     },
+    /// `owner` is the `tls` section, e.g. `listeners.store.tls`; the error
+    /// names the rest of the key (`client_crls[1]`) and the file.
+    #[error("{owner}.{source}")]
+    Crl {
+        owner: String,
+        #[source]
+        source: Box<CrlError>,
+    },
+}
+
+impl PrepareError {
+    /// A listener's TLS error, with a CRL's named by its full key.
+    fn listener_tls(listener: &str, source: TlsError) -> PrepareError {
+        match source {
+            TlsError::Crl(source) => PrepareError::Crl { owner: format!("listeners.{listener}.tls"), source },
+            source => PrepareError::ListenerTls { listener: listener.to_owned(), source },
+        }
+    }
+
+    fn backend_tls(backend: &str, source: TlsError) -> PrepareError {
+        match source {
+            TlsError::Crl(source) => PrepareError::Crl { owner: format!("backends.{backend}.tls"), source },
+            source => PrepareError::BackendTls { backend: backend.to_owned(), source },
+        }
+    }
 }
 
 /// `tls.generate_if_missing` for a pair that does not exist yet: `run`
@@ -55,6 +81,8 @@ pub struct PreparedListener {
     pub runtime: Arc<ListenerRuntime>,
     /// The leaf certificate, for TLS listeners.
     pub certificate: Option<CertificateInfo>,
+    /// `tls.client_crls` as read (empty without).
+    pub crls: CrlSet,
 }
 
 /// Everything a gateway serves, built from a configuration.
@@ -86,9 +114,7 @@ pub fn backends(config: &Config, health: &HealthRegistry) -> Result<Backends, Pr
 
 pub fn backend(bc: &Arc<BackendConfig>, health: &HealthRegistry) -> Result<Arc<BackendRuntime>, PrepareError> {
     let tls = match &bc.tls {
-        Some(t) => {
-            Some(tls::backend_tls(t).map_err(|source| PrepareError::BackendTls { backend: bc.name.clone(), source })?)
-        }
+        Some(t) => Some(tls::backend_tls(t).map_err(|source| PrepareError::backend_tls(&bc.name, source))?),
         None => None,
     };
     Ok(Arc::new(BackendRuntime { config: bc.clone(), tls, health: health.health_for(bc) }))
@@ -110,10 +136,10 @@ pub fn listener(
     backends: &Backends,
     generation: Generation,
 ) -> Result<PreparedListener, PrepareError> {
-    let (acceptor, certificate) = match &lc.security {
-        Security::Plaintext => (None, None),
+    let (acceptor, certificate, crls) = match &lc.security {
+        Security::Plaintext => (None, None, CrlSet::default()),
         Security::Tls(t) => {
-            let err = |source| PrepareError::ListenerTls { listener: lc.name.clone(), source };
+            let err = |source| PrepareError::listener_tls(&lc.name, source);
             if generation == Generation::Create {
                 if let Some(fingerprint) = tls::ensure_generated(t).map_err(err)? {
                     tracing::warn!(
@@ -132,15 +158,24 @@ pub fn listener(
             if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
                 return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
             }
-            let config = tls::server_config(t, &identity).map_err(err)?;
-            (Some(TlsAcceptor::from(config)), certificate)
+            let server = tls::server_config(t, &identity).map_err(err)?;
+            (Some(TlsAcceptor::from(server.config)), certificate, server.crls)
         }
     };
     // Only the backends this listener routes to.
     let routed = lc.routes.exact.values().chain(lc.routes.fallback.iter());
     let backends = routed.filter_map(|b| backends.get(b).map(|rt| (b.clone(), rt.clone()))).collect();
     let runtime = Arc::new(ListenerRuntime { config: lc.clone(), acceptor, backends });
-    Ok(PreparedListener { runtime, certificate })
+    Ok(PreparedListener { runtime, certificate, crls })
+}
+
+/// The client-certificate checks of a TLS listener alone (CA, CRLs, pins),
+/// for `check` when the listener's own pair does not exist yet.
+pub fn client_auth(lc: &ListenerConfig) -> Result<CrlSet, PrepareError> {
+    match &lc.security {
+        Security::Tls(t) => tls::server::client_auth(t).map_err(|e| PrepareError::listener_tls(&lc.name, e)),
+        Security::Plaintext => Ok(CrlSet::default()),
+    }
 }
 
 /// What an admin must hear about a TLS listener's certificate and key before

@@ -28,6 +28,8 @@ pub enum Outcome {
     /// Source address not in the listener's allow list; closed before TLS.
     DeniedIp,
     TlsError,
+    /// The client certificate is listed in a CRL of `tls.client_crls`.
+    TlsRevoked,
     RejectedCallingAe,
     RejectedCalledAe,
     /// Not DICOM, a malformed or unexpected PDU, an unsupported protocol version.
@@ -43,7 +45,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::DeniedIp,
         Outcome::TlsError,
@@ -54,6 +56,7 @@ impl Outcome {
         Outcome::BackendUnavailable,
         Outcome::Limit,
         Outcome::Shutdown,
+        Outcome::TlsRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::DeniedIp => "denied_ip",
             Outcome::TlsError => "tls_error",
+            Outcome::TlsRevoked => "tls_revoked",
             Outcome::RejectedCallingAe => "rejected_calling_ae",
             Outcome::RejectedCalledAe => "rejected_called_ae",
             Outcome::ProtocolError => "protocol_error",

@@ -3,7 +3,8 @@
 //!
 //! - `GET /`: the status page for a person ([`page`]);
 //! - `GET /status`: the same content as JSON ([`status::Snapshot`]): lifecycle,
-//!   listeners, each backend server's health, the recent associations;
+//!   listeners, each backend server's health, the CRLs in use, the recent
+//!   associations;
 //! - `GET /metrics`: the Prometheus text exposition of [`Metrics`];
 //! - `GET /healthz`: 200 while the process can answer at all (liveness);
 //! - `GET /readyz`: 200 only in a lifecycle state that accepts new
@@ -28,6 +29,7 @@
 //! stopped.
 
 pub mod page;
+mod page_crls;
 pub mod status;
 
 use std::convert::Infallible;

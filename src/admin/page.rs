@@ -92,6 +92,7 @@ pub fn render(s: &Snapshot) -> String {
     h.push_str("<main>\n");
     listeners(&mut h, s);
     backends(&mut h, s);
+    super::page_crls::section(&mut h, s);
     recent(&mut h, s);
     let _ = writeln!(
         h,
@@ -372,7 +373,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// `YYYY-MM-DD hh:mm:ss` UTC.
-fn clock(t: SystemTime) -> String {
+pub(super) fn clock(t: SystemTime) -> String {
     let text = rfc3339(t);
     esc(text.trim_end_matches('Z').replacen('T', " ", 1).as_str())
 }
@@ -382,7 +383,7 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: two units at most.
-fn span(d: Duration) -> String {
+pub(super) fn span(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

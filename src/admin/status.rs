@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::pki::CertificateInfo;
 use crate::recent::{RecentAssociation, RecentAssociations};
 use crate::report::Outcome;
+use crate::tls::crl::{CrlInfo, CrlView};
 
 /// State the gateway publishes for the admin endpoint. Shared; cheap to read.
 #[derive(Debug)]
@@ -47,6 +48,20 @@ impl StatusBoard {
     pub fn set_listeners(&self, listeners: impl IntoIterator<Item = ListenerView>) {
         let map = listeners.into_iter().map(|l| (l.name.clone(), l)).collect();
         *self.listeners.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// Every CRL loaded now (listeners' `client_crls`, backends' `crls`),
+    /// from the listeners shown and the backends' published health view.
+    pub fn crls(&self) -> Vec<LoadedCrl> {
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        let of_listeners = listeners.values().flat_map(|l| {
+            l.crls.iter().map(|view| LoadedCrl { listener: true, owner: l.name.clone(), view: view.clone() })
+        });
+        let backends = self.health.status().backends;
+        let of_backends = backends.into_iter().flat_map(|(name, b)| {
+            b.crls.into_iter().map(move |view| LoadedCrl { listener: false, owner: name.clone(), view })
+        });
+        of_listeners.chain(of_backends).collect()
     }
 
     /// Records a reload's result; `error` is the message logged on failure.
@@ -77,6 +92,16 @@ impl StatusBoard {
             recent_associations: self.recent.newest_first(),
         }
     }
+}
+
+/// A loaded CRL and whose it is.
+#[derive(Debug, Clone)]
+pub struct LoadedCrl {
+    /// A listener's `client_crls` (else a backend's `crls`).
+    pub listener: bool,
+    /// The listener's or backend's name.
+    pub owner: String,
+    pub view: CrlView,
 }
 
 /// The `/status` document and the page's content.
@@ -132,10 +157,17 @@ pub struct ListenerView {
     pub routes: Vec<(String, String)>,
     pub max_connections: usize,
     pub proxy_protocol: bool,
+    /// `tls.client_crls` as read at start or the last reload.
+    pub crls: Vec<CrlView>,
 }
 
 impl ListenerView {
-    pub fn new(config: &ListenerConfig, address: SocketAddr, certificate: Option<&CertificateInfo>) -> ListenerView {
+    pub fn new(
+        config: &ListenerConfig,
+        address: SocketAddr,
+        certificate: Option<&CertificateInfo>,
+        crls: &[CrlInfo],
+    ) -> ListenerView {
         let (security, tls_versions, scu) = match &config.security {
             Security::Tls(t) => (
                 "Secured",
@@ -163,6 +195,7 @@ impl ListenerView {
             routes,
             max_connections: config.max_connections,
             proxy_protocol: config.proxy_protocol.is_some(),
+            crls: crls.iter().map(|c| c.view(&format!("listeners.{}.tls", config.name))).collect(),
         }
     }
 }

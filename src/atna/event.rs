@@ -8,7 +8,7 @@
 //! | reload applied | 110113 Security Alert | 110131 Software Configuration, 110129 Security Configuration | 0 |
 //! | reload refused (old configuration kept) | 110113 Security Alert | 110131, 110129 | 8 |
 //! | calling / called AE title refused | 110113 Security Alert | 110126 Node Authentication | 4 |
-//! | client certificate refused or missing, TLS handshake failed | 110113 Security Alert | 110126 Node Authentication | 4 |
+//! | client certificate refused (revoked included) or missing, TLS handshake failed | 110113 Security Alert | 110126 Node Authentication | 4 |
 //!
 //! Nothing is sent per denied source address, connection limit, timeout,
 //! protocol error, or TCP connection closed before the TLS ClientHello: an attacker can produce those for free (they are counted
@@ -104,6 +104,7 @@ impl AuditEvent {
             // check or a port probe, not a node presenting an identity.
             (ConnectionOutcome::TlsError, Some(HandshakeFailure::Closed)) => return None,
             (ConnectionOutcome::TlsError, Some(HandshakeFailure::ClientCertificate)) => AlertReason::ClientCertificate,
+            (ConnectionOutcome::TlsRevoked, _) => AlertReason::ClientCertificate,
             (ConnectionOutcome::TlsError, _) => AlertReason::TlsHandshake,
             _ => return None,
         };

@@ -186,7 +186,7 @@ fn tls(v: &mut Validator<'_>, raw: &RawSyslog) -> Option<SyslogTransport> {
         }
         other => other.map(str::to_owned),
     };
-    ca.map(|ca| SyslogTransport::Tls(BackendTlsConfig { ca, server_name, client_identity }))
+    ca.map(|ca| SyslogTransport::Tls(BackendTlsConfig { ca, server_name, client_identity, crls: Vec::new() }))
 }
 
 #[cfg(test)]

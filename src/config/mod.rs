@@ -115,6 +115,8 @@ pub struct BackendTlsConfig {
     pub server_name: Option<String>,
     /// Client certificate and key, for SCPs that require SCU authentication.
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// CRLs of `ca` (PEM or DER): an SCP certificate listed in one is refused.
+    pub crls: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +263,9 @@ pub struct ClientAuth {
     pub ca: Option<PathBuf>,
     /// Client certificates accepted by exact match (pinning), self-signed allowed.
     pub pinned: Vec<PathBuf>,
+    /// CRLs of `ca` (PEM or DER): a CA-validated client certificate listed in
+    /// one is refused. Pinned certificates are not subject to them.
+    pub crls: Vec<PathBuf>,
 }
 
 impl ClientAuth {

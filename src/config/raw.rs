@@ -108,6 +108,8 @@ pub struct RawBackendTls {
     pub certificate: Option<String>,
     /// Private key (PEM) of the client certificate.
     pub private_key: Option<String>,
+    /// CRLs (PEM or DER) of the CA in ca: an SCP whose certificate is listed is refused. Re-read on SIGHUP.
+    pub crls: Option<Vec<String>>,
 }
 
 /// Backend health check.
@@ -208,6 +210,8 @@ pub struct RawListenerTls {
     pub client_ca: Option<String>,
     /// PEM files: require exactly one of these client certificates (pinning; "SCU Authenticated" in the guide).
     pub client_certificates: Option<Vec<String>>,
+    /// CRLs (PEM or DER) issued by client_ca or a CA in it: a listed client certificate is refused (TLS alert certificate_revoked). Needs client_ca; pinned certificates are not checked. Re-read on SIGHUP.
+    pub client_crls: Option<Vec<String>>,
 }
 
 /// Association deadlines.

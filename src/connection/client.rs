@@ -16,7 +16,7 @@ use crate::dicom::ae::display_raw;
 use crate::dicom::associate::{self, AssociateView};
 use crate::dicom::pdu::{provider_abort, AbortReason};
 use crate::proxy_protocol;
-use crate::tls::{SessionInfo, Stream};
+use crate::tls::{revocation, SessionInfo, Stream};
 
 /// Behind a load balancer: reads its PROXY header (under the ACSE deadline,
 /// before TLS), refuses LOCAL / UNKNOWN headers unless
@@ -58,14 +58,16 @@ pub(super) async fn handshake(
     let Some(acceptor) = acceptor else {
         return Ok((Stream::Plain(tcp), None));
     };
-    match timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
+    let (accepted, revoked) = revocation::observe(timeout_at(deadline, acceptor.accept(tcp))).await;
+    match (accepted, revoked) {
+        (Ok(Ok(tls)), _) => {
             let info = SessionInfo::of(tls.get_ref().1);
             Ok((Stream::Server(Box::new(tls)), Some(info)))
         }
-        Ok(Err(e)) if crate::tls::client_certificate_is_v1(&e) => Err(Refused::TlsClientCertV1),
-        Ok(Err(e)) => Err(Refused::Tls(e)),
-        Err(_) => Err(Refused::TlsTimeout),
+        (Ok(Err(_)), Some(certificate)) => Err(Refused::TlsRevoked(certificate)),
+        (Ok(Err(e)), None) if crate::tls::client_certificate_is_v1(&e) => Err(Refused::TlsClientCertV1),
+        (Ok(Err(e)), None) => Err(Refused::Tls(e)),
+        (Err(_), _) => Err(Refused::TlsTimeout),
     }
 }
 

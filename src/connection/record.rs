@@ -21,6 +21,7 @@ use crate::refusals::SummarisedRefusal;
 use crate::relay::{End, RelayEnd, RelayReport, Side, Truncation};
 use crate::report::{Association, ConnectionId, Outcome, Report, Trail};
 use crate::routing::PolicyRejection;
+use crate::tls::revocation::RevokedCertificate;
 use crate::tls::HandshakeFailure;
 
 /// The phase of a connection, as failures name it.
@@ -70,6 +71,8 @@ pub enum Refused {
         crate::tls::REISSUE_AS_V3
     )]
     TlsClientCertV1,
+    #[error("TLS handshake failed: the client certificate is revoked ({0}): a CRL of tls.client_crls lists it")]
+    TlsRevoked(RevokedCertificate),
     #[error("TLS handshake not complete within the ACSE timeout")]
     TlsTimeout,
     #[error(transparent)]
@@ -100,7 +103,9 @@ impl Refused {
             Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
                 Phase::ProxyHeader
             }
-            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsTimeout => Phase::TlsHandshake,
+            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsRevoked(_) | Refused::TlsTimeout => {
+                Phase::TlsHandshake
+            }
             Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
             Refused::OverLimit(_) | Refused::Evicted(_) | Refused::Policy(_) => Phase::Policy,
             Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
@@ -124,7 +129,7 @@ impl Refused {
     pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
         match self {
             Refused::Tls(e) => Some(HandshakeFailure::of(e)),
-            Refused::TlsClientCertV1 => Some(HandshakeFailure::ClientCertificate),
+            Refused::TlsClientCertV1 | Refused::TlsRevoked(_) => Some(HandshakeFailure::ClientCertificate),
             Refused::TlsTimeout => Some(HandshakeFailure::Other),
             _ => None,
         }
@@ -149,6 +154,7 @@ impl Refused {
             | Refused::MalformedRq(_) => Outcome::ProtocolError,
             Refused::ProxiedClientDenied { .. } => Outcome::DeniedIp,
             Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
+            Refused::TlsRevoked(_) => Outcome::TlsRevoked,
             Refused::TlsTimeout => Outcome::Timeout,
             Refused::OverLimit(_) | Refused::Evicted(_) => Outcome::Limit,
             Refused::Policy(PolicyRejection::ProtocolVersion(_)) => Outcome::ProtocolError,

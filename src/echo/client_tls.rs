@@ -123,6 +123,16 @@ pub fn describe_tls_error(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
             "; the SCP's certificate has expired"
         }
+        // Only a backend with `tls.crls` checks revocation.
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            "; the SCP's certificate is revoked: a CRL in tls.crls lists it (the SCP needs a new certificate)"
+        }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            "; no CRL in tls.crls is from the CA that issued the SCP's certificate"
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "; the CRL in tls.crls is past its nextUpdate: install the CA's current CRL and reload",
         rustls::Error::AlertReceived(
             A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::CertificateUnknown,
         ) => "; the SCP refused our client certificate (pass --cert/--key with one it trusts)",

@@ -5,10 +5,12 @@
 //!
 //! The registry is owned by [`Metrics`] and passed in; there is no global.
 
+mod crl;
 mod labels;
 
 use std::sync::Arc;
 
+pub use crl::{CrlOwner, CrlSeries};
 pub use labels::Direction;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -35,6 +37,7 @@ struct Inner {
     listener_max_connections: IntGaugeVec,
     audit_messages_total: IntCounterVec,
     preassociation_evictions_total: IntCounterVec,
+    tls_crl_next_update_timestamp_seconds: crl::CrlGauges,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +156,7 @@ impl Metrics {
                 "Connections closed before their A-ASSOCIATE-RQ to make room for newer ones, by reason.",
                 &["listener", "reason"],
             ),
+            tls_crl_next_update_timestamp_seconds: reg(&registry, crl::CrlGauges::new()),
             registry,
         };
         // Both results exported as 0 from the start, so dashboards and
@@ -271,6 +275,12 @@ impl Metrics {
         self.inner.tls_certificate_expiry_timestamp_seconds.with_label_values(&[listener]).set(unix_seconds);
     }
 
+    /// `dicomgate_tls_crl_next_update_timestamp_seconds`: the CRLs loaded
+    /// now (at start and after each reload), replacing the previous set.
+    pub fn set_crl_next_updates(&self, series: &[CrlSeries<'_>]) {
+        self.inner.tls_crl_next_update_timestamp_seconds.replace(series);
+    }
+
     pub fn config_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.inner.config_reloads_total.with_label_values(&[result]).inc();
@@ -375,6 +385,7 @@ mod tests {
         m.config_reload(true);
         m.set_connection_limit("store", 256);
         m.observe_association("store", 0.5);
+        m.set_crl_next_updates(&[(CrlOwner::Listener("store"), "CN=CA", 1)]);
         let text = m.render();
         for name in [
             "dicomgate_connections_total",
@@ -393,10 +404,41 @@ mod tests {
             "process_start_time_seconds",
             "dicomgate_audit_messages_total",
             "dicomgate_preassociation_evictions_total",
+            "dicomgate_tls_crl_next_update_timestamp_seconds",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(text.contains(r#"dicomgate_connections_total{listener="store",outcome="denied_ip"} 0"#));
+    }
+
+    #[test]
+    fn crl_series_carry_their_owner_label_and_are_replaced_as_a_set() {
+        let m = Metrics::new();
+        m.set_crl_next_updates(&[
+            (CrlOwner::Listener("store"), "CN=Vendor CA", 100),
+            (CrlOwner::Backend("pacs"), "CN=Hospital CA", 200),
+        ]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"dicomgate_tls_crl_next_update_timestamp_seconds{issuer="CN=Vendor CA",listener="store"} 100"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"dicomgate_tls_crl_next_update_timestamp_seconds{backend="pacs",issuer="CN=Hospital CA"} 200"#
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE dicomgate_tls_crl_next_update_timestamp_seconds gauge").count(), 1, "{text}");
+        // A reload: the listener's CRL renewed, the backend's removed.
+        m.set_crl_next_updates(&[(CrlOwner::Listener("store"), "CN=Vendor CA", 300)]);
+        let text = m.render();
+        assert!(text.contains(r#"{issuer="CN=Vendor CA",listener="store"} 300"#), "{text}");
+        assert!(!text.contains("Hospital CA"), "stale series left: {text}");
+        m.set_crl_next_updates(&[]);
+        assert!(!m.render().contains("dicomgate_tls_crl_next_update_timestamp_seconds"));
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub(super) struct Bound {
 
 impl Bound {
     pub fn view(&self) -> ListenerView {
-        ListenerView::new(&self.built.runtime.config, self.socket.address, self.built.certificate.as_ref())
+        let built = &self.built;
+        ListenerView::new(&built.runtime.config, self.socket.address, built.certificate.as_ref(), &built.crls.infos)
     }
 }
 
@@ -167,7 +168,7 @@ impl Listeners {
     fn republish(&mut self, name: String, built: PreparedListener, max: usize, views: &mut Vec<ListenerView>) {
         let Some(r) = self.running.get(&name) else { return };
         banner(&name, r.bound, &built, &self.services);
-        views.push(ListenerView::new(&built.runtime.config, r.bound, built.certificate.as_ref()));
+        views.push(ListenerView::new(&built.runtime.config, r.bound, built.certificate.as_ref(), &built.crls.infos));
         let limits = r.publish.borrow().limits.clone();
         limits.resize(max);
         r.publish.send_replace(Snapshot { runtime: built.runtime, limits });

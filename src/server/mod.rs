@@ -5,6 +5,7 @@
 //! on SIGUSR2), drain (→ stopped). The running listeners are `listeners`;
 //! SIGHUP's loading is `reload`.
 
+mod crls;
 mod listeners;
 mod reload;
 mod serving;

@@ -104,6 +104,7 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let listeners = Listeners::start(listeners, services.clone(), tracker.clone());
         health.publish(&backends, &metrics);
+        super::crls::publish(&board, &metrics);
         let monitors = Monitors::start(backends.values(), &metrics);
         lifecycle.set(State::Ready);
         tracing::info!(target: super::LOG_TARGET, pid = std::process::id(), "dicomgate ready");
@@ -165,6 +166,7 @@ impl Serving {
         self.services.atna.apply(new.audit);
         self.services.atna.config_reloaded(Ok(()));
         self.health.publish(&new.backends, &self.services.metrics);
+        super::crls::publish(&self.board, &self.services.metrics);
         // Dropping the old monitors stops them.
         self.monitors = Monitors::start(new.backends.values(), &self.services.metrics);
         self.config = new.config;

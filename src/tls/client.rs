@@ -1,12 +1,15 @@
 //! The rustls client configuration towards a backend SCP (DICOM-TLS on the
-//! inner leg): the SCP's CA, an optional client identity, the server name.
+//! inner leg): the SCP's CA and its CRLs, an optional client identity, the
+//! server name.
 
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::ServerName;
 
-use super::{load_private_key, provider, root_store, ServerIdentity, TlsError};
+use super::crl::{self, CrlSet};
+use super::{load_certificates, load_private_key, provider, root_store_of, ServerIdentity, TlsError};
 use crate::config::BackendTlsConfig;
 
 /// DICOM-TLS towards a backend SCP.
@@ -14,6 +17,8 @@ pub struct BackendTls {
     pub config: Arc<rustls::ClientConfig>,
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: Option<ServerName<'static>>,
+    /// The CRLs the SCP's certificate is checked against (`tls.crls`).
+    pub crls: CrlSet,
 }
 
 impl fmt::Debug for BackendTls {
@@ -23,9 +28,18 @@ impl fmt::Debug for BackendTls {
 }
 
 pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let cas = load_certificates(&cfg.ca)?;
+    let crls = crl::load("crls", "ca", &cfg.crls, &cas, &provider, time::OffsetDateTime::now_utc())?;
+    let roots = Arc::new(root_store_of(&cfg.ca, cas)?);
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        verifier = crl::server_policy(verifier, &crls);
+    }
+    let verifier = verifier.build().map_err(|e| TlsError::BadCa { path: cfg.ca.clone(), reason: e.to_string() })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(root_store(&cfg.ca)?);
+        .with_webpki_verifier(verifier);
     let config = match &cfg.client_identity {
         Some((cert, key)) => {
             // Loading it as an identity checks that the key belongs to the
@@ -41,5 +55,5 @@ pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
         None => None,
     };
     let config = Arc::new(config);
-    Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(config.clone()), config, server_name })
+    Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(config.clone()), config, server_name, crls })
 }

@@ -8,6 +8,9 @@
 //! - [`client`]: the rustls client configuration towards a backend SCP.
 //! - [`pinning`]: client-certificate pinning, and the handshake-signature
 //!   checks every custom verifier shares.
+//! - [`crl`]: certificate revocation lists (both sides): loading, load-time
+//!   checks, the revocation policy; [`revocation`]: which client
+//!   certificate a listener refused as revoked, for the audit trail.
 //! - [`stream`]: the stream type both legs of a relayed association use, and
 //!   its bulk read path.
 
@@ -21,12 +24,14 @@ use crate::config::TlsVersion;
 use crate::pki;
 
 pub mod client;
+pub mod crl;
 pub mod pinning;
+pub mod revocation;
 pub mod server;
 pub mod stream;
 
 pub use client::{backend_tls, BackendTls};
-pub use server::{ensure_generated, server_config, ServerIdentity};
+pub use server::{ensure_generated, server_config, ServerIdentity, ServerTls};
 pub use stream::Stream;
 
 /// Why a listener's TLS handshake failed, as the audit trail tells them
@@ -95,6 +100,16 @@ pub enum TlsError {
     X509v1 { path: PathBuf },
     #[error("rustls refused the configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A CRL that cannot be used (the message names the key and the file).
+    /// Boxed: it is large, and every `Result` of this module carries it.
+    #[error(transparent)]
+    Crl(Box<crl::CrlError>),
+}
+
+impl From<crl::CrlError> for TlsError {
+    fn from(e: crl::CrlError) -> TlsError {
+        TlsError::Crl(Box::new(e))
+    }
 }
 
 /// How to replace an X.509 v1 certificate. OpenSSL's `x509 -req` still
@@ -124,10 +139,10 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     Ok(pki::load_private_key(path)?)
 }
 
-/// A root store of every certificate in a CA file (`key` names it in errors).
-fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+/// A root store of every certificate `certs` of the CA file `path` (named in errors).
+fn root_store_of(path: &Path, certs: Vec<CertificateDer<'static>>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certificates(path)? {
+    for cert in certs {
         roots.add(cert).map_err(|e| TlsError::BadCa { path: path.to_owned(), reason: e.to_string() })?;
     }
     Ok(roots)

@@ -1,6 +1,7 @@
 //! A listener's side of TLS: its identity (certificate + key, checked to
 //! belong together, generated on first start when asked) and its rustls
-//! server configuration, including how client certificates are checked.
+//! server configuration, including how client certificates are checked
+//! (chain to `client_ca` with its CRLs, pinning, or both).
 
 use std::fmt;
 use std::path::Path;
@@ -11,8 +12,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 
+use super::crl::{self, CrlSet};
 use super::pinning::PinnedClientVerifier;
-use super::{load_certificates, load_private_key, protocol_versions, provider, root_store, TlsError};
+use super::revocation::NotingVerifier;
+use super::{load_certificates, load_private_key, protocol_versions, provider, root_store_of, TlsError};
 use crate::config::{ClientAuth, ListenerTlsConfig};
 use crate::pki;
 
@@ -90,15 +93,22 @@ pub fn ensure_generated(tls: &ListenerTlsConfig) -> Result<Option<String>, TlsEr
     }
 }
 
-/// Builds a listener's rustls configuration from its (already loaded) identity.
-pub fn server_config(
-    tls: &ListenerTlsConfig,
-    identity: &ServerIdentity,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A listener's rustls configuration and the CRLs it checks client
+/// certificates against (`client_crls`, read when it was built).
+#[derive(Debug)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub crls: CrlSet,
+}
+
+/// Builds a listener's rustls configuration from its (already loaded)
+/// identity, reading `client_ca`, `client_certificates` and `client_crls`.
+pub fn server_config(tls: &ListenerTlsConfig, identity: &ServerIdentity) -> Result<ServerTls, TlsError> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocol_versions(&tls.versions))?;
-    let builder = match client_verifier(&tls.client_auth, &provider)? {
+    let (verifier, crls) = client_verifier(&tls.client_auth, &provider)?;
+    let builder = match verifier {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
@@ -106,7 +116,14 @@ pub fn server_config(
     // The server's preference decides (BCP 195 §4.2.1); all suites offered
     // are ECDHE + AEAD, but a scanner rightly flags client-ordered choice.
     config.ignore_client_order = true;
-    Ok(Arc::new(config))
+    Ok(ServerTls { config: Arc::new(config), crls })
+}
+
+/// Loads what checks client certificates (`client_ca`, its CRLs, the pins)
+/// without the listener's own identity: `check` judges them before
+/// `generate_if_missing` has created the pair.
+pub fn client_auth(tls: &ListenerTlsConfig) -> Result<CrlSet, TlsError> {
+    client_verifier(&tls.client_auth, &provider()).map(|(_, crls)| crls)
 }
 
 /// One certificate for every client (no SNI-based selection: the cloud
@@ -121,20 +138,33 @@ impl rustls::server::ResolvesServerCert for FixedCertificate {
 }
 
 /// `None` when no client certificate is required; otherwise chain
-/// validation against `client_ca`, pinning, or both.
+/// validation against `client_ca` (and its CRLs), pinning, or both.
+/// Pinning is consulted first, so a pinned certificate never meets a CRL:
+/// removing the pin is its revocation.
 fn client_verifier(
     auth: &ClientAuth,
     provider: &Arc<CryptoProvider>,
-) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+) -> Result<(Option<Arc<dyn ClientCertVerifier>>, CrlSet), TlsError> {
     if !auth.required() {
-        return Ok(None);
+        return Ok((None, CrlSet::default()));
     }
+    let mut crls = CrlSet::default();
     let chain: Option<Arc<dyn ClientCertVerifier>> = match &auth.ca {
         Some(path) => {
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(path)?), provider.clone())
-                .build()
-                .map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
-            Some(v)
+            let cas = load_certificates(path)?;
+            let now = time::OffsetDateTime::now_utc();
+            crls = crl::load("client_crls", "client_ca", &auth.crls, &cas, provider, now)?;
+            let roots = Arc::new(root_store_of(path, cas)?);
+            let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            if !crls.is_empty() {
+                builder = crl::client_policy(builder, &crls);
+            }
+            let v = builder.build().map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
+            if crls.is_empty() {
+                Some(v)
+            } else {
+                Some(Arc::new(NotingVerifier(v)))
+            }
         }
         None => None,
     };
@@ -145,7 +175,7 @@ fn client_verifier(
         pinned.extend(certs.into_iter().take(1));
     }
     if pinned.is_empty() {
-        return Ok(chain);
+        return Ok((chain, crls));
     }
-    Ok(Some(Arc::new(PinnedClientVerifier::new(pinned, chain, provider.clone()))))
+    Ok((Some(Arc::new(PinnedClientVerifier::new(pinned, chain, provider.clone()))), crls))
 }

@@ -50,4 +50,5 @@ mod shutdown_phases;
 mod socket_activation;
 mod systemd_unit;
 mod tls_client_auth;
+mod tls_revocation;
 mod tls_stream;

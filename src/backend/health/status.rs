@@ -29,6 +29,12 @@ impl HealthRegistry {
                         calling_ae_title: hc.calling_ae_title.to_string(),
                     },
                     servers: b.health.servers.iter().map(|s| s.view()).collect(),
+                    crls: b
+                        .tls
+                        .iter()
+                        .flat_map(|t| &t.crls.infos)
+                        .map(|c| c.view(&format!("backends.{name}.tls")))
+                        .collect(),
                 };
                 (name.clone(), view)
             })
@@ -79,6 +85,8 @@ pub struct BackendView {
     pub health_check: CheckView,
     /// In configured order.
     pub servers: Vec<ServerView>,
+    /// `tls.crls` as read at start or the last reload.
+    pub crls: Vec<crate::tls::crl::CrlView>,
 }
 
 #[derive(Debug, Serialize)]

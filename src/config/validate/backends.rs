@@ -68,7 +68,14 @@ pub(super) fn validate_backend(v: &mut Validator<'_>, name: &str, raw: RawBacken
                 v.issue(format!("{tkey}.server_name"), format!("{sn:?} is not a DNS name or IP address"));
             }
         }
-        ca.map(|ca| BackendTlsConfig { ca, server_name: t.server_name, client_identity })
+        let crls = t
+            .crls
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| v.file_path(&format!("{tkey}.crls[{i}]"), p))
+            .collect();
+        ca.map(|ca| BackendTlsConfig { ca, server_name: t.server_name, client_identity, crls })
     });
     let health_check = {
         let hkey = format!("{key}.health_check");

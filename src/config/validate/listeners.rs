@@ -335,6 +335,22 @@ fn validate_listener_tls(v: &mut Validator<'_>, key: &str, raw: RawListenerTls) 
         .enumerate()
         .filter_map(|(i, p)| v.file_path(&format!("{key}.client_certificates[{i}]"), p))
         .collect();
+    let crls: Vec<PathBuf> = raw
+        .client_crls
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| v.file_path(&format!("{key}.client_crls[{i}]"), p))
+        .collect();
+    if !crls.is_empty() && raw.client_ca.is_none() {
+        // A CRL only ever applies to chain validation: without client_ca it
+        // would look like revocation and check nothing.
+        v.issue(
+            format!("{key}.client_crls"),
+            "is set but client_ca is not: CRLs apply to client certificates validated against client_ca; \
+             a pinned certificate (client_certificates) is revoked by removing its pin",
+        );
+    }
     if v.issues.len() != before {
         return None;
     }
@@ -343,6 +359,6 @@ fn validate_listener_tls(v: &mut Validator<'_>, key: &str, raw: RawListenerTls) 
         private_key: private_key?,
         generate_if_missing: raw.generate_if_missing.unwrap_or(false),
         versions,
-        client_auth: ClientAuth { ca, pinned },
+        client_auth: ClientAuth { ca, pinned, crls },
     })
 }

@@ -7,6 +7,7 @@
 //! - peers: [`scp`] / [`scu`] (dicom-ul), [`dimse`], [`dicom_file`], [`raw`]
 //!   (hand-built PDUs, PROXY headers, raw TLS), [`wire`], [`hostile`] and
 //!   [`attack`] (misbehaving and flooding clients);
+//! - a real CA: [`openssl_ca`] (`openssl ca`: issue, revoke, CRLs);
 //! - external programs: [`tools`] (availability, children killed on drop),
 //!   [`dcmtk`], [`ports`] (for children that cannot bind port 0), [`atna`]
 //!   (an rsyslogd receiver and the PS3.15 A.5.1 AuditMessage checker).
@@ -25,6 +26,7 @@ pub mod dimse;
 pub mod gateway;
 pub mod hostile;
 pub mod logs;
+pub mod openssl_ca;
 pub mod pki;
 pub mod ports;
 pub mod raw;
