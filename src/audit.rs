@@ -28,7 +28,9 @@ pub fn emit(report: &Report) {
         conn = %report.id,
         peer = peer.as_str(),
         proxy = proxy.as_deref().unwrap_or(dash),
-        tls_version = tls.and_then(|t| t.version).unwrap_or(if tls.is_some() { dash } else { "plaintext" }),
+        // "plaintext" only where no TLS was expected; a TLS listener whose
+        // handshake failed has no version to show.
+        tls_version = tls.and_then(|t| t.version).unwrap_or(if report.trail.plaintext { "plaintext" } else { dash }),
         tls_suite = tls.and_then(|t| t.suite.as_deref()).unwrap_or(dash),
         client_certificate_sha256 = tls.and_then(|t| t.client_certificate.as_deref()).unwrap_or(dash),
         calling_ae = report.trail.calling_ae.as_deref().unwrap_or(dash),

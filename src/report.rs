@@ -138,6 +138,8 @@ impl fmt::Display for ConnectionId {
 pub struct Trail {
     /// The TCP peer: the client, or the load balancer behind PROXY protocol.
     pub tcp_peer: SocketAddr,
+    /// The listener is `insecure_plaintext` (no TLS was ever expected).
+    pub plaintext: bool,
     /// The client a PROXY header carried (or the balancer, if it carried none).
     pub proxied_client: Option<SocketAddr>,
     pub tls: Option<SessionInfo>,
@@ -150,7 +152,15 @@ pub struct Trail {
 
 impl Trail {
     pub fn new(tcp_peer: SocketAddr) -> Trail {
-        Trail { tcp_peer, proxied_client: None, tls: None, calling_ae: None, called_ae: None, backend: None }
+        Trail {
+            tcp_peer,
+            plaintext: false,
+            proxied_client: None,
+            tls: None,
+            calling_ae: None,
+            called_ae: None,
+            backend: None,
+        }
     }
 
     /// The client: the address a PROXY header carried, else the TCP peer.

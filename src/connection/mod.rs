@@ -103,6 +103,7 @@ pub async fn handle(
     let name = rt.config.name.as_str();
     let _active = services.metrics.active_guard(name);
     let mut trail = Trail::new(peer);
+    trail.plaintext = rt.acceptor.is_none();
     let ending = serve(tcp, &rt, admission, &services, &mut trail).await;
     record::finish(name, id, trail, ending, started.elapsed(), &services);
 }
