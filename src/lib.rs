@@ -9,32 +9,38 @@
 //!  limits)                                             AE fields) failover)  clamped)                    idle timeout)
 //! ```
 //!
-//! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
-//! - [`prepare`]: what `run` and `check` both build from a config (listener and backend runtimes).
-//! - [`server`]: builds the runtime snapshot, binds listeners, drains on shutdown.
-//! - [`listener`]: accept loop, source allow list, the pre-association budget, the refusal log (summaries, not a line each).
-//! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
-//! - [`connection`]: one connection, phase by phase, each under a named deadline; `connection::record::finish`
-//!   is the one place a finished connection becomes audit event, metrics, status-page entry and ATNA event.
-//! - [`tls`]: server configuration, backend client configuration, client-certificate pinning,
-//!   certificate revocation lists (`tls::crl`, `tls::revocation`), and the stream type with its
-//!   bulk read path (`tls::stream`).
-//! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs, and the one DIMSE
-//!   command-set reader and status table (`dicom::command_set`).
-//! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
-//! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
-//! - [`relay`]: PDU-framed relay in both directions.
-//! - [`audit`]: the one structured event per connection.
-//! - [`atna`]: IHE ATNA audit messages (DICOM PS3.15 A.5) to a syslog receiver.
-//! - [`metrics`]: every metric name and label.
-//! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
-//! - [`echo`]: the C-ECHO SCU behind `dicomgate echo`.
-//! - [`check`]: `dicomgate check`, everything `run` would load, without running.
-//! - [`cli`]: the clap arguments (only `main` uses them); [`exit`]: the process exit codes.
-//! - [`lifecycle`]: starting → ready ⇄ reloading → draining → stopped; sd_notify; sockets passed by
-//!   systemd (`lifecycle::sockets`) and the SIGUSR2 binary upgrade (`lifecycle::upgrade`).
-//! - [`recent`]: the bounded ring of recently finished connections (status page, `/status`).
+//! docs/architecture.md has the whole map (what each module may depend on, the invariants); in short,
+//! from the edge inward:
+//!
+//! - [`cli`]: the clap arguments (only `main` uses them); [`exit`]: the process exit codes;
+//!   [`check`]: `dicomgate check`, everything `run` would load, without running.
+//! - [`server`]: the gateway's life: bind, start (→ ready), serve (SIGHUP reload, SIGUSR2 hand-over),
+//!   drain (→ stopped); [`lifecycle`]: the state machine, sd_notify, sockets passed by systemd
+//!   (`lifecycle::sockets`) and the binary upgrade (`lifecycle::upgrade`).
 //! - [`admin`]: the admin HTTP endpoint (status page, /status, /metrics, /healthz, /readyz; `admin.allow`).
+//! - [`prepare`]: what `run` and `check` both build from a config (listener and backend runtimes,
+//!   certificate findings).
+//! - [`listener`]: the accept loop (`listener::accept`, which cannot die), the allow list before TLS,
+//!   a task and a tracing span per connection.
+//! - [`admission`]: the pre-association budget, association slots, eviction.
+//! - [`connection`]: one connection, phase by phase, each under a named deadline; each phase returns a
+//!   typed result and `connection::record::finish` is the one place they become a [`report::Report`].
+//! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
+//! - [`tls`]: server and backend client configurations, client-certificate pinning, certificate
+//!   revocation lists (`tls::crl`, `tls::revocation`), and the stream type with its bulk read path.
+//! - [`pdu_io`]: the one bounded, deadline-driven reader of whole control PDUs.
+//! - [`routing`]: pure policy: (request, listener policy) → forward or a `PolicyRejection`.
+//! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
+//! - [`echo`]: the C-ECHO SCU behind `dicomgate echo` and the health check.
+//! - [`relay`]: the PDU-framed, DIMSE-aware relay in both directions.
+//! - Consumers of a finished connection's [`report`]: [`audit`] (the audit line), [`recent`] (the
+//!   status page's ring), [`atna`] (IHE ATNA messages, DICOM PS3.15 A.5), [`refusals`] (summaries of
+//!   what anyone can cause for free).
+//! - [`metrics`]: every metric name, one registry (no global); [`logging`]: text or JSON to stderr.
+//! - [`config`]: YAML → validated [`config::Config`] (pure; errors name the key path).
+//! - [`pki`]: certificate generation and inspection (`gen-cert`, `generate_if_missing`).
+//! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs, and the one DIMSE
+//!   command-set reader and status table (`dicom::command_set`). No I/O.
 #![forbid(unsafe_code)]
 
 pub mod admin;

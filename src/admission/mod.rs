@@ -1,8 +1,8 @@
 //! Admission of one listener's connections (docs/admission.md): the
 //! pre-association budget that connections live in until their
-//! A-ASSOCIATE-RQ is read ([`budget`]), the association slots
-//! (`max_connections`) they then take ([`slots`]), how an eviction from the
-//! budget reaches the evicted connection ([`eviction`]), and [`Admission`],
+//! A-ASSOCIATE-RQ is read ([`Budget`]), the association slots
+//! (`max_connections`) they then take ([`Slots`]), how an eviction from the
+//! budget reaches the evicted connection ([`Notice`]), and [`Admission`],
 //! the per-connection handle that trades the one for the other.
 //!
 //! The accept loop (`crate::listener`) enters each connection into the

@@ -5,7 +5,7 @@
 //! needs the serial number (the CA's index file and the security team know
 //! a certificate by it), so a verifier wrapped around the CRL-checking one
 //! writes what it refused into a slot of the connection's task: [`observe`]
-//! opens the slot around the handshake, [`NotingVerifier`] fills it. The
+//! opens the slot around the handshake, `NotingVerifier` fills it. The
 //! verifier runs inside the poll of the handshake future, on that task.
 //!
 //! The error rustls sends and returns is untouched, so the peer still gets

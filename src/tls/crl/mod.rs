@@ -25,7 +25,7 @@
 //! and by webpki (which accepts only RFC 5280 v2 CRLs with extensions and a
 //! nextUpdate, no delta or indirect CRLs); issued by a certificate of the
 //! CA bundle with the cRLSign key usage (if it has key usages at all), and
-//! signed by that certificate's key ([`signature`]); nextUpdate not passed;
+//! signed by that certificate's key (`signature`); nextUpdate not passed;
 //! at most one CRL per issuer (webpki would consult only the first).
 
 mod signature;
