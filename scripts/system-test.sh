@@ -65,7 +65,7 @@ for suite in "${suites[@]}"; do
   start=$(date +%s)
   case "$suite" in
   vm)
-    image="$(tests/system/vm-image.sh "$target")"
+    image="$(realpath "$(tests/system/vm-image.sh "$target")")"
     new="$(upgrade_deb)"
     work="$base/vm-run"
     rm -rf "$work" && mkdir -p "$work"

@@ -22,8 +22,8 @@ BOOT_DEADLINE = 600  # s: a cold TCG boot on a busy 2-core host
 
 class Vm:
     def __init__(self, image, work, share, name):
-        self.image = Path(image)
-        self.work = Path(work)
+        self.image = Path(image).resolve()
+        self.work = Path(work).resolve()
         self.share = Path(share)
         self.name = name
         self.ports = {k: free_port() for k in GUEST_PORTS}
