@@ -49,7 +49,16 @@ STANDINS = {
     "localhost/dg-sys-dcmtk:latest": ["dcmtk"],
 }
 # Bump when _standin() changes what goes into an image.
-STANDIN_RECIPE = 2
+STANDIN_RECIPE = 3
+# debian:bookworm-slim's /etc/apt/apt.conf.d/docker-clean (debuerreotype).
+DOCKER_CLEAN = [
+    'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+    '/var/cache/apt/*.bin || true"; };',
+    'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+    '/var/cache/apt/*.bin || true"; };',
+    'Dir::Cache::pkgcache "";',
+    'Dir::Cache::srcpkgcache "";',
+]
 SLIM_EXCLUDES = ["/usr/share/man/*", "/usr/share/groff/*", "/usr/share/info/*", "/usr/share/lintian/*",
                  "/usr/share/linda/*", "/usr/share/locale/*", "/var/cache/man/*"]
 RUST_ENV = ["ENV CARGO_HOME=/usr/local/cargo", "ENV RUSTUP_HOME=/usr/local/rustup",
@@ -133,7 +142,13 @@ runroot = "{d / 'run'}"
             cmd += [f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES]
             cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright",
                     "--customize-hook=cd \"$1\" && rm -rf " + " ".join(p.lstrip("/") for p in SLIM_EXCLUDES)
-                    + " && rm -f usr/share/doc/*/changelog* usr/share/doc/*/NEWS* usr/share/doc/*/README*"]
+                    + " && rm -f usr/share/doc/*/changelog* usr/share/doc/*/NEWS* usr/share/doc/*/README*"
+                    + " var/cache/apt/*.bin var/log/*.log var/log/apt/* var/cache/debconf/*-old",
+                    # The real image's apt settings: no package caches left in
+                    # a layer (apt-get update in the Dockerfile would otherwise
+                    # leave ~80 MB of /var/cache/apt/*.bin in the image).
+                    "--customize-hook=printf '%s\\n' " + " ".join(f"'{line}'" for line in DOCKER_CLEAN)
+                    + " >\"$1/etc/apt/apt.conf.d/docker-clean\""]
         if "rust" in name:
             sysroot = run(["rustc", "--print", "sysroot"]).stdout.strip()
             tc = "/usr/local/rustup/toolchains/" + Path(sysroot).name
@@ -255,9 +270,9 @@ runroot = "{d / 'run'}"
             if status in (200, 403):
                 break
             state = self.podman("inspect", "--format", "{{.State.Status}}", GW).stdout.strip()
-            require(state == "running", f"the container is {state}:\n{self.logs()[-2000:]}")
+            require(state == "running", lambda: f"the container is {state}:\n{self.logs()[-2000:]}")
             time.sleep(0.5)
-        require(status == 200, f"/readyz from the host through the published port: {status}\n{self.logs()[-1500:]}")
+        require(status == 200, lambda: f"/readyz from the host through the published port: {status}\n{self.logs()[-1500:]}")
         self.figures["start_to_ready_s"] = time.monotonic() - t0
         return (f"/readyz 200 from the host (it arrives from {self.gateway}, in the documented admin.allow) "
                 f"{time.monotonic() - t0:.1f} s after podman run")
@@ -314,7 +329,7 @@ runroot = "{d / 'run'}"
         end = time.monotonic() + 60
         while metric(http_get(self.ports["admin"], "/metrics")[1], "dicomgate_active_connections",
                      {"listener": "store"}) < 1:
-            require(scu.poll() is None, f"storescu ended before the stop: {scu.stdout.read()[-800:]}")
+            require(scu.poll() is None, lambda: f"storescu ended before the stop: {scu.stdout.read()[-800:]}")
             require(time.monotonic() < end, "the batch association did not start")
             time.sleep(0.05)
         t0 = time.monotonic()
@@ -350,10 +365,9 @@ def main():
     repo, cache, work = sys.argv[1:4]
     test = ContainerTest(repo, cache, work)
 
-    def cleanup():
-        test.cleanup()
-        test.podman("rmi", "-f", IMAGE, check=False)
-    atexit.register(cleanup)
+    # The built image stays in the private storage under target/ (like the
+    # stand-ins): a re-run with unchanged sources reuses its layers.
+    atexit.register(test.cleanup)
     return test.run()
 
 

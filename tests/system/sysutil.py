@@ -68,8 +68,10 @@ class CheckFailed(Exception):
 
 
 def require(cond, msg):
+    """Fails the check with `msg` (a string, or a function making it only
+    when needed: an f-string is evaluated even when the check holds)."""
     if not cond:
-        raise CheckFailed(msg)
+        raise CheckFailed(msg() if callable(msg) else msg)
 
 
 class Report:
