@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).parent))
 from sysutil import (CheckFailed, Report, batch_storescu, echoscu, free_port, http_get, log,  # noqa: E402
                      main_guard, make_dicom_files, metric, require, run, storescu)

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).parent))
 from sysutil import (CheckFailed, Report, StoreLoop, batch_storescu, echoscu, findscu_worklist, http_get,  # noqa: E402
                      log, main_guard, make_dicom_files, metric, require, storescu)
