@@ -49,6 +49,9 @@ root="$dir/rootfs"
 # --one-file-system: never into a /proc or /dev a failed build left mounted.
 trap 'rm -rf --one-file-system "$root" "$dir/initramfs"' EXIT
 
+# Only the directory goes to stdout (the caller reads it); the build's own
+# output goes to stderr.
+exec 3>&1 1>&2
 start=$(date +%s)
 echo "vm-image: building $dir (Debian $suite from $mirror: ${packages[*]})" >&2
 # A small initramfs: only what mounts the root file system (MODULES=list plus
@@ -106,5 +109,5 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
 
 mkfs.ext4 -q -F -L dg-sys-root -d "$root" "$dir/rootfs.img" 3G
 touch "$dir/.complete"
-echo "vm-image: built in $(( $(date +%s) - start )) s" >&2
-echo "$dir"
+echo "vm-image: built in $(( $(date +%s) - start )) s"
+echo "$dir" >&3
