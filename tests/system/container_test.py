@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import resource
-import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -369,6 +369,7 @@ def main():
     # The built image stays in the private storage under target/ (like the
     # stand-ins): a re-run with unchanged sources reuses its layers.
     atexit.register(test.cleanup)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that atexit runs
     return test.run()
 
 
