@@ -285,7 +285,7 @@ class SystemTest:
         same = v.out(f"cmp -s /proc/{new_pid}/exe /usr/bin/dicomgate && tail -c 64 /usr/bin/dicomgate | tr -d '\\0'")
         require("dicomgate-system-test-upgrade" in same, "the main process does not run the new package's binary")
         journal = v.journal(since)
-        require(f"upgrade: the new process is ready" in journal, "no 'upgrade: the new process is ready' in the journal")
+        require("upgrade: the new process is ready" in journal, "no 'upgrade: the new process is ready' in the journal")
         require(re.search(rf"dicomgate\[{old_pid}\]: .*dicomgate stopped", journal),
                 f"the old process {old_pid} did not log 'dicomgate stopped'")
         loop.require_clean(minimum=10)
