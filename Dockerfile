@@ -2,13 +2,16 @@
 #
 # dicomgate container image (docs/operations.md, "Container").
 #   docker build -t dicomgate .
-#   docker run -d --name dicomgate --stop-timeout 90 \
+#   docker run -d --name dicomgate --stop-timeout 90 --read-only \
 #     -p 2761:2761 -p 2762:2762 -p 127.0.0.1:9102:9102 \
 #     -v /srv/dicomgate/etc:/etc/dicomgate:ro -v dicomgate-state:/var/lib/dicomgate \
 #     dicomgate
-# In the container's config.yaml, set `admin.listen: 0.0.0.0:9102` so that the
-# published port (and Prometheus) reaches the admin endpoint, and keep files
-# the gateway writes (generate_if_missing) under /var/lib/dicomgate.
+# Start the container's config.yaml from deploy/container/config.yaml: the
+# admin endpoint on 0.0.0.0:9102 with the bridge's gateway address (the host,
+# as the container sees it through a published port) in admin.allow, so that
+# Prometheus on the host gets /metrics and /readyz; files the gateway writes
+# (generate_if_missing) under /var/lib/dicomgate. scripts/system-test.sh
+# builds this file with podman and runs it that way.
 
 # ---- build: the release profile ([profile.release] in Cargo.toml), the same
 # binary scripts/build-package.sh puts in the .deb, on the same Debian release

@@ -10,9 +10,11 @@
 //! can make the daemon Ready again (and systemd is never told READY=1 after
 //! STOPPING=1). `/readyz` reads this state.
 //!
-//! [`sockets`] and [`upgrade`]: listening sockets passed by systemd or by
-//! the previous process, and the SIGUSR2 hand-over to a new process.
+//! [`sockets`], [`upgrade`] and [`handshake`]: listening sockets passed by
+//! systemd or by the previous process, the SIGUSR2 hand-over to a new
+//! process, and what the two say to each other meanwhile.
 
+pub mod handshake;
 pub mod sockets;
 pub mod upgrade;
 

@@ -6,9 +6,13 @@
 //! `LISTEN_FDNAMES=a:b:…` their names (`FileDescriptorName=`), and
 //! `LISTEN_PID` the process they are meant for, so that a child that
 //! inherited the environment by accident does not take them. The previous
-//! dicomgate cannot know its child's pid before exec, so it leaves
-//! `LISTEN_PID` out and names itself in `DICOMGATE_UPGRADE_PARENT`, which we
-//! only accept from our actual parent.
+//! dicomgate cannot know its successor's pid before exec, so it leaves
+//! `LISTEN_PID` out, names itself in `DICOMGATE_UPGRADE_PARENT` and passes
+//! the readiness channel among the sockets; we take upgrade sockets only
+//! with that channel. (The successor is deliberately not the previous
+//! process's child, see [`super::upgrade`], so the parent pid cannot be the
+//! test; the variables are removed as soon as they are read, so no process
+//! we start inherits them.)
 //!
 //! Sockets only change where a listener comes from: the accept loop, and so
 //! the allow list before any TLS work, is the same.
@@ -75,8 +79,8 @@ pub enum Plan {
 }
 
 /// Decides from the variables alone (pure, so every case is unit-tested).
-/// `get` reads one variable; `pid`/`ppid` are ours and our parent's.
-pub fn plan(get: impl Fn(&str) -> Option<String>, pid: u32, ppid: u32) -> Result<Plan, SocketError> {
+/// `get` reads one variable; `pid` is ours.
+pub fn plan(get: impl Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, SocketError> {
     let Some(fds) = get("LISTEN_FDS") else { return Ok(Plan::None { ignored: None }) };
     let count: usize = fds.trim().parse().map_err(|_| SocketError::BadVariable {
         var: "LISTEN_FDS",
@@ -87,11 +91,17 @@ pub fn plan(get: impl Fn(&str) -> Option<String>, pid: u32, ppid: u32) -> Result
     let parent_var = get(UPGRADE_PARENT_VAR);
     let source = match (pid_var.as_deref(), parent_var.as_deref()) {
         (Some(p), _) if p.trim().parse() == Ok(pid) => Source::Systemd,
-        (None, Some(p)) if p.trim().parse() == Ok(ppid) => Source::Upgrade { parent: ppid },
+        (None, Some(p)) => match p.trim().parse() {
+            Ok(parent) => Source::Upgrade { parent },
+            Err(_) => {
+                return Err(SocketError::BadVariable {
+                    var: UPGRADE_PARENT_VAR,
+                    value: p.to_owned(),
+                    why: "the previous process's pid",
+                })
+            }
+        },
         (Some(p), _) => return Ok(Plan::None { ignored: Some(format!("LISTEN_PID={p} is not our pid {pid}")) }),
-        (None, Some(p)) => {
-            return Ok(Plan::None { ignored: Some(format!("{UPGRADE_PARENT_VAR}={p} is not our parent {ppid}")) })
-        }
         (None, None) => return Ok(Plan::None { ignored: Some("LISTEN_FDS without LISTEN_PID".into()) }),
     };
     // Without LISTEN_FDNAMES systemd's sd_listen_fds_with_names() says
@@ -106,6 +116,10 @@ pub fn plan(get: impl Fn(&str) -> Option<String>, pid: u32, ppid: u32) -> Result
             value: names.join(":"),
             why: "one name per passed socket",
         });
+    }
+    if matches!(source, Source::Upgrade { .. }) && !names.iter().any(|n| n == READY_FD_NAME) {
+        let why = format!("{UPGRADE_PARENT_VAR} without the readiness channel ({READY_FD_NAME})");
+        return Ok(Plan::None { ignored: Some(why) });
     }
     Ok(Plan::Take { source, names })
 }
@@ -131,7 +145,7 @@ impl Inherited {
     /// process we start does not take them by mistake. Call before any
     /// thread is started (it changes the environment).
     pub fn from_env() -> Result<Inherited, SocketError> {
-        let plan = plan(|v| std::env::var(v).ok(), std::process::id(), std::os::unix::process::parent_id());
+        let plan = plan(|v| std::env::var(v).ok(), std::process::id());
         let taken = match plan {
             Ok(Plan::Take { source, names }) => take(source, names),
             Ok(Plan::None { ignored }) => Ok(Inherited { ignored, ..Inherited::default() }),
@@ -192,6 +206,9 @@ fn take(source: Source, names: Vec<String>) -> Result<Inherited, SocketError> {
         let err = |source| SocketError::Take { index, name: name.clone(), fd: 3 + index, source };
         if name == READY_FD_NAME && matches!(source, Source::Upgrade { .. }) {
             out.ready = fds.take_unix_datagram(index).map_err(err)?;
+            if let Some(channel) = &out.ready {
+                super::handshake::announce(channel);
+            }
             continue;
         }
         let tcp = fds.take_tcp_listener(index).map_err(err)?;
@@ -220,39 +237,44 @@ mod tests {
     fn systemd_sockets_are_ours_only_with_our_pid() {
         let vars = [("LISTEN_FDS", "2"), ("LISTEN_PID", "42"), ("LISTEN_FDNAMES", "store:worklist")];
         let names = vec!["store".to_owned(), "worklist".to_owned()];
-        assert_eq!(plan(env(&vars), 42, 1).unwrap(), Plan::Take { source: Source::Systemd, names });
-        assert!(matches!(plan(env(&vars), 43, 1).unwrap(), Plan::None { ignored: Some(_) }));
+        assert_eq!(plan(env(&vars), 42).unwrap(), Plan::Take { source: Source::Systemd, names });
+        assert!(matches!(plan(env(&vars), 43).unwrap(), Plan::None { ignored: Some(_) }));
     }
 
     #[test]
-    fn upgrade_sockets_are_ours_only_from_our_parent() {
-        let vars = [("LISTEN_FDS", "1"), (UPGRADE_PARENT_VAR, "7"), ("LISTEN_FDNAMES", "store")];
-        let got = plan(env(&vars), 8, 7).unwrap();
-        assert_eq!(got, Plan::Take { source: Source::Upgrade { parent: 7 }, names: vec!["store".into()] });
-        // A grandchild that inherited the variables does not take them.
-        assert!(matches!(plan(env(&vars), 9, 8).unwrap(), Plan::None { ignored: Some(_) }));
+    fn upgrade_sockets_come_with_the_readiness_channel() {
+        let names = format!("store:{READY_FD_NAME}");
+        let vars = [("LISTEN_FDS", "2"), (UPGRADE_PARENT_VAR, "7"), ("LISTEN_FDNAMES", names.as_str())];
+        let got = plan(env(&vars), 8).unwrap();
+        let want = vec!["store".to_owned(), READY_FD_NAME.to_owned()];
+        assert_eq!(got, Plan::Take { source: Source::Upgrade { parent: 7 }, names: want });
+        // Without the channel they were not meant for an upgrade.
+        let bare = [("LISTEN_FDS", "1"), (UPGRADE_PARENT_VAR, "7"), ("LISTEN_FDNAMES", "store")];
+        assert!(matches!(plan(env(&bare), 8).unwrap(), Plan::None { ignored: Some(_) }));
         // LISTEN_PID, when present, wins (it is systemd's).
         let both = [("LISTEN_FDS", "1"), ("LISTEN_PID", "5"), (UPGRADE_PARENT_VAR, "7")];
-        assert!(matches!(plan(env(&both), 8, 7).unwrap(), Plan::None { ignored: Some(_) }));
+        assert!(matches!(plan(env(&both), 8).unwrap(), Plan::None { ignored: Some(_) }));
+        let bad = [("LISTEN_FDS", "1"), (UPGRADE_PARENT_VAR, "seven")];
+        assert!(plan(env(&bad), 8).unwrap_err().to_string().contains(UPGRADE_PARENT_VAR));
     }
 
     #[test]
     fn nothing_passed_is_nothing_to_take() {
-        assert_eq!(plan(env(&[]), 1, 1).unwrap(), Plan::None { ignored: None });
+        assert_eq!(plan(env(&[]), 1).unwrap(), Plan::None { ignored: None });
         let orphan = [("LISTEN_FDS", "1")];
-        assert!(matches!(plan(env(&orphan), 1, 1).unwrap(), Plan::None { ignored: Some(_) }));
+        assert!(matches!(plan(env(&orphan), 1).unwrap(), Plan::None { ignored: Some(_) }));
     }
 
     #[test]
     fn names_default_to_unknown_and_must_match_the_count() {
         let unnamed = [("LISTEN_FDS", "2"), ("LISTEN_PID", "3")];
         let unknown = vec!["unknown".to_owned(); 2];
-        assert_eq!(plan(env(&unnamed), 3, 1).unwrap(), Plan::Take { source: Source::Systemd, names: unknown });
+        assert_eq!(plan(env(&unnamed), 3).unwrap(), Plan::Take { source: Source::Systemd, names: unknown });
         let short = [("LISTEN_FDS", "2"), ("LISTEN_PID", "3"), ("LISTEN_FDNAMES", "store")];
-        let e = plan(env(&short), 3, 1).unwrap_err().to_string();
+        let e = plan(env(&short), 3).unwrap_err().to_string();
         assert!(e.contains("LISTEN_FDNAMES") && e.contains("one name per passed socket"), "{e}");
         let bad = [("LISTEN_FDS", "two"), ("LISTEN_PID", "3")];
-        assert!(plan(env(&bad), 3, 1).unwrap_err().to_string().contains("LISTEN_FDS=\"two\""));
+        assert!(plan(env(&bad), 3).unwrap_err().to_string().contains("LISTEN_FDS=\"two\""));
     }
 
     #[test]

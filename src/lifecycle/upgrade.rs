@@ -7,33 +7,53 @@
 //! we keep serving.
 //!
 //! The sockets go at fd 3.. with the systemd variables (see
-//! [`super::sockets`]); one more fd, a datagram socket, carries the new
-//! process's `READY=1\nMAINPID=<pid>` back to us. Under systemd the new
-//! process also sends MAINPID=/READY=1 to the service manager itself
-//! (the unit needs NotifyAccess=all), so it becomes the service's main
-//! process before we exit.
+//! [`super::sockets`]); one more fd, a datagram socket, carries the
+//! conversation of [`super::handshake`]. Under systemd the new process
+//! sends MAINPID=/READY=1 to the service manager itself (the unit needs
+//! NotifyAccess=all), so it becomes the service's main process before we
+//! exit.
+//!
+//! The successor is started through `/bin/sh -c '"$0" "$@" &'`: the shell
+//! exits at once, so the successor is re-parented to the service manager
+//! (PID 1) before it says MAINPID=. systemd treats a main process that is not
+//! its child as "alien": it would SIGKILL it right after SIGTERM on stop (no
+//! drain) and log "Supervising process … which is not our child". Not being
+//! our child, the successor is watched through /proc and, on failure, killed
+//! with its process group (the shell's, which it keeps).
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use super::handshake::report_ready;
+use super::handshake::Message;
 use super::sockets::{READY_FD_NAME, UPGRADE_PARENT_VAR};
 
 /// How long the new process may take to load its configuration and
 /// certificates and start serving.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the new process may take to run at all (exec, dynamic loading)
+/// and say so: until then we cannot tell whether it has exited.
+const START_DEADLINE: Duration = Duration::from_secs(15);
 /// How often we look whether the new process has exited while waiting.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 /// The first fd number of passed sockets (systemd's SD_LISTEN_FDS_START).
 const FIRST_FD: i32 = 3;
+/// Starts "$0" with the arguments in the background and exits: the started
+/// process is then nobody's child but the reaper's (the service manager).
+const SHELL: &str = "/bin/sh";
+const DETACH: &str = "\"$0\" \"$@\" &";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -45,16 +65,14 @@ pub enum UpgradeError {
     },
     #[error("cannot prepare the sockets for the new process: {0}")]
     Prepare(#[source] std::io::Error),
-    #[error("the new process (pid {pid}) exited with {status} before it was ready (its own log says why)")]
-    Exited { pid: u32, status: ExitStatus },
+    #[error("the new process (pid {pid}) exited before it was ready (its own log says why)")]
+    Exited { pid: u32 },
+    #[error("the new process did not start within {deadline:?} (no word from it; its own log may say why); killed it")]
+    NoStart { deadline: Duration },
     #[error("the new process (pid {pid}) was not ready within {deadline:?}; killed it")]
     Timeout { pid: u32, deadline: Duration },
-    #[error("lost the readiness channel to the new process (pid {pid}): {source}")]
-    Channel {
-        pid: u32,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("lost the readiness channel to the new process: {0}")]
+    Channel(#[source] std::io::Error),
 }
 
 /// How to start our successor: recorded at startup, before a package
@@ -85,9 +103,19 @@ impl Relauncher {
     }
 
     /// Starts the successor with `sockets` (name, fd) and waits until it is
-    /// ready; returns its pid. The child is killed if this future is
-    /// dropped or fails before the child reported ready.
+    /// ready; returns its pid. The successor is killed if this future is
+    /// dropped or fails before it reported ready.
     pub async fn launch(&self, sockets: Vec<(String, OwnedFd)>) -> Result<u32, UpgradeError> {
+        // The shell would start a missing file without complaint (in its
+        // background child): check here, so that the error names the path.
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                let source = std::io::Error::other("not a regular file");
+                return Err(UpgradeError::Spawn { path: self.path.clone(), source });
+            }
+            Err(source) => return Err(UpgradeError::Spawn { path: self.path.clone(), source }),
+        }
         let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::Prepare)?;
         let mut names = Vec::new();
         let mut mappings = Vec::new();
@@ -98,44 +126,68 @@ impl Relauncher {
         mappings.push(FdMapping { parent_fd: OwnedFd::from(theirs), child_fd: FIRST_FD + names.len() as i32 });
         names.push(READY_FD_NAME.to_owned());
 
-        let mut cmd = Command::new(&self.path);
-        cmd.args(&self.args)
+        let mut cmd = Command::new(SHELL);
+        cmd.arg("-c")
+            .arg(DETACH)
+            .arg(&self.path)
+            .args(&self.args)
             .env("LISTEN_FDS", names.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
             .env_remove("LISTEN_PID")
             .env(UPGRADE_PARENT_VAR, std::process::id().to_string())
+            // Its own process group, which the successor inherits: what
+            // we kill if it fails, even before we know its pid.
+            .process_group(0)
             .stdin(Stdio::null());
         cmd.fd_mappings(mappings).map_err(|e| UpgradeError::Prepare(std::io::Error::other(e)))?;
-        let child = cmd.spawn().map_err(|source| UpgradeError::Spawn { path: self.path.clone(), source })?;
+        let shell = cmd.spawn().map_err(|source| UpgradeError::Spawn { path: SHELL.into(), source })?;
         // The command holds the parent's copies of the fds: close them now.
         drop(cmd);
-        let mut guard = KillUnlessReady(Some(child));
-        let pid = guard.pid();
-        tracing::info!(pid, path = %self.path.display(), "upgrade: started the new process; waiting until it is ready");
+        let mut guard = KillUnlessReady::new(shell);
+        tracing::info!(path = %self.path.display(), "upgrade: starting the new process; waiting until it is ready");
 
-        ours.set_nonblocking(true).map_err(|source| UpgradeError::Channel { pid, source })?;
-        let ours = tokio::net::UnixDatagram::from_std(ours).map_err(|source| UpgradeError::Channel { pid, source })?;
-        let deadline = tokio::time::Instant::now() + self.deadline;
+        ours.set_nonblocking(true).map_err(UpgradeError::Channel)?;
+        let ours = tokio::net::UnixDatagram::from_std(ours).map_err(UpgradeError::Channel)?;
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.deadline;
         let mut poll = tokio::time::interval(EXIT_POLL);
         let mut buf = [0u8; 256];
+        let mut pid = None;
+        let mut detached_sent = false;
         loop {
             tokio::select! {
                 got = ours.recv(&mut buf) => {
-                    let n = got.map_err(|source| UpgradeError::Channel { pid, source })?;
-                    if is_ready_report(&buf[..n], pid) {
-                        guard.disarm();
-                        return Ok(pid);
+                    match (Message::parse(&buf[..got.map_err(UpgradeError::Channel)?]), pid) {
+                        (Some(Message::Started { pid: p }), None) => pid = Some(p),
+                        (Some(Message::Ready { pid: p }), Some(known)) if p == known => {
+                            guard.disarm();
+                            return Ok(p);
+                        }
+                        _ => tracing::warn!(?pid, "upgrade: ignored an unexpected message on the readiness channel"),
                     }
-                    tracing::warn!(pid, "upgrade: ignored an unexpected message on the readiness channel");
                 }
                 _ = poll.tick() => {
-                    if let Some(status) = guard.try_wait() {
-                        return Err(UpgradeError::Exited { pid, status });
+                    guard.reap_shell();
+                    match pid {
+                        Some(p) if !alive(p) => return Err(UpgradeError::Exited { pid: p }),
+                        None if start.elapsed() > START_DEADLINE.min(self.deadline) => {
+                            return Err(UpgradeError::NoStart { deadline: START_DEADLINE.min(self.deadline) });
+                        }
+                        _ => {}
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(UpgradeError::Timeout { pid, deadline: self.deadline });
+                    return Err(match pid {
+                        Some(pid) => UpgradeError::Timeout { pid, deadline: self.deadline },
+                        None => UpgradeError::NoStart { deadline: self.deadline },
+                    });
                 }
+            }
+            // Once the shell is gone, the successor's parent is the reaper:
+            // only now may it tell systemd MAINPID=.
+            if !detached_sent && pid.is_some() && guard.shell_gone() {
+                ours.send(Message::Detached.encode().as_bytes()).await.map_err(UpgradeError::Channel)?;
+                detached_sent = true;
             }
         }
     }
@@ -198,29 +250,6 @@ pub async fn finished(task: &mut Option<Launch>) -> Option<u32> {
     }
 }
 
-/// The new process's side: tell systemd we are now the main process (no-op
-/// without NOTIFY_SOCKET), then tell the previous process we are ready.
-pub fn report_ready(channel: &UnixDatagram) {
-    let pid = std::process::id();
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        use sd_notify::NotifyState as N;
-        if let Err(e) = sd_notify::notify(&[N::MainPid(pid), N::Ready]) {
-            tracing::warn!(error = %e, "cannot tell systemd that this process is the new main process");
-        }
-    }
-    if let Err(e) = channel.send(ready_report(pid).as_bytes()) {
-        tracing::warn!(error = %e, "cannot report readiness to the previous process; it keeps serving");
-    }
-}
-
-fn ready_report(pid: u32) -> String {
-    format!("READY=1\nMAINPID={pid}\n")
-}
-
-fn is_ready_report(msg: &[u8], pid: u32) -> bool {
-    msg == ready_report(pid).as_bytes()
-}
-
 /// "/usr/bin/dicomgate (deleted)" → "/usr/bin/dicomgate": the kernel's
 /// suffix for an unlinked executable, i.e. the path the new file now has.
 pub fn strip_deleted(path: &Path) -> PathBuf {
@@ -230,33 +259,58 @@ pub fn strip_deleted(path: &Path) -> PathBuf {
     }
 }
 
-/// Kills (by its own handle) and reaps the child unless it reported ready.
-struct KillUnlessReady(Option<Child>);
+/// Whether `pid` runs (a zombie has exited; its reaper has not yet waited).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Reaps the intermediate shell, and kills its process group (the
+/// successor) unless the successor reported ready.
+struct KillUnlessReady {
+    shell: Option<Child>,
+    group: u32,
+    armed: bool,
+}
 
 impl KillUnlessReady {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+    fn new(shell: Child) -> KillUnlessReady {
+        KillUnlessReady { group: shell.id(), shell: Some(shell), armed: true }
     }
 
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        let status = self.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        if status.is_some() {
-            self.0 = None;
+    fn reap_shell(&mut self) {
+        if let Some(shell) = self.shell.as_mut() {
+            if let Ok(Some(status)) = shell.try_wait() {
+                if !status.success() {
+                    tracing::warn!(%status, "upgrade: the shell that starts the new process failed");
+                }
+                self.shell = None;
+            }
         }
-        status
     }
 
-    /// The child lives on (and outlives us).
+    fn shell_gone(&self) -> bool {
+        self.shell.is_none()
+    }
+
+    /// The successor lives on (and outlives us).
     fn disarm(&mut self) {
-        self.0 = None;
+        self.armed = false;
     }
 }
 
 impl Drop for KillUnlessReady {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.armed {
+            // The group outlives the shell while the successor runs in it.
+            let _ = killpg(Pid::from_raw(self.group as i32), Signal::SIGKILL);
+        }
+        if let Some(mut shell) = self.shell.take() {
+            let _ = shell.kill();
+            let _ = shell.wait();
         }
     }
 }
@@ -272,25 +326,33 @@ mod tests {
     }
 
     #[test]
-    fn only_the_childs_own_report_counts() {
-        assert!(is_ready_report(b"READY=1\nMAINPID=42\n", 42));
-        assert!(!is_ready_report(b"READY=1\nMAINPID=43\n", 42));
-        assert!(!is_ready_report(b"READY=1\n", 42));
+    fn we_run_and_pid_one_is_no_zombie() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
     }
 
     #[tokio::test]
-    async fn a_successor_that_exits_is_reported_and_we_keep_going() {
-        let r = Relauncher { path: "/bin/false".into(), args: vec![], deadline: Duration::from_secs(20) };
-        match r.launch(Vec::new()).await {
-            Err(UpgradeError::Exited { status, .. }) => assert!(!status.success()),
-            other => panic!("expected Exited, got {other:?}"),
-        }
+    async fn a_successor_that_never_speaks_is_a_failed_start() {
+        // /bin/false never sends Started: we cannot see it exit, only the deadline.
+        let r = Relauncher { path: "/bin/false".into(), args: vec![], deadline: Duration::from_millis(500) };
+        assert!(matches!(r.launch(Vec::new()).await, Err(UpgradeError::NoStart { .. })));
     }
 
     #[tokio::test]
-    async fn a_successor_that_never_reports_is_killed_at_the_deadline() {
-        let r = Relauncher { path: "/bin/sleep".into(), args: vec!["30".into()], deadline: Duration::from_millis(300) };
-        assert!(matches!(r.launch(Vec::new()).await, Err(UpgradeError::Timeout { .. })));
+    async fn a_successor_that_never_reports_is_killed_with_its_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("still-running");
+        // A stand-in that runs without a word; the kill must reach it even
+        // though it is not our child.
+        let script = format!("sleep 0.8; touch {}", marker.display());
+        let r = Relauncher {
+            path: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            deadline: Duration::from_millis(300),
+        };
+        assert!(matches!(r.launch(Vec::new()).await, Err(UpgradeError::NoStart { .. })));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "the successor survived the failed upgrade");
     }
 
     #[tokio::test]
