@@ -273,9 +273,20 @@ fn server_row(h: &mut String, name: &str, b: &BackendView, i: usize, server: &Se
         },
         None => "<span class=\"mut\">-</span>".to_owned(),
     };
+    // Marked down by a real association's failed connect (before any probe
+    // said so): the why goes beside the state, not only into /status.
+    let failed_connect = match &server.last_failed_connect {
+        Some(c) if server.state == "down" => format!(
+            "<br><span class=\"why\">connect failed {}: {}</span>",
+            humantime::parse_rfc3339(&c.at).map(clock).unwrap_or_default(),
+            esc(&c.error)
+        ),
+        _ => String::new(),
+    };
     let _ = write!(
         h,
-        "<td class=\"n\">{}</td><td class=\"mono\">{}</td><td><span class=\"b {class}\">{}</span></td><td class=\"nw\">{since}</td>",
+        "<td class=\"n\">{}</td><td class=\"mono\">{}</td><td><span class=\"b {class}\">{}</span>{failed_connect}</td>\
+         <td class=\"nw\">{since}</td>",
         i + 1,
         esc(&server.server),
         esc(server.state),
@@ -441,5 +452,40 @@ mod tests {
         let csp = CONTENT_SECURITY_POLICY.as_str();
         assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
         assert!(!csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
+    }
+
+    #[test]
+    fn a_server_marked_down_by_a_failed_connect_says_why() {
+        use crate::backend::health::{CheckView, FailedConnectView};
+        let check = CheckView {
+            mode: "echo",
+            interval_seconds: 10.0,
+            timeout_seconds: 5.0,
+            fall: 3,
+            rise: 2,
+            calling_ae_title: "DICOMGATE".into(),
+        };
+        let backend = BackendView {
+            ae_title: "PACS".into(),
+            tls: false,
+            health_check: check,
+            servers: Vec::new(),
+            crls: Vec::new(),
+        };
+        let server = ServerView {
+            server: "10.0.0.1:104".into(),
+            state: "down",
+            consecutive_successes: 0,
+            consecutive_failures: 0,
+            last_change: None,
+            last_probe: None,
+            last_failed_connect: Some(FailedConnectView {
+                at: "2026-12-06T10:00:00.000Z".into(),
+                error: "connect timed out after 4s <script>".into(),
+            }),
+        };
+        let mut h = String::new();
+        server_row(&mut h, "pacs", &backend, 1, &server, SystemTime::now());
+        assert!(h.contains("connect failed") && h.contains("connect timed out after 4s &lt;script&gt;"), "{h}");
     }
 }
