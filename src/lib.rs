@@ -23,6 +23,7 @@
 //! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
 //! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
 //! - [`relay`]: PDU-framed relay in both directions.
+//! - [`farewell`]: our last PDU and the close, bounded, for `connection` and `relay` alike.
 //! - [`audit`]: the one structured event per connection.
 //! - [`atna`]: IHE ATNA audit messages (DICOM PS3.15 A.5) to a syslog receiver.
 //! - [`metrics`]: every metric name and label.
@@ -47,6 +48,7 @@ pub mod connection;
 pub mod dicom;
 pub mod echo;
 pub mod exit;
+pub mod farewell;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

@@ -56,13 +56,10 @@ pub(super) async fn handshake(
     deadline: Instant,
 ) -> Result<(Stream, Option<SessionInfo>), Refused> {
     let Some(acceptor) = acceptor else {
-        return Ok((Stream::Plain(tcp), None));
+        return Ok((Stream::plain(tcp), None));
     };
-    match timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
-            let info = SessionInfo::of(tls.get_ref().1);
-            Ok((Stream::Server(Box::new(tls)), Some(info)))
-        }
+    match timeout_at(deadline, crate::tls::handshake::accept(tcp, acceptor.config().clone())).await {
+        Ok(Ok((stream, info))) => Ok((stream, Some(info))),
         Ok(Err(e)) if is_unsupported_cert_version(&e) => Err(Refused::TlsClientCertV1),
         Ok(Err(e)) => Err(Refused::Tls(e)),
         Err(_) => Err(Refused::TlsTimeout),

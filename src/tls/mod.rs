@@ -8,8 +8,13 @@
 //! - [`client`]: the rustls client configuration towards a backend SCP.
 //! - [`pinning`]: client-certificate pinning, and the handshake-signature
 //!   checks every custom verifier shares.
-//! - [`stream`]: the stream type both legs of a relayed association use, and
-//!   its bulk read path.
+//! - [`handshake`]: the handshake through rustls's unbuffered API, handing
+//!   the traffic keys to our record layer.
+//! - [`record`]: record protection in place (sans-IO): open, seal.
+//! - [`stream`]: the stream type both legs of a relayed association use,
+//!   with the relay's copy-free interface ([`stream::Source`], [`stream::Sink`]).
+//! - `rx`, `tx`: the stream's receiving and sending sides; [`transport`]:
+//!   what a stream needs of the socket under it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +26,14 @@ use crate::config::TlsVersion;
 use crate::pki;
 
 pub mod client;
+pub mod handshake;
 pub mod pinning;
+pub mod record;
+mod rx;
 pub mod server;
 pub mod stream;
+pub mod transport;
+mod tx;
 
 pub use client::{backend_tls, BackendTls};
 pub use server::{ensure_generated, server_config, ServerIdentity};
@@ -141,7 +151,7 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    pub fn of(conn: &rustls::ServerConnection) -> SessionInfo {
+    pub fn of(conn: &rustls::CommonState) -> SessionInfo {
         SessionInfo {
             version: conn.protocol_version().map(|v| match v {
                 rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
