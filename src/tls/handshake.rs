@@ -190,7 +190,7 @@ async fn drive<T: Transport, C: Unbuffered>(io: &T, conn: &mut C) -> io::Result<
             Next::Read | Next::Established => read_more(io, &mut incoming, &mut used).await?,
             Next::Closed => return Err(eof()),
             Next::Failed(error) => {
-                send_alert(io, conn);
+                send_alert(io, conn, &mut incoming[..used]);
                 return Err(invalid(error));
             }
         }
@@ -229,12 +229,13 @@ async fn read_more<T: Transport>(io: &T, incoming: &mut Vec<u8>, used: &mut usiz
     Ok(())
 }
 
-/// The alert rustls queued for its error, as far as the transport takes it now.
-fn send_alert<T: Transport, C: Unbuffered>(io: &T, conn: &mut C) {
+/// The alert rustls queued for its error, as far as the transport takes it
+/// now. rustls is given the unprocessed bytes again: its message joiner
+/// refers to them (an empty buffer makes it panic).
+fn send_alert<T: Transport, C: Unbuffered>(io: &T, conn: &mut C, incoming: &mut [u8]) {
     let mut outgoing = Vec::new();
     for _ in 0..4 {
-        let mut none = [];
-        let UnbufferedStatus { state, .. } = conn.process(&mut none);
+        let UnbufferedStatus { state, .. } = conn.process(incoming);
         match state {
             Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                 if encode_into(&mut encode, &mut outgoing).is_err() {
