@@ -16,8 +16,9 @@
 //! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
 //! - [`connection`]: one connection, phase by phase, each under a named deadline; `connection::record::finish`
 //!   is the one place a finished connection becomes audit event, metrics, status-page entry and ATNA event.
-//! - [`tls`]: server configuration, backend client configuration, client-certificate pinning, and the
-//!   stream type with its bulk read path (`tls::stream`).
+//! - [`tls`]: server configuration, backend client configuration, client-certificate pinning, the
+//!   handshake (rustls) and our record layer after it (`tls::record`), and the stream type whose
+//!   plaintext the relay forwards where it was decrypted (`tls::stream`).
 //! - [`dicom`]: PDU constants, A-ASSOCIATE-RQ raw view, AE titles, RJ/ABORT PDUs, and the one DIMSE
 //!   command-set reader and status table (`dicom::command_set`).
 //! - [`routing`]: pure policy: (request, listener policy) → forward or reject.
