@@ -7,8 +7,10 @@
 #   bench/run.sh            full run (waits for a quiet machine), writes bench/RESULTS.md
 #   bench/run.sh --quick    tiny sizes, one round, no waiting; writes target/bench/RESULTS-quick.md
 #
-# Knobs (environment): ROUNDS, PROXIES, SINGLE, MULTI, FRAMES, RAW_MB, ECHOSCU_N,
-# INPROC_SEQ_N, INPROC_C8_N, IDLE_COUNTS, LOAD_MAX, LOAD_WAIT_S, OUT.
+# Knobs (environment): ROUNDS, PROXIES, SINGLE, MULTI, FRAMES, RAW_MB, RAW_SUITE, ECHOSCU_N,
+# INPROC_SEQ_N, INPROC_C8_N, IDLE_COUNTS, LOAD_MAX, LOAD_WAIT_S, OUT, DICOMGATE_BEFORE,
+# SYSCALLS (count syscalls per raw run with perf; 1 if perf works), PROFILE (1: perf
+# profiles of one extra raw run per dicomgate variant), BENCHES (which benchmarks run).
 # Everything is bounded in count and time; only loopback is used; only the
 # processes this script starts are stopped (by PID).
 set -euo pipefail
@@ -36,14 +38,18 @@ else
     : "${OUT:=$BENCH/RESULTS.md}"
 fi
 : "${LOAD_MAX:=1.0}"
+# The raw test's TLS 1.3 suite; the floor it is compared with is the same AEAD.
+: "${RAW_SUITE:=aes256}"
+: "${PROFILE:=0}"
+: "${BENCHES:=bulk raw echoscu inproc idle}"
 : "${PROXIES:=haproxy nginx stunnel dicomgate-1t dicomgate-1t-bytes dicomgate haproxy-tuned dicomgate-1t-tuned}"
 # The memory benchmark skips the -tuned variants (a memcpy setting changes no allocation).
 : "${IDLE_PROXIES:=haproxy nginx stunnel dicomgate-1t dicomgate-1t-bytes dicomgate}"
 # DICOMGATE_BEFORE=/path/to/an/older/dicomgate adds it as "dicomgate-1t-before":
 # a same-run before/after for a relay change.
 if [[ -n ${DICOMGATE_BEFORE:-} ]]; then
-    PROXIES="$PROXIES dicomgate-1t-before"
-    IDLE_PROXIES="$IDLE_PROXIES dicomgate-1t-before"
+    [[ " $PROXIES " == *" dicomgate-1t-before "* ]] || PROXIES="$PROXIES dicomgate-1t-before"
+    [[ " $IDLE_PROXIES " == *" dicomgate-1t-before "* ]] || IDLE_PROXIES="$IDLE_PROXIES dicomgate-1t-before"
 fi
 # glibc < 2.39 uses `rep movsb` for 2 KiB–L2-sized memcpy on AMD Zen 3/4, which
 # is up to 20× slower for some address alignments (glibc bug 30994). The
@@ -88,6 +94,7 @@ install_tools() {
     command -v openssl >/dev/null || missing+=(openssl)
     command -v ss >/dev/null || missing+=(iproute2)
     command -v python3 >/dev/null || missing+=(python3)
+    if ((PROFILE)); then command -v perf >/dev/null || missing+=(linux-perf); fi
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         apt-get update -qq
@@ -99,9 +106,11 @@ build() {
     log "building dicomgate (release) and the bench tools"
     # The baseline first, copied aside; then the product build, so that
     # target/release/dicomgate is what every other variant runs.
-    (cd "$ROOT" && cargo build --release --quiet --features bench-baseline --bin dicomgate)
-    mkdir -p "$(dirname "$DICOMGATE_BASELINE")"
-    cp "$DICOMGATE" "$DICOMGATE_BASELINE"
+    if [[ " $PROXIES " == *" dicomgate-1t-bytes "* ]]; then
+        (cd "$ROOT" && cargo build --release --quiet --features bench-baseline --bin dicomgate)
+        mkdir -p "$(dirname "$DICOMGATE_BASELINE")"
+        cp "$DICOMGATE" "$DICOMGATE_BASELINE"
+    fi
     (cd "$ROOT" && cargo build --release --quiet --bin dicomgate)
     (cd "$BENCH" && cargo build --release --quiet --target-dir "$ROOT/target/bench")
 }
@@ -358,9 +367,24 @@ bench_bulk() {
 bench_raw() {
     local name=$1 pid=${PID[$1]} c0 c1 out
     c0=$(cpu_ticks "$pid")
+    local counter=
+    if ((SYSCALLS)); then
+        # Every syscall the proxy's processes enter during the run (a tracepoint: no slowdown worth the name).
+        perf stat -x, -e raw_syscalls:sys_enter -o "$WORK/syscalls.$name" -p "$(proxy_pids "$pid" | paste -sd,)" \
+            >/dev/null 2>&1 &
+        counter=$!
+        sleep 0.2
+    fi
     out=$(timeout 300 "$DGBENCH" raw --connect "127.0.0.1:${SINKP_PORT[$name]}" --bytes $((RAW_MB << 20)) \
-        --pdu 1048576 --suite aes128 --seconds 240) || die "raw through $name failed"
+        --pdu 1048576 --suite "$RAW_SUITE" --seconds 240) || die "raw through $name failed"
     c1=$(cpu_ticks "$pid")
+    if [[ -n $counter ]]; then
+        kill -INT "$counter" 2>/dev/null || true
+        wait "$counter" 2>/dev/null || true
+        local calls
+        calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$WORK/syscalls.$name")
+        [[ $calls =~ ^[0-9]+$ ]] && record raw "$name" syscalls_per_mb "$(fdiv "$calls" "$(kv "$out" bytes | awk '{print $1 / 1e6}')")"
+    fi
     local bytes cpu
     bytes=$(kv "$out" bytes)
     cpu=$(fdiv $((c1 - c0)) "$CLK_TCK")
@@ -475,9 +499,47 @@ bench_idle() {
     record "idle-$kind-$count" "$name" failed $((count - ready))
 }
 
+# The floor, measured in every round beside the figures: AES-GCM on one
+# core through aws-lc-rs (what the gateway uses; 16 KiB records, in place)
+# and through OpenSSL (`openssl speed`, for reference).
+measure_floor() {
+    local out suite rate
+    for suite in aes256 aes128; do
+        out=$("$DGBENCH" aead --suite "$suite" --seconds 2) || die "dgbench aead failed"
+        record floor "aead-$suite" cpu_s_per_gb "$(kv "$out" cpu_s_per_gb)"
+    done
+    for suite in aes-256-gcm aes-128-gcm; do
+        # The last figure of the last line: bytes/s in thousands ("1234567.89k").
+        rate=$(openssl speed -seconds 2 -bytes 16384 -evp "$suite" 2>/dev/null | awk 'NF {last = $NF} END {sub(/k$/, "", last); print last}')
+        [[ $rate =~ ^[0-9.]+$ ]] && record floor "openssl-${suite%-gcm}" cpu_s_per_gb "$(fdiv 1e6 "$rate")"
+    done
+}
+
+# One more raw run through each dicomgate variant under `perf record`
+# (call graphs from DWARF); the top of each profile goes into RESULTS.md.
+profile_raw() {
+    local name pid
+    for name in $PROXIES; do
+        [[ $name == dicomgate-1t || $name == dicomgate-1t-before || $name == haproxy ]] || continue
+        pid=${PID[$name]}
+        perf record -q -F 1999 --call-graph dwarf,16384 -o "$WORK/perf.$name.data" -p "$pid" >/dev/null 2>&1 &
+        local recorder=$!
+        sleep 0.5
+        timeout 300 "$DGBENCH" raw --connect "127.0.0.1:${SINKP_PORT[$name]}" --bytes $((RAW_MB << 20)) \
+            --pdu 1048576 --suite "$RAW_SUITE" --seconds 240 >/dev/null || die "profiled raw through $name failed"
+        kill -INT "$recorder" 2>/dev/null || true
+        wait "$recorder" 2>/dev/null || true
+        perf report -i "$WORK/perf.$name.data" --no-children --sort symbol --percent-limit 1 --stdio 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | sed -E 's/ +- +- *$//' | head -20 >"$WORK/profile.$name.txt" || true
+        rm -f "$WORK/perf.$name.data"
+    done
+}
+
 # ---------------------------------------------------------------- run
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wanted() { [[ " $BENCHES " == *" $1 "* ]]; }
 
 wait_for_quiet() {
     local waited=0
@@ -513,6 +575,7 @@ main() {
         ((c <= MAXCONN)) || die "IDLE_COUNTS has $c but only $FDS descriptors are allowed (ulimit -Hn)"
     done
     install_tools
+    : "${SYSCALLS:=$(perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && echo 1 || echo 0)}"
     build
     make_data
     make_certificate
@@ -535,17 +598,27 @@ main() {
     local started=$SECONDS
     for ROUND in $(seq "$ROUNDS"); do
         log "round $ROUND/$ROUNDS"
+        measure_floor
         # No proxy: what the client and the sink can do on their own.
         local out
         out=$("$DGBENCH" raw --connect "127.0.0.1:$SINK_PORT" --bytes $((RAW_MB << 20)) --suite plain --seconds 120)
         record raw direct mb_per_s "$(kv "$out" mb_per_s)"
-        for name in $(rotated); do bench_bulk "$name" single "$SINGLE_BYTES"; done
-        for name in $(rotated); do bench_bulk "$name" multi "$MULTI_BYTES"; done
-        for name in $(rotated); do bench_raw "$name"; done
-        for name in $(rotated); do bench_echoscu "$name" 1; done
-        for name in $(rotated); do bench_echoscu "$name" 8; done
-        for name in $(rotated); do bench_inproc "$name" 1 "$INPROC_SEQ_N"; done
-        for name in $(rotated); do bench_inproc "$name" 8 "$INPROC_C8_N"; done
+        if wanted bulk; then
+            for name in $(rotated); do bench_bulk "$name" single "$SINGLE_BYTES"; done
+            for name in $(rotated); do bench_bulk "$name" multi "$MULTI_BYTES"; done
+        fi
+        if wanted raw; then
+            for name in $(rotated); do bench_raw "$name"; done
+        fi
+        if wanted echoscu; then
+            for name in $(rotated); do bench_echoscu "$name" 1; done
+            for name in $(rotated); do bench_echoscu "$name" 8; done
+        fi
+        if wanted inproc; then
+            for name in $(rotated); do bench_inproc "$name" 1 "$INPROC_SEQ_N"; done
+            for name in $(rotated); do bench_inproc "$name" 8 "$INPROC_C8_N"; done
+        fi
+        wanted idle || { echo "load_round_$ROUND $(cat /proc/loadavg)" >>"$WORK/load"; continue; }
         local count
         for count in $IDLE_COUNTS; do
             for name in $(rotated); do
@@ -560,6 +633,10 @@ main() {
     done
     echo "load_after $(cat /proc/loadavg)" >>"$WORK/load"
     echo "duration_s $((SECONDS - started))" >>"$WORK/load"
+    if ((PROFILE)); then
+        log "profiling one raw run per dicomgate variant (perf record)"
+        profile_raw
+    fi
 
     {
         echo "nproc $(nproc)"
@@ -578,6 +655,7 @@ main() {
         echo "rustc $(rustc --version)"
         echo "rounds $ROUNDS"
         echo "raw_mb $RAW_MB"
+        echo "raw_suite $RAW_SUITE"
         echo "single $SINGLE ${SINGLE_BYTES}"
         echo "multi $MULTI $FRAMES ${MULTI_BYTES}"
         echo "echoscu_n $ECHOSCU_N"

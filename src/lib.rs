@@ -27,7 +27,10 @@
 //!   typed result and `connection::record::finish` is the one place they become a [`report::Report`].
 //! - [`proxy_protocol`]: the PROXY header of an L4 load balancer (the real client address).
 //! - [`tls`]: server and backend client configurations, client-certificate pinning, certificate
-//!   revocation lists (`tls::crl`, `tls::revocation`), and the stream type with its bulk read path.
+//!   revocation lists (`tls::crl`, `tls::revocation`), the handshake (rustls) and our record layer
+//!   after it (`tls::record`), and the stream whose plaintext the relay forwards where it was
+//!   decrypted (`tls::stream`).
+//! - [`farewell`]: our last PDU and the close, bounded in time, for `connection` and `relay` alike.
 //! - [`pdu_io`]: the one bounded, deadline-driven reader of whole control PDUs.
 //! - [`routing`]: pure policy: (request, listener policy) → forward or a `PolicyRejection`.
 //! - [`backend`]: connect to a backend's servers in health order, with failover; health monitors.
@@ -55,6 +58,7 @@ pub mod connection;
 pub mod dicom;
 pub mod echo;
 pub mod exit;
+pub mod farewell;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

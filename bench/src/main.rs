@@ -5,10 +5,12 @@
 //! dgbench raw   --connect 127.0.0.1:PORT --bytes N [--pdu 1048576] [--suite aes128|aes256|plain]
 //! dgbench assoc --connect 127.0.0.1:PORT --count N [--concurrency 8] [--seconds 120]
 //! dgbench idle  --connect 127.0.0.1:PORT --count N [--associate] [--hold 300] [--sources 8]
+//! dgbench aead  [--suite aes256|aes128] [--seconds 2]
 //! ```
 //! Common: `--calling BUTTERFLY --called STORESCP`. Everything runs on one
 //! thread (a current-thread runtime), so the client's CPU share is bounded.
 
+mod aead;
 mod clients;
 mod net;
 mod pdu;
@@ -26,7 +28,7 @@ use net::{Client, Suite};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
-        eprintln!("usage: dgbench sink|raw|assoc|idle [--key value]...");
+        eprintln!("usage: dgbench sink|raw|assoc|idle|aead [--key value]...");
         return ExitCode::from(64);
     };
     let mut opts: HashMap<String, String> = HashMap::new();
@@ -62,6 +64,11 @@ fn get<T: std::str::FromStr>(opts: &HashMap<String, String>, key: &str, default:
 
 fn run(command: &str, opts: &HashMap<String, String>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    if command == "aead" {
+        let suite: String = get(opts, "suite", Some("aes256".to_owned()))?;
+        let seconds: u64 = get(opts, "seconds", Some(2))?;
+        return aead::run(&suite, Duration::from_secs(seconds.clamp(1, 60)));
+    }
     if command == "sink" {
         let listen: SocketAddr = get(opts, "listen", None)?;
         return rt.block_on(sink::run(listen)).map_err(|e| e.to_string());

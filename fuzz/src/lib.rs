@@ -10,8 +10,9 @@
 //!   give the framer's one-piece result (chunk independence).
 //! - [`command_walker`]: the DIMSE command-set reader and the PDV walker agree,
 //!   whatever the fragmentation.
-//! - [`tls_read`]: the TLS stream's bulk read path after a real handshake,
-//!   over ciphertext cut, stalled and corrupted at fuzzer-chosen points.
+//! - [`tls_read`]: the TLS stream's receive path (our record layer) after
+//!   the gateway's own handshake against rustls, over ciphertext cut,
+//!   stalled and corrupted at fuzzer-chosen points, TLS 1.2 and 1.3, every AEAD.
 
 mod tls_read;
 

@@ -151,11 +151,10 @@ impl BackendRuntime {
         // every exchange would stall on a delayed ACK (~40 ms).
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let Some(tls) = &self.tls else {
-            return Ok(Stream::Plain(tcp));
+            return Ok(Stream::plain(tcp));
         };
         let name = server_name(tls, server)?;
-        let stream = tls.connector.connect(name, tcp).await.map_err(ConnectError::Tls)?;
-        Ok(Stream::Client(Box::new(stream)))
+        crate::tls::handshake::connect(tcp, tls.config.clone(), name).await.map_err(ConnectError::Tls)
     }
 }
 

@@ -56,14 +56,12 @@ pub(super) async fn handshake(
     deadline: Instant,
 ) -> Result<(Stream, Option<SessionInfo>), Refused> {
     let Some(acceptor) = acceptor else {
-        return Ok((Stream::Plain(tcp), None));
+        return Ok((Stream::plain(tcp), None));
     };
-    let (accepted, revoked) = revocation::observe(timeout_at(deadline, acceptor.accept(tcp))).await;
+    let handshake = timeout_at(deadline, crate::tls::handshake::accept(tcp, acceptor.config().clone()));
+    let (accepted, revoked) = revocation::observe(handshake).await;
     match (accepted, revoked) {
-        (Ok(Ok(tls)), _) => {
-            let info = SessionInfo::of(tls.get_ref().1);
-            Ok((Stream::Server(Box::new(tls)), Some(info)))
-        }
+        (Ok(Ok((stream, info))), _) => Ok((stream, Some(info))),
         (Ok(Err(_)), Some(certificate)) => Err(Refused::TlsRevoked(certificate)),
         (Ok(Err(e)), None) if crate::tls::client_certificate_is_v1(&e) => Err(Refused::TlsClientCertV1),
         (Ok(Err(e)), None) => Err(Refused::Tls(e)),

@@ -21,11 +21,9 @@ pub mod record;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +31,7 @@ use crate::admission::{Admission, Graduation};
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::pdu::Rejection;
+use crate::farewell::{close, send_and_close, write_flush};
 use crate::metrics::{Direction, Metrics};
 use crate::relay::{self, Counters, RelayReport, RelaySettings};
 use crate::report::{ConnectionId, Trail};
@@ -43,16 +42,6 @@ pub use association::Negotiated;
 pub use association::{Answer, Exchanged};
 use client::Request;
 pub use record::{Ending, Forwarded, Phase, Refused};
-
-/// The farewell after a refusal or our own A-ABORT: the last PDU, the
-/// shutdown (TLS close_notify) and the linger together. Its own budget, not
-/// the ACSE timeout: a peer that stops reading must not hold a refused
-/// connection (or the shutdown) for minutes (issue 11).
-const FAREWELL: Duration = Duration::from_secs(3);
-/// How long, and how much, a closing connection is drained (see [`close`]);
-/// within [`FAREWELL`].
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 256 * 1024;
 
 /// Everything a connection needs from the configuration snapshot it was
 /// accepted under. A connection reads its snapshot once; a reload never
@@ -259,47 +248,6 @@ async fn relay_phase(
         dimse: Some(services.metrics.dimse_counter(&cfg.name)),
     };
     relay::relay(client, backend, settings, counters, services.force_abort.clone()).await
-}
-
-async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
-}
-
-/// Sends a final PDU of our own, then closes (TLS close_notify included),
-/// all within [`FAREWELL`] so a peer that stopped reading cannot hold the task.
-async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, pdu: &[u8]) {
-    let farewell = async {
-        if write_flush(stream, pdu).await.is_ok() {
-            linger_close(stream).await;
-        }
-    };
-    // Boxed: the timers would otherwise sit in every connection's future.
-    let _ = Box::pin(timeout(FAREWELL, farewell)).await;
-}
-
-/// Closes within [`FAREWELL`] (see [`linger_close`]).
-async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = Box::pin(timeout(FAREWELL, linger_close(stream))).await;
-}
-
-/// Lingering close: half-close our side, then drain what the peer still
-/// sends for a moment. Closing a socket with unread input makes the kernel
-/// send RST, which can destroy our final PDU before the peer reads it.
-async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        // On the heap: an array here would sit in every connection's future.
-        let mut sink = vec![0u8; 4096];
-        let mut total = 0usize;
-        while total < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = timeout(LINGER, drain).await;
 }
 
 #[cfg(test)]

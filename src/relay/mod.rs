@@ -9,7 +9,11 @@
 //! forced shutdown stops both; then the gateway sends its own A-ABORT to every
 //! peer whose stream is at a PDU boundary, and closes.
 //!
-//! Nothing is buffered beyond one read buffer per direction (4 KiB growing to
+//! Nothing is copied: each pump reads plaintext where its source stream
+//! received it (decrypted in place under TLS, `tls::stream::Source`), the
+//! framer looks at it there, and the sink sends it from there (sealed in
+//! place under TLS, one `writev` per fill, `tls::stream::Sink`). Nothing
+//! is buffered beyond the source's receive buffer (4 KiB growing to
 //! 256 KiB under load), and nothing read is logged: PDUs carry patient data.
 
 pub mod dimse;
@@ -22,41 +26,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::poll_fn;
+
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::dicom::pdu::{provider_abort, AbortReason, PduType};
+use crate::farewell;
+use crate::tls::stream::{self, Duplex, Sink, Source};
 use dimse::StatusClass;
 use end::{failed_end, finished_end, PumpEnd};
 pub use end::{End, IoFailure, RelayEnd, Truncation};
 use framer::{FrameEvent, Framer};
 
-/// A direction's read buffer starts small (an idle association costs little)
-/// and grows while reads fill it, up to `MAX_BUFFER`: large reads let a TLS
-/// stream take many records per `recv` and hand the backend large `send`s,
-/// which is where a relay's CPU goes (syscalls and copies, not AES).
-const INITIAL_BUFFER: usize = 4 * 1024;
-/// The longest our own A-ABORT and close may take per peer when the relay
-/// ends abnormally.
-const FAREWELL: Duration = Duration::from_secs(3);
-const MAX_BUFFER: usize = 256 * 1024;
-
 /// Heap one direction of the relay may hold, whatever the PDU mix (tiny
-/// PDUs, many PDVs per PDU, fragmented or oversized command sets): the read
-/// buffer, the command set being collected, and the per-operation counts
-/// (13 operations × 6 classes at most). Nothing is kept per PDU or per PDV;
-/// an association's relay holds at most twice this (issue 11).
-pub const HEAP_PER_DIRECTION: usize = MAX_BUFFER + dimse::MAX_COMMAND + OPERATIONS_HEAP;
+/// PDUs, many PDVs per PDU, fragmented or oversized command sets, tiny TLS
+/// records): the source's receive side ([`stream::RECEIVE_HEAP`]: its
+/// buffer, the plaintext segments, a post-handshake message being
+/// collected), the sink's batch ([`stream::SEND_HEAP`]), the command set
+/// being collected and the per-operation counts (13 operations × 6 classes
+/// at most). Nothing is kept per PDU, PDV or record; an association's relay
+/// holds at most twice this (issue 11).
+pub const HEAP_PER_DIRECTION: usize = stream::RECEIVE_HEAP + stream::SEND_HEAP + dimse::MAX_COMMAND + OPERATIONS_HEAP;
 const OPERATIONS_HEAP: usize = 13 * 6 * std::mem::size_of::<((&str, Option<StatusClass>), u64)>();
-
-/// Grows `buf` (×4, up to [`MAX_BUFFER`]) when a read used at least half of it.
-fn grow(buf: &mut Vec<u8>, n: usize) {
-    if n * 2 >= buf.len() && buf.len() < MAX_BUFFER {
-        let len = (buf.len() * 4).min(MAX_BUFFER);
-        buf.resize(len, 0);
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
@@ -141,18 +133,18 @@ impl Counters {
 /// Relays until the association ends; `force_abort` ends it at once with
 /// A-ABORT to both peers (shutdown after the grace period).
 pub async fn relay<C, B>(
-    client: C,
-    backend: B,
+    mut client: C,
+    mut backend: B,
     settings: RelaySettings,
     counters: Counters,
     force_abort: CancellationToken,
 ) -> RelayReport
 where
-    C: AsyncRead + AsyncWrite + Send,
-    B: AsyncRead + AsyncWrite + Send,
+    C: Duplex + Send,
+    B: Duplex + Send,
 {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
+    let (mut client_rd, mut client_wr) = client.halves();
+    let (mut backend_rd, mut backend_wr) = backend.halves();
     let activity = Activity::new();
     let stop = CancellationToken::new();
     let mut up = Pump::new(Side::Client, settings.max_to_backend, settings.mode);
@@ -191,13 +183,12 @@ where
         // Each peer's farewell (A-ABORT, close_notify) has one short budget,
         // and the two run together: a peer that stopped reading cannot hold
         // the other, nor the task (issue 11).
-        let farewell = settings.closing.min(FAREWELL);
         let abort = provider_abort(AbortReason::NotSpecified);
         let send_abort = !already_over;
         let (client_abort, backend_abort) = (send_abort && down.writer_clean, send_abort && up.writer_clean);
-        let _ = tokio::join!(
-            timeout(farewell, farewell_to(&mut client_wr, client_abort.then_some(&abort[..]))),
-            timeout(farewell, farewell_to(&mut backend_wr, backend_abort.then_some(&abort[..]))),
+        tokio::join!(
+            farewell::to_half(&mut client_wr, client_abort.then_some(&abort[..]), settings.closing),
+            farewell::to_half(&mut backend_wr, backend_abort.then_some(&abort[..]), settings.closing),
         );
     }
     let mut operations = up.operations;
@@ -216,16 +207,6 @@ enum Cause {
     Lifetime,
 }
 
-/// Our last PDU (if any) and the close, to one peer.
-async fn farewell_to<W: AsyncWrite + Unpin>(wr: &mut W, last: Option<&[u8]>) {
-    if let Some(pdu) = last {
-        if write_flush(wr, pdu).await.is_err() {
-            return;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
 /// Completes at `end_by`; never without one.
 async fn lifetime(end_by: Option<Instant>) {
     match end_by {
@@ -240,8 +221,6 @@ struct Pump {
     from: Side,
     mode: RelayMode,
     framer: Framer,
-    /// The read buffer: [`INITIAL_BUFFER`] growing to [`MAX_BUFFER`].
-    buf: Vec<u8>,
     operations: Operations,
     bytes: u64,
     /// The stream we write to ends on a PDU boundary: our own A-ABORT may go there.
@@ -258,7 +237,6 @@ impl Pump {
             from,
             mode,
             framer: Framer::new(max_pdu_length),
-            buf: Vec::new(),
             operations: Operations::new(),
             bytes: 0,
             writer_clean: true,
@@ -269,7 +247,7 @@ impl Pump {
         }
     }
 
-    async fn run<R, W>(
+    async fn run<R: Source, W: Sink>(
         &mut self,
         rd: &mut R,
         wr: &mut W,
@@ -277,14 +255,8 @@ impl Pump {
         counters: &Counters,
         stop: &CancellationToken,
         closing: Duration,
-    ) where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let end = match self.mode {
-            RelayMode::Dicom => self.pump(rd, wr, activity, counters).await,
-            RelayMode::Bytes => self.copy(rd, wr, activity, counters).await,
-        };
+    ) {
+        let end = self.pump(rd, wr, activity, counters).await;
         self.ended_at = Some(Instant::now());
         let failure = end.is_failure();
         self.end = Some(end);
@@ -293,86 +265,92 @@ impl Pump {
         } else {
             // Propagate the half-close: the other peer sees EOF (and, over
             // TLS, close_notify) after every byte before it.
-            let _ = timeout(closing, wr.shutdown()).await;
+            let _ = timeout(closing, tokio::io::AsyncWriteExt::shutdown(wr)).await;
         }
     }
 
-    async fn pump<R, W>(&mut self, rd: &mut R, wr: &mut W, activity: &Activity, counters: &Counters) -> PumpEnd
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        self.buf.resize(INITIAL_BUFFER, 0);
+    /// Reads, frames (in `Dicom` mode) and forwards until the source ends
+    /// or fails, or a PDU is refused.
+    async fn pump<R: Source, W: Sink>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        activity: &Activity,
+        counters: &Counters,
+    ) -> PumpEnd {
+        if self.mode == RelayMode::Bytes {
+            // Without framing the gateway cannot know where PDUs end.
+            self.writer_clean = false;
+        }
         loop {
-            let n = match rd.read(&mut self.buf).await {
-                Ok(0) => return self.eof(true),
-                Ok(n) => n,
+            match poll_fn(|cx| rd.poll_fill(cx)).await {
+                Ok(true) => {}
+                Ok(false) => return self.eof(true),
                 // A TLS peer that closes without close_notify.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(false),
                 Err(e) => return PumpEnd::ReadError(Arc::new(e)),
-            };
+            }
             activity.touch();
-            // Events are handled as the framer sees them: nothing per PDU is
-            // collected, whatever the PDU mix (see `framer`).
-            let mut seen = Seen {
-                release_rp: &mut self.release_rp,
-                abort: &mut self.abort,
-                operations: &mut self.operations,
-                activity,
-                counters,
-            };
-            let (valid, error) = match self.framer.feed(&self.buf[..n], &mut seen) {
-                Ok(valid) => (valid, None),
-                Err((valid, e)) => (valid, Some(e)),
+            let (buf, segments) = rd.plaintext();
+            let total: usize = segments.iter().map(|s| s.len()).sum();
+            let (valid, error) = match self.mode {
+                RelayMode::Dicom => self.frame(buf, segments, activity, counters),
+                RelayMode::Bytes => (total, None),
             };
             if valid > 0 {
-                self.writer_clean = false;
-                if let Err(e) = write_flush(wr, &self.buf[..valid]).await {
+                if self.mode == RelayMode::Dicom {
+                    self.writer_clean = false;
+                }
+                if let Err(e) = poll_fn(|cx| wr.poll_send(cx, buf, segments, valid)).await {
                     return PumpEnd::WriteError(Arc::new(e));
                 }
-                self.writer_clean = self.framer.at_boundary();
+                if self.mode == RelayMode::Dicom {
+                    self.writer_clean = self.framer.at_boundary();
+                }
                 self.bytes += valid as u64;
                 self.byte_counter(counters).inc_by(valid as u64);
             }
-            grow(&mut self.buf, n);
+            rd.consume(total);
             if let Some(e) = error {
                 return PumpEnd::Protocol(e);
             }
         }
     }
 
-    /// The benchmark baseline: copy bytes, look at nothing.
-    async fn copy<R, W>(&mut self, rd: &mut R, wr: &mut W, activity: &Activity, counters: &Counters) -> PumpEnd
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        self.buf.resize(INITIAL_BUFFER, 0);
-        // Without framing the gateway cannot know where PDUs end.
-        self.writer_clean = false;
-        loop {
-            let n = match rd.read(&mut self.buf).await {
-                Ok(0) => return PumpEnd::Eof { close_notify: true },
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return PumpEnd::Eof { close_notify: false },
-                Err(e) => return PumpEnd::ReadError(Arc::new(e)),
-            };
-            activity.touch();
-            if let Err(e) = write_flush(wr, &self.buf[..n]).await {
-                return PumpEnd::WriteError(Arc::new(e));
+    /// Feeds the framer every segment in order; returns the bytes valid to
+    /// forward and the error that stopped it, if any. Events are handled as
+    /// the framer sees them: nothing per PDU is collected, whatever the PDU
+    /// mix (see `framer`).
+    fn frame(
+        &mut self,
+        buf: &[u8],
+        segments: &[std::ops::Range<usize>],
+        activity: &Activity,
+        counters: &Counters,
+    ) -> (usize, Option<framer::FrameError>) {
+        let mut seen = Seen {
+            release_rp: &mut self.release_rp,
+            abort: &mut self.abort,
+            operations: &mut self.operations,
+            activity,
+            counters,
+        };
+        let mut valid = 0;
+        for segment in segments {
+            match self.framer.feed(&buf[segment.clone()], &mut seen) {
+                Ok(n) => valid += n,
+                Err((n, e)) => return (valid + n, Some(e)),
             }
-            self.bytes += n as u64;
-            self.byte_counter(counters).inc_by(n as u64);
-            grow(&mut self.buf, n);
         }
+        (valid, None)
     }
 
-    /// Heap bytes this direction holds: read buffer, the command set being
-    /// collected, the per-operation counts (a few dozen keys at most).
+    /// Heap bytes this direction holds besides its streams: the command set
+    /// being collected, the per-operation counts (a few dozen keys at most).
     #[cfg(test)]
     fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<((&str, Option<StatusClass>), u64)>();
-        self.buf.capacity() + self.framer.heap_bytes() + self.operations.len() * entry
+        self.framer.heap_bytes() + self.operations.len() * entry
     }
 
     fn byte_counter<'c>(&self, counters: &'c Counters) -> &'c prometheus::IntCounter {
@@ -422,12 +400,6 @@ impl framer::Sink<FrameEvent> for Seen<'_> {
             FrameEvent::Pdu { .. } => {}
         }
     }
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> io::Result<()> {
-    wr.write_all(bytes).await?;
-    // tokio-rustls may hold records until flushed.
-    wr.flush().await
 }
 
 /// When anything was last read, shared by both pumps (atomics: the relay

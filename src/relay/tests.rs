@@ -1,5 +1,108 @@
 use super::*;
-use tokio::io::{duplex, DuplexStream};
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{duplex, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+/// Any `AsyncRead + AsyncWrite` as a relay stream, through a buffer of its
+/// own: what the pumps do is tested here over in-memory pipes; the
+/// daemon's `tls::Stream` (no copy) is tested in tests/tls_stream.rs and by
+/// the end-to-end suites.
+struct Copying<T> {
+    rd: tokio::io::ReadHalf<T>,
+    wr: tokio::io::WriteHalf<T>,
+    buf: Vec<u8>,
+    segment: [Range<usize>; 1],
+}
+
+impl<T: AsyncRead + AsyncWrite> Copying<T> {
+    fn new(stream: T) -> Copying<T> {
+        let (rd, wr) = tokio::io::split(stream);
+        #[allow(clippy::single_range_in_vec_init, reason = "one segment, as a slice of segments")]
+        let segment = [0..0];
+        Copying { rd, wr, buf: vec![0; 8192], segment }
+    }
+}
+
+struct CopyRead<'a, T> {
+    rd: &'a mut tokio::io::ReadHalf<T>,
+    buf: &'a mut Vec<u8>,
+    segment: &'a mut [Range<usize>; 1],
+}
+
+impl<T: AsyncRead> Source for CopyRead<'_, T> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.segment[0].is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut read = ReadBuf::new(self.buf);
+        ready!(Pin::new(&mut *self.rd).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        self.segment[0] = 0..n;
+        Poll::Ready(Ok(n > 0))
+    }
+    fn plaintext(&mut self) -> (&mut [u8], &[Range<usize>]) {
+        (self.buf, &self.segment[..])
+    }
+    fn consume(&mut self, n: usize) {
+        self.segment[0].start += n;
+    }
+    fn heap_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+struct CopyWrite<'a, T> {
+    wr: &'a mut tokio::io::WriteHalf<T>,
+    sent: usize,
+}
+
+impl<T: AsyncWrite> Sink for CopyWrite<'_, T> {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        segments: &[Range<usize>],
+        n: usize,
+    ) -> Poll<io::Result<()>> {
+        let bytes = &buf[segments[0].start..segments[0].start + n];
+        while self.sent < n {
+            self.sent += ready!(Pin::new(&mut *self.wr).poll_write(cx, &bytes[self.sent..]))?;
+        }
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for CopyWrite<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.wr).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.wr).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.wr).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send> Duplex for Copying<T> {
+    type Source<'a>
+        = CopyRead<'a, T>
+    where
+        T: 'a;
+    type Sink<'a>
+        = CopyWrite<'a, T>
+    where
+        T: 'a;
+    fn halves(&mut self) -> (CopyRead<'_, T>, CopyWrite<'_, T>) {
+        let Copying { rd, wr, buf, segment } = self;
+        (CopyRead { rd, buf, segment }, CopyWrite { wr, sent: 0 })
+    }
+}
 
 const RELEASE_RQ: [u8; 10] = [0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0];
 const RELEASE_RP: [u8; 10] = [0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0];
@@ -38,7 +141,7 @@ fn start(
 ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<RelayReport>) {
     let (client_peer, client_side) = duplex(8192);
     let (backend_peer, backend_side) = duplex(8192);
-    let task = tokio::spawn(relay(client_side, backend_side, settings, counters(), force));
+    let task = tokio::spawn(relay(Copying::new(client_side), Copying::new(backend_side), settings, counters(), force));
     (client_peer, backend_peer, task)
 }
 
@@ -255,8 +358,8 @@ impl AsyncWrite for NoCloseNotify {
 async fn a_close_without_close_notify_is_truncated_not_closed() {
     let (mut client, client_side) = duplex(8192);
     let (mut backend, backend_side) = duplex(8192);
-    let task =
-        tokio::spawn(relay(NoCloseNotify(client_side), backend_side, settings(), counters(), CancellationToken::new()));
+    let (client_side, backend_side) = (Copying::new(NoCloseNotify(client_side)), Copying::new(backend_side));
+    let task = tokio::spawn(relay(client_side, backend_side, settings(), counters(), CancellationToken::new()));
     client.write_all(&pdata(10, 1)).await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = vec![0u8; 16];
@@ -304,13 +407,23 @@ async fn any_pdu_mix_keeps_a_direction_within_its_heap_bound() {
     stream.extend(pdata_of_pdvs(&store_rsp(0), true, 3));
     let total = stream.len();
 
-    let (mut peer, side) = duplex(2 * MAX_BUFFER);
+    // Over real sockets and the daemon's stream type: its receive buffer
+    // is part of the bound.
+    let (mut peer, side) = tcp_pair().await;
+    let (drain, out) = tcp_pair().await;
     let writer = tokio::spawn(async move {
         peer.write_all(&stream).await.unwrap();
         peer.shutdown().await.unwrap();
     });
+    let drained = tokio::spawn(async move {
+        let mut drain = drain;
+        let mut sink = vec![0u8; 1 << 16];
+        while drain.read(&mut sink).await.unwrap() > 0 {}
+    });
+    let (mut source, mut sink) = (crate::tls::Stream::plain(side), crate::tls::Stream::plain(out));
     let mut pump = Pump::new(Side::Backend, 1 << 20, RelayMode::Dicom);
-    let (mut rd, mut wr) = (side, tokio::io::sink());
+    let (mut rd, _) = source.split();
+    let (_, mut wr) = sink.split();
     let end = pump.pump(&mut rd, &mut wr, &Activity::new(), &counters()).await;
     writer.await.unwrap();
 
@@ -318,8 +431,18 @@ async fn any_pdu_mix_keeps_a_direction_within_its_heap_bound() {
     assert_eq!(pump.bytes, total as u64);
     // 200 fragmented + 1 oversized (counted) + 1 after it.
     assert_eq!(pump.operations.values().sum::<u64>(), 202, "{:?}", pump.operations);
-    let heap = pump.heap_bytes();
+    let heap = pump.heap_bytes() + rd.heap_bytes() + wr.heap_bytes();
     assert!(heap <= HEAP_PER_DIRECTION, "{heap} bytes held, bound {HEAP_PER_DIRECTION}");
     assert!(pump.framer.heap_bytes() <= 1024, "the peak command buffer is kept: {}", pump.framer.heap_bytes());
-    assert!(pump.buf.capacity() <= MAX_BUFFER);
+    assert!(rd.heap_bytes() <= stream::RECEIVE_HEAP, "{}", rd.heap_bytes());
+    drop((rd, wr));
+    drop((source, sink));
+    drained.await.unwrap();
+}
+
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let (a, b) = tokio::join!(connect, listener.accept());
+    (a.unwrap(), b.unwrap().0)
 }

@@ -54,6 +54,9 @@ pub fn backend_tls(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
         Some(name) => ServerName::try_from(name.clone()).ok(),
         None => None,
     };
+    let mut config = config;
+    // After the handshake the records are ours (`tls::record`).
+    config.enable_secret_extraction = true;
     let config = Arc::new(config);
     Ok(BackendTls { connector: tokio_rustls::TlsConnector::from(config.clone()), config, server_name, crls })
 }

@@ -8,11 +8,16 @@
 //! - [`client`]: the rustls client configuration towards a backend SCP.
 //! - [`pinning`]: client-certificate pinning, and the handshake-signature
 //!   checks every custom verifier shares.
+//! - [`handshake`]: the handshake through rustls's unbuffered API, handing
+//!   the traffic keys to our record layer.
+//! - [`record`]: record protection in place (sans-IO): open, seal.
+//! - [`stream`]: the stream type both legs of a relayed association use,
+//!   with the relay's copy-free interface ([`stream::Source`], [`stream::Sink`]).
+//! - `rx`, `tx`: the stream's receiving and sending sides; [`transport`]:
+//!   what a stream needs of the socket under it.
 //! - [`crl`]: certificate revocation lists (both sides): loading, load-time
 //!   checks, the revocation policy; [`revocation`]: which client
 //!   certificate a listener refused as revoked, for the audit trail.
-//! - [`stream`]: the stream type both legs of a relayed association use, and
-//!   its bulk read path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,10 +30,15 @@ use crate::pki;
 
 pub mod client;
 pub mod crl;
+pub mod handshake;
 pub mod pinning;
+pub mod record;
 pub mod revocation;
+mod rx;
 pub mod server;
 pub mod stream;
+pub mod transport;
+mod tx;
 
 pub use client::{backend_tls, BackendTls};
 pub use server::{ensure_generated, server_config, ServerIdentity, ServerTls};
@@ -168,7 +178,7 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    pub fn of(conn: &rustls::ServerConnection) -> SessionInfo {
+    pub fn of(conn: &rustls::CommonState) -> SessionInfo {
         SessionInfo {
             version: conn.protocol_version().map(|v| match v {
                 rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",

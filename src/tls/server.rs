@@ -116,6 +116,9 @@ pub fn server_config(tls: &ListenerTlsConfig, identity: &ServerIdentity) -> Resu
     // The server's preference decides (BCP 195 §4.2.1); all suites offered
     // are ECDHE + AEAD, but a scanner rightly flags client-ordered choice.
     config.ignore_client_order = true;
+    // After the handshake the records are ours (`tls::record`): rustls hands
+    // the traffic keys over through its kernel-TLS interface.
+    config.enable_secret_extraction = true;
     Ok(ServerTls { config: Arc::new(config), crls })
 }
 

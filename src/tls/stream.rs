@@ -1,218 +1,347 @@
-//! The stream type both legs of a relayed association use (plain TCP, TLS as
-//! server towards the cloud, TLS as client towards an SCP), and its bulk read
-//! path.
+//! The stream type both legs of a relayed association use: plain TCP, or
+//! TLS (as server towards the cloud, as client towards an SCP) after a
+//! rustls handshake ([`super::handshake`]), its records protected in the
+//! stream's own buffers ([`super::record`]).
 //!
-//! Large reads bypass tokio-rustls: one `recv` of up to the caller's free
-//! space is fed to rustls from memory. tokio-rustls lets rustls read the
-//! socket itself, 4 KiB at a time (several syscalls per 16 KiB record, the
-//! largest cost the relay's profile showed). The bulk path relies only on
-//! rustls' documented contract — `read_tls` takes arbitrary chunks and returns
-//! `Ok(0)` once close_notify was received, `process_new_packets` queues the
-//! alert for a fatal error, plaintext is drained through `reader()` — and on
-//! one protocol fact: a record carries at most 16 KiB of plaintext. Whatever
-//! rustls queues while reading (a fatal alert above all) is written before
-//! the read returns, as far as the socket takes it without waiting; the rest
-//! goes out with the next write. (rustls itself holds a KeyUpdate answer
-//! until the next record it sends, as RFC 8446 §4.6.3 allows.) tests/tls_stream.rs and
-//! the `tls_read` fuzz target hold it to that.
+//! Two interfaces:
+//! - `AsyncRead`/`AsyncWrite`, copying: the phases before the relay and our
+//!   own PDUs (A-ABORT, the farewell).
+//! - the relay's, without copies: a [`Source`] hands out plaintext where it
+//!   lies in its receive buffer (decrypted in place), a [`Sink`] sends it
+//!   from there — sealed in place under TLS — in one `writev` per fill.
+//!
+//! [`Stream::split`] gives both halves at once, borrowing the stream; both
+//! work through a shared reference to the transport, so neither waits for
+//! the other and the read half never registers for write readiness.
 
-use std::io::{self, Read as _};
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Either leg of a relayed association: plain TCP or TLS (as server towards
-/// the cloud, as client towards an SCP). One type, so the relay is compiled once.
-pub enum Stream {
-    Plain(TcpStream),
-    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+use super::record::{Sealer, Version};
+use super::rx::{self, RxBuf, TlsRx};
+use super::transport::{self, Transport};
+use super::tx::{self, lock, Batch, Kernel, Shared};
+
+pub use super::rx::{MAX_BUFFER, MAX_HANDSHAKE_MESSAGE, MAX_SEGMENTS};
+
+/// Heap a stream's receiving side holds at most: its buffer, the plaintext
+/// segments handed out, a post-handshake message being collected.
+pub const RECEIVE_HEAP: usize =
+    MAX_BUFFER + MAX_SEGMENTS * std::mem::size_of::<Range<usize>>() + MAX_HANDSHAKE_MESSAGE + 4;
+/// Heap a stream's sending half holds at most while relaying: one batch's
+/// record descriptors, and our own control records (an alert, a KeyUpdate
+/// answer: one per application data sent, so a few at a time).
+pub const SEND_HEAP: usize = Batch::HEAP + 1024;
+
+/// Either leg of a relayed association.
+pub struct Stream<T = TcpStream> {
+    io: T,
+    /// Allocated at the first read through it: it sits in every
+    /// connection's future, and an idle connection needs none.
+    rx: Option<Box<RxBuf>>,
+    tls: Option<Box<Tls>>,
 }
 
-/// Most plaintext one TLS record can carry (RFC 8446 §5.1, RFC 5246 §6.2.1),
-/// plus room for a record's header, tag and padding.
-pub const RECORD_SLACK: usize = 16 * 1024 + 512;
-
-/// Reads of at least this much go through [`poll_read_bulk`]; smaller ones
-/// (the first PDU's header, control PDUs) through tokio-rustls.
-pub const BULK_READ_MIN: usize = 2 * RECORD_SLACK;
-
-/// What the bulk path needs of the transport under TLS. Writing must not
-/// wait or register for write readiness: the read side must not steal the
-/// wake-up the writing side of the same stream waits for.
-pub trait Transport: AsyncRead + Unpin {
-    /// Writes what the transport takes now; `WouldBlock` when it takes nothing.
-    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<usize>;
+/// A TLS stream's state after the handshake.
+pub(crate) struct Tls {
+    rx: TlsRx,
+    shared: Mutex<Shared>,
 }
 
-impl Transport for TcpStream {
-    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
+impl Tls {
+    pub(crate) fn new(rx: TlsRx, sealer: Sealer, kernel: Kernel) -> Tls {
+        Tls { rx, shared: Mutex::new(Shared::new(sealer, kernel, Vec::new())) }
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Server(s) if buf.remaining() >= BULK_READ_MIN => {
-                let (tcp, conn) = s.get_mut();
-                poll_read_bulk(tcp, conn, cx, buf)
+/// Plaintext in the source's own buffer, for the relay.
+pub trait Source {
+    /// Waits for plaintext: `Ok(true)` when some is ready
+    /// ([`Source::plaintext`]), `Ok(false)` at the clean end (TCP end, or
+    /// close_notify under TLS), `UnexpectedEof` at a TCP end without
+    /// close_notify, `InvalidData` at a TLS error (its alert already sent).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>>;
+    /// The buffer and the ranges of it that are plaintext, in order.
+    fn plaintext(&mut self) -> (&mut [u8], &[Range<usize>]);
+    /// The first `n` bytes of plaintext are done with.
+    fn consume(&mut self, n: usize);
+    /// Heap held by the receive side.
+    fn heap_bytes(&self) -> usize;
+}
+
+/// Sends plaintext that lies in another stream's buffer.
+pub trait Sink: AsyncWrite + Unpin {
+    /// Sends the first `n` bytes of `segments` (ranges of `buf`), which it
+    /// may overwrite (TLS seals them in place). Must be polled with the same
+    /// arguments until it is ready.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        segments: &[Range<usize>],
+        n: usize,
+    ) -> Poll<io::Result<()>>;
+    /// Heap held by the sending side.
+    fn heap_bytes(&self) -> usize;
+}
+
+/// A stream the relay can split into a [`Source`] and a [`Sink`].
+pub trait Duplex {
+    type Source<'a>: Source + Send
+    where
+        Self: 'a;
+    type Sink<'a>: Sink + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Source<'_>, Self::Sink<'_>);
+}
+
+impl<T: Transport> Stream<T> {
+    pub fn plain(io: T) -> Stream<T> {
+        Stream { io, rx: None, tls: None }
+    }
+
+    pub(crate) fn with_tls(io: T, rx: RxBuf, tls: Tls) -> Stream<T> {
+        let rx = rx.has_bytes().then(|| Box::new(rx));
+        Stream { io, rx, tls: Some(Box::new(tls)) }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The receiving half alone.
+    pub fn reader(&mut self) -> ReadHalf<'_, T> {
+        self.split().0
+    }
+
+    pub fn split(&mut self) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+        let Stream { io, rx, tls } = self;
+        let rx: &mut RxBuf = rx.get_or_insert_with(Box::default);
+        let (tls_rx, shared) = match tls {
+            Some(tls) => {
+                let Tls { rx, shared } = &mut **tls;
+                let shared: &Mutex<Shared> = shared;
+                (Some((rx, shared)), Some(shared))
             }
-            Stream::Client(s) if buf.remaining() >= BULK_READ_MIN => {
-                let (tcp, conn) = s.get_mut();
-                poll_read_bulk(tcp, conn, cx, buf)
-            }
-            Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            None => (None, None),
+        };
+        let io: &T = io;
+        (ReadHalf { io, rx, tls: tls_rx }, WriteHalf { io, shared, batch: Batch::default() })
+    }
+
+    /// Sends a KeyUpdate that also asks for the peer's (TLS 1.3), like
+    /// rustls's `refresh_traffic_keys`; it goes out with the next write.
+    pub fn refresh_traffic_keys(&mut self) -> Result<(), rustls::Error> {
+        let Some(tls) = &self.tls else {
+            return Err(rustls::Error::General("KeyUpdate needs TLS".into()));
+        };
+        let mut shared = lock(&tls.shared);
+        if shared.sealer.version() != Version::Tls13 {
+            return Err(rustls::Error::General("KeyUpdate needs TLS 1.3".into()));
+        }
+        shared.key_update(true)
+    }
+
+    /// Lowers how many records the current sending key may protect (the
+    /// suite's confidentiality limit otherwise): tests reach it quickly.
+    pub fn set_key_limit(&mut self, records: u64) {
+        if let Some(tls) = &self.tls {
+            lock(&tls.shared).sealer.set_limit(records);
         }
     }
+
+    /// Heap this stream holds (receive buffer, TLS state's buffers).
+    pub fn heap_bytes(&self) -> usize {
+        self.rx.as_ref().map_or(0, |rx| std::mem::size_of::<RxBuf>() + rx.heap_bytes())
+            + self.tls.as_ref().map_or(0, |tls| std::mem::size_of::<Tls>() + tls.rx.heap_bytes())
+    }
 }
 
-thread_local! {
-    /// Ciphertext staging for [`poll_read_bulk`]; fully consumed within one
-    /// call, so one per thread serves every connection.
-    static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The receiving half: [`Source`] for the relay.
+pub struct ReadHalf<'a, T> {
+    io: &'a T,
+    rx: &'a mut RxBuf,
+    tls: Option<(&'a mut TlsRx, &'a Mutex<Shared>)>,
 }
 
-/// The bulk read path: one read of the transport of up to the caller's free
-/// space less [`RECORD_SLACK`], all of it fed to rustls, the plaintext moved
-/// into `buf`. `buf` must have at least [`BULK_READ_MIN`] bytes free.
-///
-/// No plaintext is lost or held here: the plaintext of the ciphertext read
-/// is at most as long, and the record rustls may have held partly from
-/// before adds at most 16 KiB, so it all fits in `buf`. Ends like
-/// tokio-rustls: `Ok` with nothing added at close_notify, `UnexpectedEof`
-/// at a transport end without it, `InvalidData` (after sending the alert) at
-/// a TLS error.
-pub fn poll_read_bulk<T: Transport, D>(
-    io: &mut T,
-    conn: &mut rustls::ConnectionCommon<D>,
+impl<T: Transport> Source for ReadHalf<'_, T> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut need = 1;
+        loop {
+            if self.rx.has_data() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.rx.end.is_none() {
+                if let Some((tls, shared)) = &mut self.tls {
+                    match tls.open_records(self.rx, shared, self.io) {
+                        Ok(None) => continue,
+                        Ok(Some(n)) => need = n,
+                        Err(fatal) => {
+                            rx::fail(self.rx, shared, self.io, fatal);
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(end) = &self.rx.end {
+                return Poll::Ready(end.result());
+            }
+            let space = self.rx.space(need);
+            match ready!(transport::poll_read(self.io, cx, space)) {
+                Ok(0) => rx::transport_end(self.rx, self.tls.as_ref().map(|(tls, _)| &**tls)),
+                Ok(n) => self.rx.received(n, self.tls.is_none()),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn plaintext(&mut self) -> (&mut [u8], &[Range<usize>]) {
+        self.rx.plaintext()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rx.consume(n);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.rx.heap_bytes() + self.tls.as_ref().map_or(0, |(tls, _)| tls.heap_bytes())
+    }
+}
+
+/// The sending half: [`Sink`] for the relay, `AsyncWrite` for our own PDUs.
+pub struct WriteHalf<'a, T> {
+    io: &'a T,
+    shared: Option<&'a Mutex<Shared>>,
+    batch: Batch,
+}
+
+impl<T: Transport> Sink for WriteHalf<'_, T> {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        segments: &[Range<usize>],
+        n: usize,
+    ) -> Poll<io::Result<()>> {
+        tx::poll_send(self.io, self.shared, &mut self.batch, cx, buf, segments, n)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.batch.heap_bytes()
+    }
+}
+
+impl<T: Transport + Sync> Duplex for Stream<T> {
+    type Source<'a>
+        = ReadHalf<'a, T>
+    where
+        T: 'a;
+    type Sink<'a>
+        = WriteHalf<'a, T>
+    where
+        T: 'a;
+
+    fn halves(&mut self) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+        self.split()
+    }
+}
+
+fn write<T: Transport>(
+    io: &T,
+    shared: Option<&Mutex<Shared>>,
     cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>> {
-    assert!(buf.remaining() >= BULK_READ_MIN, "bulk read into {} free bytes", buf.remaining());
-    let start = buf.filled().len();
-    loop {
-        // Plaintext rustls already has (or the end of the stream).
-        match conn.reader().read(buf.initialize_unfilled()) {
-            Ok(n) => {
-                // n == 0: close_notify received, a clean end (`buf` is not full).
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-        let want = buf.remaining() - RECORD_SLACK;
-        let step = STAGING.with(|staging| {
-            let mut staging = staging.borrow_mut();
-            if staging.len() < want {
-                staging.resize(want, 0);
-            }
-            let mut ciphertext = ReadBuf::new(&mut staging[..want]);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut ciphertext))?;
-            Poll::Ready(match ciphertext.filled() {
-                // Transport end: rustls decides between a clean end and truncation.
-                [] => conn.read_tls(&mut io::empty()).map(|_| ()),
-                bytes => feed(conn, bytes, buf),
-            })
-        });
-        let fed = ready!(step);
-        // Before the error, if any: a fatal error's alert is what this sends.
-        flush_queued(io, conn);
-        fed?;
-        if buf.filled().len() > start {
-            return Poll::Ready(Ok(()));
-        }
+    data: &[u8],
+) -> Poll<io::Result<usize>> {
+    match shared {
+        None => transport::poll_write(io, cx, &[IoSlice::new(data)]),
+        Some(shared) => tx::poll_write_copy(io, shared, cx, data),
     }
 }
 
-/// Gives rustls every byte of `ciphertext` (it takes a bounded amount per
-/// `read_tls`), moving plaintext into `buf` as records complete.
-fn feed<D>(conn: &mut rustls::ConnectionCommon<D>, mut ciphertext: &[u8], buf: &mut ReadBuf<'_>) -> io::Result<()> {
-    while !ciphertext.is_empty() {
-        if conn.read_tls(&mut ciphertext)? == 0 {
-            // close_notify already received: what follows it is not data.
-            break;
-        }
-        conn.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        match conn.reader().read(buf.initialize_unfilled()) {
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // UnexpectedEof cannot happen mid-feed (no transport end yet);
-            // anything else is rustls' to report.
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Writes the TLS output rustls queued while reading, as far as the
-/// transport takes it now. A failure is left to the writing side, which
-/// meets the same transport (and sends what stayed queued first).
-fn flush_queued<T: Transport, D>(io: &mut T, conn: &mut rustls::ConnectionCommon<D>) {
-    struct Now<'a, T>(&'a mut T);
-    impl<T: Transport> io::Write for Now<'_, T> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.try_write_now(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    while conn.wants_write() {
-        match conn.write_tls(&mut Now(io)) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
+fn flush<T: Transport>(io: &T, shared: Option<&Mutex<Shared>>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    match shared {
+        None => Poll::Ready(Ok(())),
+        Some(shared) => tx::poll_flush(io, shared, cx),
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+fn shutdown<T: Transport>(io: &T, shared: Option<&Mutex<Shared>>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    match shared {
+        None => Poll::Ready(io.shutdown_write()),
+        Some(shared) => tx::poll_shutdown(io, shared, cx),
+    }
+}
+
+impl<T: Transport> AsyncWrite for WriteHalf<'_, T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        write(self.io, self.shared, cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        flush(self.io, self.shared, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        shutdown(self.io, self.shared, cx)
+    }
+}
+
+impl<T: Transport + Unpin> AsyncWrite for Stream<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        write(&me.io, me.tls.as_ref().map(|tls| &tls.shared), cx, data)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Server(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Stream::Client(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        flush(&me.io, me.tls.as_ref().map(|tls| &tls.shared), cx)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Server(s) => s.is_write_vectored(),
-            Stream::Client(s) => s.is_write_vectored(),
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        shutdown(&me.io, me.tls.as_ref().map(|tls| &tls.shared), cx)
+    }
+}
+
+impl<T: Transport + Unpin> AsyncRead for Stream<T> {
+    /// Copies plaintext out (the phases before the relay read a few PDUs).
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
+        if me.tls.is_none() && me.rx.as_ref().is_none_or(|rx| !rx.has_data() && rx.end.is_none()) {
+            // Plain, nothing buffered: straight into the caller's buffer.
+            let n = ready!(transport::poll_read(&me.io, cx, buf.initialize_unfilled()))?;
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let mut reader = me.reader();
+        if !ready!(reader.poll_fill(cx))? {
+            return Poll::Ready(Ok(()));
+        }
+        let (data, segments) = reader.plaintext();
+        let mut copied = 0;
+        for segment in segments {
+            let take = segment.len().min(buf.remaining());
+            buf.put_slice(&data[segment.start..segment.start + take]);
+            copied += take;
+            if buf.remaining() == 0 {
+                break;
+            }
+        }
+        reader.consume(copied);
+        Poll::Ready(Ok(()))
     }
 }

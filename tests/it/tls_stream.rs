@@ -1,19 +1,28 @@
-//! The TLS stream's bulk read path (`dicomgate::tls::stream`), over real
-//! loopback sockets, against a rustls peer driven record by record so the
-//! tests choose exactly what arrives: ciphertext cut at random points,
-//! KeyUpdates in both directions, a corrupted record, bytes after
-//! close_notify, a TCP end without close_notify, and (gateway as client)
-//! NewSessionTickets between data records.
+//! The TLS stream (`dicomgate::tls::stream`: our record layer after a
+//! rustls handshake), over real loopback sockets, against a rustls peer
+//! driven record by record so the tests choose exactly what arrives:
+//! ciphertext cut at random points, every AEAD of TLS 1.3 and 1.2,
+//! KeyUpdates in both directions and at the key's limit, a corrupted
+//! record, bytes after close_notify, a TCP end without close_notify, and
+//! (gateway as client) NewSessionTickets between data records and a
+//! resumption with them. Both read interfaces are used: the relay's
+//! (`Source`: plaintext where it was decrypted, consumed in random
+//! amounts) and `AsyncRead`; and both write interfaces: the relay's
+//! (`Sink`: sealed in place) and `AsyncWrite`.
 //!
 //! Every test runs under [`DEADLINE`]; a hang is a failure, not a wait.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step is the test's failure")]
 
+use std::future::poll_fn;
 use std::io::{self, Read as _, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicomgate::tls::stream::{Stream, BULK_READ_MIN};
+use dicomgate::tls::handshake;
+use dicomgate::tls::stream::{Sink, Source, Stream};
+use rustls::crypto::aws_lc_rs::cipher_suite as suites;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::SupportedCipherSuite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,25 +43,18 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
-
-    /// A read size: small ones go through tokio-rustls, large ones through the bulk path.
-    fn read_size(&mut self) -> usize {
-        if self.below(3) == 0 {
-            1 + self.below(300)
-        } else {
-            BULK_READ_MIN + self.below(200_000)
-        }
-    }
 }
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
 }
 
-/// Server and client configurations around one fresh self-signed certificate.
-fn configs(
-    version: &'static rustls::SupportedProtocolVersion,
-) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+const TLS13: &rustls::SupportedProtocolVersion = &rustls::version::TLS13;
+const TLS12: &rustls::SupportedProtocolVersion = &rustls::version::TLS12;
+
+/// Server and client configurations around one fresh self-signed
+/// certificate, the server restricted to `suite`.
+fn configs(suite: SupportedCipherSuite) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let generated = dicomgate::pki::generate_self_signed(&dicomgate::pki::CertSpec {
         common_name: "test".to_owned(),
         subject_alt_names: vec!["localhost".to_owned()],
@@ -62,18 +64,27 @@ fn configs(
     .unwrap();
     let cert = CertificateDer::from(generated.certificate_der.clone());
     let key = PrivateKeyDer::try_from(generated.private_key_der.clone()).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(dicomgate::tls::provider())
+    let provider =
+        rustls::crypto::CryptoProvider { cipher_suites: vec![suite], ..rustls::crypto::aws_lc_rs::default_provider() };
+    let version = match suite {
+        SupportedCipherSuite::Tls13(_) => TLS13,
+        SupportedCipherSuite::Tls12(_) => TLS12,
+    };
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[version])
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .unwrap();
+    server.enable_secret_extraction = true;
     // The echo SCU's client configuration, pinning the test certificate.
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("server.pem");
     std::fs::write(&pem, &generated.certificate_pem).unwrap();
     let client = dicomgate::echo::client_config(&dicomgate::echo::Trust::CaFile(pem), None).unwrap();
-    (Arc::new(server), client)
+    let mut client = Arc::unwrap_or_clone(client);
+    client.enable_secret_extraction = true;
+    (Arc::new(server), Arc::new(client))
 }
 
 /// The other end, as a rustls connection whose records the test writes and
@@ -150,9 +161,9 @@ impl Peer {
     }
 }
 
-/// The gateway as TLS server (`Stream::Server`), the peer as client.
-async fn gateway_as_server(version: &'static rustls::SupportedProtocolVersion) -> (Stream, Peer) {
-    let (server, client) = configs(version);
+/// The gateway as TLS server, the peer as client.
+async fn gateway_as_server(suite: SupportedCipherSuite) -> (Stream, Peer) {
+    let (server, client) = configs(suite);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connect = async {
@@ -166,13 +177,13 @@ async fn gateway_as_server(version: &'static rustls::SupportedProtocolVersion) -
     };
     let accept = async {
         let (tcp, _) = listener.accept().await.unwrap();
-        tokio_rustls::TlsAcceptor::from(server).accept(tcp).await.unwrap()
+        handshake::accept(tcp, server).await.unwrap().0
     };
     let (peer, gateway) = tokio::join!(connect, accept);
-    (Stream::Server(Box::new(gateway)), peer)
+    (gateway, peer)
 }
 
-/// The gateway as TLS client (`Stream::Client`) of `listener`, the peer as server.
+/// The gateway as TLS client of `listener`, the peer as server.
 async fn gateway_as_client(
     listener: &TcpListener,
     server: Arc<rustls::ServerConfig>,
@@ -181,7 +192,7 @@ async fn gateway_as_client(
     let addr = listener.local_addr().unwrap();
     let connect = async {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        tokio_rustls::TlsConnector::from(client).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+        handshake::connect(tcp, client, ServerName::try_from("localhost").unwrap()).await.unwrap()
     };
     let accept = async {
         let (tcp, _) = listener.accept().await.unwrap();
@@ -190,32 +201,64 @@ async fn gateway_as_client(
         Peer { tcp, conn: conn.into() }
     };
     let (gateway, peer) = tokio::join!(connect, accept);
-    (Stream::Client(Box::new(gateway)), peer)
+    (gateway, peer)
 }
 
-/// Reads until `want` bytes, the end, or an error, with random read sizes.
+/// Reads until `want` bytes, the end, or an error: by turns through the
+/// relay's interface (consuming a random part of what is there) and
+/// through `AsyncRead` with a random size.
 async fn read_random(stream: &mut Stream, want: usize, rng: &mut Rng) -> (Vec<u8>, io::Result<()>) {
     let mut got = Vec::new();
-    let mut buf = vec![0u8; BULK_READ_MIN + 200_000];
+    let mut buf = vec![0u8; 300_000];
     while got.len() < want {
-        let size = rng.read_size();
-        match stream.read(&mut buf[..size]).await {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return (got, Err(e)),
+        if rng.below(2) == 0 {
+            let mut reader = stream.reader();
+            match poll_fn(|cx| reader.poll_fill(cx)).await {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => return (got, Err(e)),
+            }
+            let (data, segments) = reader.plaintext();
+            let total: usize = segments.iter().map(|s| s.len()).sum();
+            assert!(total > 0, "a fill with nothing in it");
+            let mut take = if rng.below(2) == 0 { total } else { 1 + rng.below(total) };
+            let n = take;
+            for segment in segments {
+                let part = take.min(segment.len());
+                got.extend_from_slice(&data[segment.start..segment.start + part]);
+                take -= part;
+            }
+            reader.consume(n);
+        } else {
+            let size = 1 + rng.below(buf.len());
+            match stream.read(&mut buf[..size]).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Err(e)),
+            }
         }
     }
     (got, Ok(()))
 }
 
+fn every_suite() -> [SupportedCipherSuite; 6] {
+    [
+        suites::TLS13_AES_256_GCM_SHA384,
+        suites::TLS13_AES_128_GCM_SHA256,
+        suites::TLS13_CHACHA20_POLY1305_SHA256,
+        suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
 #[tokio::test]
-async fn random_cuts_and_read_sizes_deliver_every_byte_then_the_clean_end() {
+async fn random_cuts_and_read_sizes_deliver_every_byte_then_the_clean_end_for_every_suite() {
     bounded(async {
-        for (seed, version) in
-            [(1, &rustls::version::TLS13), (2, &rustls::version::TLS12), (3, &rustls::version::TLS13)]
-        {
-            let (mut gateway, mut peer) = gateway_as_server(version).await;
-            let sent = data(3_000_000 + seed as usize);
+        for (seed, suite) in every_suite().into_iter().enumerate() {
+            let seed = seed as u64 + 1;
+            let (mut gateway, mut peer) = gateway_as_server(suite).await;
+            let sent = data(1_500_000 + seed as usize);
             let writer = {
                 let sent = sent.clone();
                 tokio::spawn(async move {
@@ -229,11 +272,51 @@ async fn random_cuts_and_read_sizes_deliver_every_byte_then_the_clean_end() {
             };
             let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(seed)).await;
             // After the clean end, reads keep returning it.
-            assert_eq!(gateway.read(&mut vec![0; BULK_READ_MIN]).await.unwrap(), 0);
+            assert_eq!(gateway.read(&mut [0; 100]).await.unwrap(), 0);
+            assert!(!poll_fn(|cx| gateway.reader().poll_fill(cx)).await.unwrap());
             drop(gateway);
             writer.await.unwrap();
-            assert!(end.is_ok(), "{version:?}: {end:?}");
-            assert!(got == sent, "{version:?}: {} bytes received of {}", got.len(), sent.len());
+            assert!(end.is_ok(), "{suite:?}: {end:?}");
+            assert!(got == sent, "{suite:?}: {} bytes received of {}", got.len(), sent.len());
+        }
+    })
+    .await;
+}
+
+/// What the relay does towards a TLS peer: plaintext that lies in another
+/// buffer, in several segments, sealed where it lies and sent.
+#[tokio::test]
+async fn the_sink_seals_in_place_and_the_peer_reads_every_byte_for_every_suite() {
+    bounded(async {
+        for suite in every_suite() {
+            let (mut gateway, mut peer) = gateway_as_server(suite).await;
+            let sent = data(700_001);
+            let mut buf = sent.clone();
+            // Segments of odd sizes, some above a record's 16 KiB, with gaps
+            // the sink must skip.
+            let mut segments = Vec::new();
+            let (mut at, mut rng, mut expect) = (0, Rng(5), Vec::new());
+            while at < buf.len() {
+                let len = (1 + rng.below(40_000)).min(buf.len() - at);
+                segments.push(at..at + len);
+                expect.extend_from_slice(&sent[at..at + len]);
+                at += len + rng.below(3).min(buf.len() - at - len);
+            }
+            let receiver = tokio::spawn(async move {
+                let (plain, end) = peer.receive(expect.len()).await;
+                end.unwrap();
+                assert!(plain == expect, "{} bytes", plain.len());
+                peer
+            });
+            let (_, mut writer) = gateway.split();
+            for chunk in segments.chunks(7) {
+                let n: usize = chunk.iter().map(|s| s.len()).sum();
+                poll_fn(|cx| writer.poll_send(cx, &mut buf, chunk, n)).await.unwrap();
+            }
+            drop(writer);
+            let peer = receiver.await.unwrap();
+            drop(gateway);
+            peer.finish().await;
         }
     })
     .await;
@@ -242,7 +325,7 @@ async fn random_cuts_and_read_sizes_deliver_every_byte_then_the_clean_end() {
 #[tokio::test]
 async fn a_key_update_from_the_peer_is_followed_and_answered() {
     bounded(async {
-        let (mut gateway, mut peer) = gateway_as_server(&rustls::version::TLS13).await;
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS13_AES_256_GCM_SHA384).await;
         let (first, second) = (data(300_000), data(200_001));
         let mut records = peer.seal(&first);
         // Sends KeyUpdate(update_requested): the gateway must switch its
@@ -254,9 +337,8 @@ async fn a_key_update_from_the_peer_is_followed_and_answered() {
         let (got, end) = read_random(&mut gateway, first.len() + second.len(), &mut Rng(12)).await;
         end.unwrap();
         assert!(got == [first, second].concat(), "{} bytes", got.len());
-        // rustls holds its KeyUpdate answer until the next record it sends
-        // (RFC 8446 §4.6.3 asks for it before the next application data):
-        // the peer must be able to decrypt the gateway's next data with it.
+        // The peer must be able to decrypt the gateway's next data: our
+        // KeyUpdate precedes it (RFC 8446 §4.6.3).
         let reply = data(100_000);
         gateway.write_all(&reply).await.unwrap();
         let (plain, end) = peer.receive(reply.len()).await;
@@ -271,9 +353,8 @@ async fn a_key_update_from_the_peer_is_followed_and_answered() {
 #[tokio::test]
 async fn a_key_update_from_the_gateway_is_followed_by_the_peer() {
     bounded(async {
-        let (mut gateway, mut peer) = gateway_as_server(&rustls::version::TLS13).await;
-        let Stream::Server(tls) = &mut gateway else { unreachable!() };
-        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS13_AES_128_GCM_SHA256).await;
+        gateway.refresh_traffic_keys().unwrap();
         let sent = data(250_000);
         gateway.write_all(&sent).await.unwrap();
         gateway.flush().await.unwrap();
@@ -281,7 +362,7 @@ async fn a_key_update_from_the_gateway_is_followed_by_the_peer() {
         end.unwrap();
         assert!(plain == sent);
         // The peer's answer (its own KeyUpdate, which rustls sends before
-        // its next record) precedes its data; the bulk path must switch keys
+        // its next record) precedes its data; the gateway must switch keys
         // between them.
         let back = data(400_003);
         let records = peer.seal(&back);
@@ -295,11 +376,49 @@ async fn a_key_update_from_the_gateway_is_followed_by_the_peer() {
     .await;
 }
 
+/// A sending key at its confidentiality limit: TLS 1.3 updates it before
+/// the next record (the peer follows), TLS 1.2 refuses to send more and
+/// closes, as rustls does.
+#[tokio::test]
+async fn a_key_at_its_limit_is_updated_in_tls13_and_ends_tls12() {
+    bounded(async {
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS13_CHACHA20_POLY1305_SHA256).await;
+        gateway.set_key_limit(3);
+        let sent = data(200_000);
+        let mut buf = sent.clone();
+        let (_, mut writer) = gateway.split();
+        // 20 records through the relay's interface, 2 per batch, 3 at most per key.
+        for at in (0..buf.len()).step_by(20_000) {
+            let segment = at..(at + 20_000).min(sent.len());
+            let n = segment.len();
+            poll_fn(|cx| writer.poll_send(cx, &mut buf, std::slice::from_ref(&segment), n)).await.unwrap();
+        }
+        drop(writer);
+        let (plain, end) = peer.receive(sent.len()).await;
+        end.unwrap();
+        assert!(plain == sent);
+        drop(gateway);
+        peer.finish().await;
+
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).await;
+        gateway.set_key_limit(3);
+        let err = gateway.write_all(&data(100_000)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        drop(gateway);
+        let (plain, end) = peer.receive(usize::MAX).await;
+        end.unwrap();
+        assert!(!plain.is_empty() && plain.len() % 16384 == 0 && plain.len() <= 3 * 16384, "{}", plain.len());
+        assert_eq!(peer.conn.reader().read(&mut [0; 1]).unwrap(), 0, "then close_notify");
+        peer.finish().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_corrupted_record_is_an_error_and_the_peer_gets_bad_record_mac() {
     bounded(async {
-        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let (mut gateway, mut peer) = gateway_as_server(version).await;
+        for suite in [suites::TLS13_AES_256_GCM_SHA384, suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384] {
+            let (mut gateway, mut peer) = gateway_as_server(suite).await;
             let good = data(100_000);
             let mut records = peer.seal(&good);
             let mut bad = peer.seal(&data(10_000));
@@ -307,22 +426,17 @@ async fn a_corrupted_record_is_an_error_and_the_peer_gets_bad_record_mac() {
             bad[100] ^= 0x40;
             records.extend(bad);
             peer.send_cut(&records, &mut Rng(31)).await;
-            let mut buf = vec![0u8; BULK_READ_MIN];
-            let mut got = Vec::new();
-            let err = loop {
-                match gateway.read(&mut buf).await {
-                    Ok(0) => panic!("{version:?}: a clean end instead of an error"),
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) => break e,
-                }
-            };
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{version:?}: {err}");
-            assert!(got == good, "{version:?}: the records before the bad one are delivered");
+            let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(32)).await;
+            let err = end.expect_err("a clean end instead of an error");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{suite:?}: {err}");
+            assert!(got == good, "{suite:?}: the records before the bad one are delivered");
+            // The error stays.
+            assert!(poll_fn(|cx| gateway.reader().poll_fill(cx)).await.is_err());
             // Closed before the peer looks: the alert must have been sent by
             // the failed read itself.
             drop(gateway);
             let (_, end) = peer.receive(usize::MAX).await;
-            assert_eq!(end, Err(rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)), "{version:?}");
+            assert_eq!(end, Err(rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)), "{suite:?}");
             peer.finish().await;
         }
     })
@@ -332,7 +446,7 @@ async fn a_corrupted_record_is_an_error_and_the_peer_gets_bad_record_mac() {
 #[tokio::test]
 async fn bytes_after_close_notify_are_ignored() {
     bounded(async {
-        let (mut gateway, mut peer) = gateway_as_server(&rustls::version::TLS13).await;
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS13_AES_256_GCM_SHA384).await;
         let sent = data(200_000);
         let mut records = peer.seal(&sent);
         peer.conn.send_close_notify();
@@ -345,7 +459,7 @@ async fn bytes_after_close_notify_are_ignored() {
         let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(41)).await;
         end.unwrap();
         assert!(got == sent, "{} bytes", got.len());
-        assert_eq!(gateway.read(&mut vec![0; BULK_READ_MIN]).await.unwrap(), 0);
+        assert_eq!(gateway.read(&mut [0; 100]).await.unwrap(), 0);
         drop(gateway);
         peer.finish().await;
     })
@@ -355,15 +469,37 @@ async fn bytes_after_close_notify_are_ignored() {
 #[tokio::test]
 async fn a_tcp_end_without_close_notify_is_unexpected_eof() {
     bounded(async {
-        let (mut gateway, mut peer) = gateway_as_server(&rustls::version::TLS13).await;
-        let sent = data(500_000);
-        let records = peer.seal(&sent);
-        peer.send_cut(&records, &mut Rng(51)).await;
-        // FIN without close_notify: truncation, not a clean end.
-        peer.tcp.shutdown().await.unwrap();
-        let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(52)).await;
-        assert!(got == sent, "{} bytes", got.len());
-        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        for suite in [suites::TLS13_AES_256_GCM_SHA384, suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256] {
+            let (mut gateway, mut peer) = gateway_as_server(suite).await;
+            let sent = data(500_000);
+            let records = peer.seal(&sent);
+            // And half a record more: cut mid-record.
+            let mut more = peer.seal(&data(1000));
+            more.truncate(500);
+            peer.send_cut(&[records, more].concat(), &mut Rng(51)).await;
+            // FIN without close_notify: truncation, not a clean end.
+            peer.tcp.shutdown().await.unwrap();
+            let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(52)).await;
+            assert!(got == sent, "{} bytes", got.len());
+            assert_eq!(end.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+            drop(gateway);
+            peer.finish().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn our_close_is_a_close_notify_the_peer_sees_as_a_clean_end() {
+    bounded(async {
+        let (mut gateway, mut peer) = gateway_as_server(suites::TLS13_AES_256_GCM_SHA384).await;
+        gateway.write_all(b"last PDU").await.unwrap();
+        gateway.shutdown().await.unwrap();
+        let (plain, end) = peer.receive(usize::MAX).await;
+        end.unwrap();
+        assert_eq!(plain, b"last PDU");
+        let mut rest = Vec::new();
+        assert_eq!(peer.conn.reader().read_to_end(&mut rest).unwrap(), 0, "close_notify received");
         drop(gateway);
         peer.finish().await;
     })
@@ -371,13 +507,13 @@ async fn a_tcp_end_without_close_notify_is_unexpected_eof() {
 }
 
 #[tokio::test]
-async fn the_client_side_reads_data_between_session_tickets_and_key_updates() {
+async fn the_client_side_reads_data_between_session_tickets_and_key_updates_and_resumes() {
     bounded(async {
-        let (server, client) = configs(&rustls::version::TLS13);
+        let (server, client) = configs(suites::TLS13_AES_256_GCM_SHA384);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut gateway, mut peer) = gateway_as_client(&listener, server.clone(), client.clone()).await;
-        // The server's NewSessionTickets go out right after the handshake;
-        // the gateway's first read is a bulk one, so the bulk path takes them.
+        // The server's NewSessionTickets go out right after the handshake,
+        // between the data records; the gateway must store them.
         let (first, second) = (data(1_000_000), data(700_001));
         let mut records = peer.queued();
         records.extend(peer.seal(&first));
@@ -390,22 +526,41 @@ async fn the_client_side_reads_data_between_session_tickets_and_key_updates() {
             peer.send_cut(&records, &mut Rng(61)).await;
             peer.finish().await;
         });
-        let mut rng = Rng(62);
-        let mut buf = vec![0u8; BULK_READ_MIN];
-        let mut got = Vec::new();
-        // Bulk first, then random sizes.
-        let n = gateway.read(&mut buf).await.unwrap();
-        got.extend_from_slice(&buf[..n]);
-        let (rest, end) = read_random(&mut gateway, usize::MAX, &mut rng).await;
+        let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(62)).await;
         end.unwrap();
-        got.extend(rest);
         assert!(got == [first, second].concat(), "{} bytes", got.len());
         drop(gateway);
         writer.await.unwrap();
         // The tickets were taken: a second connection resumes.
         let (gateway, peer) = gateway_as_client(&listener, server, client).await;
-        let Stream::Client(tls) = &gateway else { unreachable!() };
-        assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(peer.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        drop(gateway);
+        peer.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls12_client_side_and_resumption() {
+    bounded(async {
+        let (server, client) = configs(suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut gateway, mut peer) = gateway_as_client(&listener, server.clone(), client.clone()).await;
+        let sent = data(300_000);
+        let mut records = peer.seal(&sent);
+        peer.conn.send_close_notify();
+        records.extend(peer.queued());
+        let writer = tokio::spawn(async move {
+            peer.send_cut(&records, &mut Rng(71)).await;
+            peer.finish().await;
+        });
+        let (got, end) = read_random(&mut gateway, usize::MAX, &mut Rng(72)).await;
+        end.unwrap();
+        assert!(got == sent);
+        drop(gateway);
+        writer.await.unwrap();
+        let (gateway, peer) = gateway_as_client(&listener, server, client).await;
+        assert_eq!(peer.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         drop(gateway);
         peer.finish().await;
     })
