@@ -230,23 +230,19 @@ async fn read_more<T: Transport>(io: &T, incoming: &mut Vec<u8>, used: &mut usiz
 }
 
 /// The alert rustls queued for its error, as far as the transport takes it
-/// now. rustls is given the unprocessed bytes again: its message joiner
-/// refers to them (an empty buffer makes it panic).
+/// now. rustls hands it out from the next `process_tls_records` call, before
+/// it looks at the input again; that is the only call made: after a
+/// deframing error rustls does not remember that it failed, so a second call
+/// would deframe the same bytes again and trip its own assertion that a fatal
+/// alert goes out once (a panic per hostile ClientHello). The unprocessed
+/// bytes are passed, not an empty buffer: rustls's message joiner refers to
+/// them.
 fn send_alert<T: Transport, C: Unbuffered>(io: &T, conn: &mut C, incoming: &mut [u8]) {
     let mut outgoing = Vec::new();
-    for _ in 0..4 {
-        let UnbufferedStatus { state, .. } = conn.process(incoming);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                if encode_into(&mut encode, &mut outgoing).is_err() {
-                    break;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-            _ => break,
+    let UnbufferedStatus { state, .. } = conn.process(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+        if encode_into(&mut encode, &mut outgoing).is_ok() && !outgoing.is_empty() {
+            let _ = io.try_write_vectored(&[IoSlice::new(&outgoing)]);
         }
-    }
-    if !outgoing.is_empty() {
-        let _ = io.try_write_vectored(&[IoSlice::new(&outgoing)]);
     }
 }

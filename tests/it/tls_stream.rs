@@ -566,3 +566,37 @@ async fn tls12_client_side_and_resumption() {
     })
     .await;
 }
+
+/// What a scanner sends instead of a ClientHello (random bytes, a record
+/// header claiming an unknown type, an oversized handshake record): the
+/// handshake fails with an error and, where rustls has one, its alert goes
+/// out; it never panics. A second pass of rustls over the same bytes to
+/// fetch the alert once made it assert (a panic per hostile connection).
+#[tokio::test]
+async fn garbage_instead_of_a_client_hello_fails_the_handshake_without_a_panic() {
+    bounded(async {
+        let (server, _) = configs(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384);
+        let mut rng = Rng(0x5eed);
+        let mut random: Vec<u8> = (0..4096).map(|_| rng.below(256) as u8).collect();
+        random[0] |= 0x80;
+        let inputs = [
+            random,
+            vec![0x42, 0x03, 0x03, 0x00, 0x10, 1, 2, 3],
+            vec![0x16, 0x03, 0x01, 0xFF, 0xFF, 0x01, 0x00, 0xFF, 0xFB],
+            vec![0x16, 0x03, 0x03, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00],
+        ];
+        for input in inputs {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            peer.write_all(&input).await.unwrap();
+            // A task of its own: a panic inside is an Err from its handle.
+            let server = server.clone();
+            let handshake = tokio::spawn(async move { handshake::accept(tcp, server).await.map(|_| ()) });
+            let result = handshake.await.expect("the handshake task must not panic");
+            assert!(result.is_err(), "{:02X?} accepted", &input[..input.len().min(9)]);
+        }
+    })
+    .await
+}
