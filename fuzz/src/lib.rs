@@ -13,6 +13,8 @@
 //! - [`tls_read`]: the TLS stream's receive path (our record layer) after
 //!   the gateway's own handshake against rustls, over ciphertext cut,
 //!   stalled and corrupted at fuzzer-chosen points, TLS 1.2 and 1.3, every AEAD.
+//! - [`tls_handshake`]: the gateway's TLS server handshake fed whatever a
+//!   scanner sends instead of a ClientHello: it fails, never panics, never hangs.
 
 mod tls_read;
 
@@ -27,7 +29,7 @@ use dicomgate::dicom::AeTitle;
 use dicomgate::relay::dimse::{Command, PdvWalker, MAX_COMMAND};
 use dicomgate::relay::framer::{FrameError, FrameEvent, Framer};
 use dicomgate::routing::{decide, Decision};
-pub use tls_read::tls_read;
+pub use tls_read::{tls_handshake, tls_read};
 
 /// Two listeners with the policies that matter: an allow list of calling AE
 /// titles with exact routes, and "anyone, any called AE title" (`*`).

@@ -414,3 +414,43 @@ fn run<P>(
         let _ = peer.reader().read(&mut [0; 1]);
     }
 }
+
+/// What a scanner or a broken client sends instead of a proper handshake:
+/// `data` as the client's bytes to the gateway's TLS server handshake
+/// (`tls::handshake::accept`), then the end of the stream.
+///
+/// Input: `[cut] [config] [bytes…]`; `cut` sets the transport's read size
+/// (in units of 67 bytes, 0 stalls once), `config` picks the server's
+/// version and AEAD like `tls_read`'s flags. Invariants: no panic (rustls's
+/// own assertions included, see `send_alert`), and the handshake ends —
+/// with an error, since no client can finish a handshake blind — within a
+/// bounded number of polls.
+pub fn tls_handshake(data: &[u8]) {
+    let [cut, config, bytes @ ..] = data else { return };
+    let (servers, _) = configs();
+    let server = servers[usize::from(*config) % servers.len()].clone();
+    let memory = Memory::default();
+    {
+        let mut wire = memory.0.borrow_mut();
+        wire.incoming = bytes.to_vec();
+        wire.cuts = vec![*cut];
+        wire.closed = true;
+    }
+    let mut handshake = pin!(handshake::accept(memory.clone(), server));
+    let mut cx = Context::from_waker(Waker::noop());
+    // Every poll reads at least 67 bytes or ends (a zero cut stalls once).
+    for _ in 0..(2 * bytes.len() / 67 + 16) {
+        match handshake.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => {
+                assert!(result.is_err(), "a handshake finished without a client");
+                return;
+            }
+            Poll::Pending => {
+                let mut wire = memory.0.borrow_mut();
+                assert!(wire.waker.take().is_some(), "Pending without a registered wake-up");
+                wire.not_ready = false;
+            }
+        }
+    }
+    panic!("the handshake neither ended nor failed within its bound");
+}

@@ -63,6 +63,34 @@ fn tls_read_corpus_replays() {
     replay("tls_read", harness::tls_read);
 }
 
+#[test]
+fn tls_handshake_corpus_replays() {
+    replay("tls_handshake", harness::tls_handshake);
+}
+
+/// Pseudo-random bytes instead of a ClientHello (fixed seed, bounded count),
+/// most of them starting like a TLS handshake record so that rustls parses
+/// past the record header.
+#[test]
+fn tls_handshake_holds_for_pseudo_random_inputs() {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..64 {
+        let len = 2 + (next() % 600) as usize;
+        let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 4 != 0 && len > 7 {
+            input[2..5].copy_from_slice(&[0x16, 0x03, 0x01]);
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| harness::tls_handshake(&input)));
+        assert!(outcome.is_ok(), "round {round}: input {:02x?}", &input[..input.len().min(16)]);
+    }
+}
+
 /// Beyond the seeds: pseudo-random inputs (fixed seed, bounded count) through
 /// the TLS read harness, so its invariants see cuts and corruptions nobody
 /// wrote down even where cargo-fuzz never runs.
