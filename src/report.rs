@@ -40,10 +40,12 @@ pub enum Outcome {
     /// The shutdown grace period ended before the A-ASSOCIATE-RQ reached an
     /// SCP (PROXY header, TLS handshake, first PDU or backend connect).
     Shutdown,
+    /// The source is blocked by the AE-title guessing protection; closed before TLS.
+    Blocked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::DeniedIp,
         Outcome::TlsError,
@@ -54,6 +56,7 @@ impl Outcome {
         Outcome::BackendUnavailable,
         Outcome::Limit,
         Outcome::Shutdown,
+        Outcome::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Outcome {
             Outcome::BackendUnavailable => "backend_unavailable",
             Outcome::Limit => "limit",
             Outcome::Shutdown => "shutdown",
+            Outcome::Blocked => "blocked",
         }
     }
 

@@ -91,6 +91,7 @@ pub fn render(s: &Snapshot) -> String {
     header(&mut h, s);
     h.push_str("<main>\n");
     listeners(&mut h, s);
+    super::page_blocked::blocked(&mut h, s);
     backends(&mut h, s);
     recent(&mut h, s);
     let _ = writeln!(
@@ -382,7 +383,7 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: two units at most.
-fn span(d: Duration) -> String {
+pub(super) fn span(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

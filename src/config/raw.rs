@@ -187,6 +187,28 @@ pub struct RawListener {
     pub proxy_protocol_allow_local: Option<bool>,
     /// Deadlines of the association phases.
     pub timeouts: Option<RawTimeouts>,
+    /// AE-title guessing protection: a source refused this often in a row is refused at accept for a while (docs/admission.md).
+    pub guessing: Option<RawGuessing>,
+}
+
+/// AE-title guessing protection. A source is an IPv4 address or an IPv6 /64.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuessing {
+    /// false: never block.
+    #[schemars(extend("default" = true))]
+    pub enabled: Option<bool>,
+    /// Consecutive refused associations (calling or called AE title refused) or failed TLS handshakes, with no forwarded association in between, that block the source (1 to 1000).
+    #[schemars(range(min = 1, max = 1000), extend("default" = 10))]
+    pub after: Option<u32>,
+    /// How long the first block lasts; each further block doubles it.
+    #[serde(default)]
+    #[schemars(schema_with = "s::duration", extend("default" = "1m"))]
+    pub block: Option<Scalar>,
+    /// The longest block.
+    #[serde(default)]
+    #[schemars(schema_with = "s::duration", extend("default" = "10m"))]
+    pub max_block: Option<Scalar>,
 }
 
 /// TLS termination.
