@@ -15,11 +15,14 @@
 //!   send their RQ. Younger ones are kept (a burst of a real peer's
 //!   associations from one address is not cut short while the budget has room);
 //! - when the whole budget is full, a new connection evicts first a
-//!   connection that has had [`STALE_AFTER`], then one that has made the
-//!   least progress ([`Progress`]: silent, speaking, TLS done), there the
-//!   oldest of the busiest source ([`super::table::Table::victim`]). A peer
-//!   that has started its handshake is thus never evicted for a silent
-//!   connection, whatever the number of addresses silent ones come from;
+//!   connection that has had [`STALE_AFTER`], then one of a source that has
+//!   had no association forwarded lately, then one that has made the least
+//!   progress ([`Progress`]: found silent, not yet looked at, speaking, TLS
+//!   done), there the oldest of the busiest source
+//!   ([`super::table::Table::victim`]). A peer that has started its
+//!   handshake is thus never evicted for a silent connection, and a known
+//!   peer never for an unknown one, whatever the number of addresses they
+//!   come from;
 //! - a connection leaves the budget when its A-ASSOCIATE-RQ has been read.
 //!
 //! Evicting is taking the entry out and telling the connection's task why
@@ -103,6 +106,12 @@ impl Budget {
         (self.capacity() / PER_SOURCE_SHARE).max(MIN_PER_SOURCE).min(self.capacity())
     }
 
+    /// An association of `ip` was forwarded: its source is known for
+    /// [`super::table::KNOWN_FOR`], and its connections evicted last.
+    pub fn forwarded(&self, ip: IpAddr) {
+        lock(&self.table).mark_known(Source::of(ip), Instant::now());
+    }
+
     /// Pre-association connections now.
     pub fn len(&self) -> usize {
         lock(&self.table).len()
@@ -117,6 +126,12 @@ impl Budget {
     /// whose connections carry many clients; see [`Ticket::rekey`]).
     /// The victims learn of it from their [`Notice`].
     pub fn enter(self: &Arc<Self>, ip: IpAddr, capped: bool) -> Ticket {
+        self.enter_at(ip, capped, Progress::Accepted)
+    }
+
+    /// [`Budget::enter`] for a connection already known to be this far
+    /// (its first bytes were waiting at accept: [`Progress::Speaking`]).
+    pub fn enter_at(self: &Arc<Self>, ip: IpAddr, capped: bool, progress: Progress) -> Ticket {
         let (capacity, per_source, now) = (self.capacity(), self.per_source(), Instant::now());
         let source = Source::of(ip);
         let notice = Arc::new(Notice::default());
@@ -128,7 +143,8 @@ impl Budget {
             let Some(victim) = t.victim(now) else { break };
             t.evict(victim, Eviction::BudgetFull);
         }
-        let entry = Entry { ip, source, since: now, progress: Progress::Silent, notice: notice.clone() };
+        let known = t.is_known(source, now);
+        let entry = Entry { ip, source, since: now, progress, known, notice: notice.clone() };
         let id = t.insert(entry);
         drop(t);
         Ticket { budget: self.clone(), id, notice, held: true }
@@ -167,6 +183,7 @@ impl Ticket {
         let Some(mut entry) = t.remove(self.id) else { return false };
         entry.ip = client;
         entry.source = Source::of(client);
+        entry.known = t.is_known(entry.source, now);
         t.trim_source(entry.source, per_source, now);
         t.put(self.id, entry);
         true

@@ -70,6 +70,9 @@ impl Limits {
 /// farewell cap and blocklist.
 pub struct Admission {
     ticket: Option<Ticket>,
+    /// The client (the PROXY header's, behind a balancer).
+    client: Option<std::net::IpAddr>,
+    budget: Arc<Budget>,
     slots: Arc<Slots>,
     slot: Option<SlotGuard>,
     farewells: Arc<Farewells>,
@@ -77,9 +80,11 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(ticket: Ticket, limits: &Limits) -> Admission {
+    pub fn new(ticket: Ticket, client: std::net::IpAddr, limits: &Limits) -> Admission {
         Admission {
             ticket: Some(ticket),
+            client: Some(client),
+            budget: limits.budget.clone(),
             slots: limits.slots.clone(),
             slot: None,
             farewells: limits.farewells.clone(),
@@ -91,6 +96,8 @@ impl Admission {
     pub fn unbudgeted(limits: &Limits) -> Admission {
         Admission {
             ticket: None,
+            client: None,
+            budget: limits.budget.clone(),
             slots: limits.slots.clone(),
             slot: None,
             farewells: limits.farewells.clone(),
@@ -101,8 +108,11 @@ impl Admission {
     /// The PROXY header named the client (see [`Ticket::rekey`]). Evicted
     /// already: nothing to do, the connection's guard closes it.
     pub fn client_known(&mut self, client: Option<SocketAddr>) {
-        let (Some(ticket), Some(client)) = (self.ticket.as_mut(), client) else { return };
-        let _ = ticket.rekey(client.ip());
+        let Some(client) = client else { return };
+        self.client = Some(client.ip());
+        if let Some(ticket) = self.ticket.as_mut() {
+            let _ = ticket.rekey(client.ip());
+        }
     }
 
     /// The connection got further: it is evicted later than silent ones.
@@ -127,9 +137,13 @@ impl Admission {
     }
 
     /// Policy said forward: take an association slot. `false`: none free
-    /// (answer A-ASSOCIATE-RJ 2/3/2).
+    /// (answer A-ASSOCIATE-RJ 2/3/2). With a slot the association goes to
+    /// an SCP, and its source is known to the budget from now on.
     pub fn take_slot(&mut self) -> bool {
         self.slot = self.slots.try_acquire();
+        if let (Some(_), Some(client)) = (&self.slot, self.client) {
+            self.budget.forwarded(client);
+        }
         self.slot.is_some()
     }
 
@@ -153,9 +167,9 @@ mod tests {
     async fn a_connection_leaves_the_budget_then_takes_a_slot_only_if_forwarded() {
         let limits = Limits::new(1); // budget 32, per source 8; one slot
         let b = limits.budget.clone();
-        let mut first = Admission::new(b.enter(ip(1), true), &limits);
-        let mut refused = Admission::new(b.enter(ip(1), true), &limits);
-        let mut second = Admission::new(b.enter(ip(1), true), &limits);
+        let mut first = Admission::new(b.enter(ip(1), true), ip(1), &limits);
+        let mut refused = Admission::new(b.enter(ip(1), true), ip(1), &limits);
+        let mut second = Admission::new(b.enter(ip(1), true), ip(1), &limits);
         assert_eq!(b.len(), 3);
         assert_eq!(first.leave_budget(), Ok(()));
         assert!(first.take_slot());
@@ -169,7 +183,7 @@ mod tests {
         assert_eq!(limits.slots.live(), 0);
 
         // Evicted just before its RQ was complete: no slot, no RJ.
-        let mut stale: Vec<Admission> = (0..8).map(|_| Admission::new(b.enter(ip(2), true), &limits)).collect();
+        let mut stale: Vec<Admission> = (0..8).map(|_| Admission::new(b.enter(ip(2), true), ip(2), &limits)).collect();
         tokio::time::advance(STALE_AFTER).await;
         let _newcomer = b.enter(ip(2), true);
         assert_eq!(stale[0].leave_budget(), Err(Eviction::SourceCap));

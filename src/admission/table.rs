@@ -1,11 +1,13 @@
 //! The pre-association budget's table: every connection that has not yet
-//! delivered its A-ASSOCIATE-RQ, indexed by how far it has got ([`Progress`])
-//! and by [`Source`], and the one rule that picks whom to evict
-//! ([`Table::victim`]). No I/O, no clock of its own: the budget passes `now`.
+//! delivered its A-ASSOCIATE-RQ, indexed by whether its source is known (has
+//! had an association forwarded within [`KNOWN_FOR`]), by how far it has got
+//! ([`Progress`]) and by [`Source`], and the one rule that picks whom to
+//! evict ([`Table::victim`]). No I/O, no clock of its own: the budget passes `now`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -19,22 +21,42 @@ use super::source::Source;
 /// one PDU from being an association.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Progress {
-    /// Accepted; no byte received yet.
+    /// Its task looked and found nothing to read yet.
     Silent = 0,
+    /// Accepted, its task not yet run: not looked at, so not yet found
+    /// silent. Under a flood the accept loop runs ahead of the connection
+    /// tasks; a newcomer must not lose its place before anyone has looked.
+    Accepted = 1,
     /// Bytes arrived (a ClientHello, or the start of a plaintext RQ).
-    Speaking = 1,
+    Speaking = 2,
     /// TLS handshake complete, waiting for the A-ASSOCIATE-RQ.
-    Secured = 2,
+    Secured = 3,
 }
 
-const TIERS: usize = 3;
+const PROGRESS: usize = 4;
+/// Per progress, entries of unknown sources, then of known ones.
+const TIERS: usize = 2 * PROGRESS;
+
+/// How long a source that had an association forwarded stays known: its
+/// connections are evicted after everyone else's (but the stale).
+pub const KNOWN_FOR: Duration = Duration::from_secs(3600);
+/// Known sources remembered per listener; the least recently forwarded goes.
+pub const MAX_KNOWN: usize = 1024;
 
 pub(super) struct Entry {
     pub ip: IpAddr,
     pub source: Source,
     pub since: Instant,
     pub progress: Progress,
+    /// The source was known when the entry came in (or moved to it).
+    pub known: bool,
     pub notice: Arc<Notice>,
+}
+
+impl Entry {
+    fn tier(&self) -> usize {
+        usize::from(self.known) * PROGRESS + self.progress as usize
+    }
 }
 
 /// The entries of one [`Progress`] tier, oldest first (ids grow with time).
@@ -78,6 +100,8 @@ pub(super) struct Table {
     tiers: [Tier; TIERS],
     /// Entries per source, all tiers (the per-source share).
     per_source: HashMap<Source, usize>,
+    /// Sources with an association forwarded, and when (the last).
+    known: HashMap<Source, Instant>,
 }
 
 impl Table {
@@ -94,14 +118,14 @@ impl Table {
 
     /// Puts an entry back under its old id (a rekey keeps its age).
     pub fn put(&mut self, id: u64, entry: Entry) {
-        self.tiers[entry.progress as usize].add(id, entry.source);
+        self.tiers[entry.tier()].add(id, entry.source);
         *self.per_source.entry(entry.source).or_default() += 1;
         self.entries.insert(id, entry);
     }
 
     pub fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
-        self.tiers[entry.progress as usize].remove(id, entry.source);
+        self.tiers[entry.tier()].remove(id, entry.source);
         if let Some(n) = self.per_source.get_mut(&entry.source) {
             *n -= 1;
             if *n == 0 {
@@ -111,15 +135,36 @@ impl Table {
         Some(entry)
     }
 
-    /// Moves an entry up to `progress` (never down). `false`: not in the table.
+    /// Moves an entry up to `progress`; the one way down is from
+    /// `Accepted` to `Silent`, once its task has looked. `false`: not in the table.
     pub fn advance(&mut self, id: u64, progress: Progress) -> bool {
         let Some(entry) = self.entries.get_mut(&id) else { return false };
-        if progress > entry.progress {
-            self.tiers[entry.progress as usize].remove(id, entry.source);
-            self.tiers[progress as usize].add(id, entry.source);
+        let looked = entry.progress == Progress::Accepted && progress == Progress::Silent;
+        if progress > entry.progress || looked {
+            self.tiers[entry.tier()].remove(id, entry.source);
             entry.progress = progress;
+            self.tiers[entry.tier()].add(id, entry.source);
         }
         true
+    }
+
+    /// Whether `source` had an association forwarded within [`KNOWN_FOR`].
+    pub fn is_known(&self, source: Source, now: Instant) -> bool {
+        self.known.get(&source).is_some_and(|at| now.duration_since(*at) < KNOWN_FOR)
+    }
+
+    /// `source` had an association forwarded now.
+    pub fn mark_known(&mut self, source: Source, now: Instant) {
+        if self.known.len() >= MAX_KNOWN && !self.known.contains_key(&source) {
+            self.known.retain(|_, at| now.duration_since(*at) < KNOWN_FOR);
+            if self.known.len() >= MAX_KNOWN {
+                let oldest = self.known.iter().min_by_key(|(_, at)| **at).map(|(s, _)| *s);
+                if let Some(oldest) = oldest {
+                    self.known.remove(&oldest);
+                }
+            }
+        }
+        self.known.insert(source, now);
     }
 
     pub fn count_of(&self, source: Source) -> usize {
@@ -132,15 +177,19 @@ impl Table {
 
     /// Whom to evict when the budget is full:
     ///
-    /// 1. an entry that has had [`STALE_AFTER`] to send its RQ, least
-    ///    advanced first, oldest first: a prompt peer is never among them,
-    ///    and a peer that finished a handshake and then went silent
-    ///    must not keep its place for the whole ACSE timeout;
-    /// 2. else the least advanced tier: there, the oldest entry of the
-    ///    source holding the most.
+    /// 1. an entry that has had [`STALE_AFTER`] to send its RQ, unknown
+    ///    sources first, least advanced first, oldest first: a prompt peer
+    ///    is never among them, and a peer that finished a handshake and then
+    ///    went silent must not keep its place for the whole ACSE timeout;
+    /// 2. else an entry of an unknown source before one of a known source
+    ///    (one that had an association forwarded within [`KNOWN_FOR`]);
+    ///    there, the least advanced; there, the oldest entry of the source
+    ///    holding the most.
     ///
     /// So silent connections, from however many addresses, only ever evict
-    /// each other while a peer that has spoken waits for its RQ.
+    /// each other while a peer that has spoken waits for its RQ, and no
+    /// connection from addresses that never got an association through
+    /// evicts one from an address that did.
     pub fn victim(&self, now: Instant) -> Option<u64> {
         let stale = self.tiers.iter().filter_map(|t| t.order.first().copied()).find(|id| self.is_stale(*id, now));
         stale.or_else(|| self.tiers.iter().find(|t| !t.order.is_empty()).and_then(Tier::busiest_oldest))
@@ -169,7 +218,7 @@ mod tests {
 
     fn entry(last: u8, since: Instant, progress: Progress) -> Entry {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
-        Entry { ip, source: Source::of(ip), since, progress, notice: Arc::default() }
+        Entry { ip, source: Source::of(ip), since, progress, known: false, notice: Arc::default() }
     }
 
     #[tokio::test(start_paused = true)]
@@ -197,5 +246,30 @@ mod tests {
         assert!(t.advance(speaking, Progress::Secured));
         assert!(!t.advance(silent_a, Progress::Secured), "evicted");
         assert_eq!((t.len(), t.count_of(Source::of(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4))))), (2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_not_yet_looked_at_goes_after_the_silent_and_a_known_source_after_everyone() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        let older = t.insert(entry(1, now, Progress::Accepted));
+        let younger = t.insert(entry(2, now, Progress::Accepted));
+        assert_eq!(t.victim(now), Some(older), "oldest first while neither was looked at");
+        assert!(t.advance(younger, Progress::Silent));
+        assert_eq!(t.victim(now), Some(younger), "looked at and found silent: before one not yet looked at");
+        assert!(t.advance(younger, Progress::Speaking));
+        assert!(t.advance(younger, Progress::Silent), "still in the table");
+        assert_eq!(t.victim(now), Some(older), "never back down once it has spoken");
+
+        let mut t = Table::default();
+        let cloud = Source::of(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        t.mark_known(cloud, now);
+        let known = t.insert(Entry { known: t.is_known(cloud, now), ..entry(1, now, Progress::Silent) });
+        let secured = t.insert(entry(2, now, Progress::Secured));
+        assert_eq!(t.victim(now), Some(secured), "an unknown source's, however advanced");
+        t.evict(secured, Eviction::BudgetFull);
+        assert_eq!(t.victim(now), Some(known));
+        tokio::time::advance(KNOWN_FOR).await;
+        assert!(!t.is_known(cloud, Instant::now()));
     }
 }

@@ -225,9 +225,20 @@ async fn until_request(
             return Err(Refused::Blocked { left });
         }
     }
-    // Whatever the deadline says is left to a silent peer, the handshake
-    // (or the first PDU) below says again, with its own error.
-    if timeout_at(deadline, tcp.readable()).await.is_ok() {
+    // Looked at: bytes already there, or silent until they come. Whatever
+    // the deadline says to a silent peer, the handshake (or the first PDU)
+    // below says again, with its own error.
+    let spoke = {
+        let mut readable = std::pin::pin!(timeout_at(deadline, tcp.readable()));
+        match refusal::poll_once(readable.as_mut()) {
+            Some(ready) => ready.is_ok(),
+            None => {
+                admission.progress(Progress::Silent);
+                readable.await.is_ok()
+            }
+        }
+    };
+    if spoke {
         admission.progress(Progress::Speaking);
     }
     let phase = Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline));

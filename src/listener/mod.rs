@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use tracing::Instrument;
 
-use crate::admission::{Admission, Budget, Limits, Notice};
+use crate::admission::{Admission, Budget, Limits, Notice, Progress};
 use crate::connection::{self, record, ListenerRuntime, Services};
 use crate::refusals::SummarisedRefusal;
 use crate::report::{ConnectionId, Outcome, Trail};
@@ -95,9 +95,15 @@ fn admit(
     // A balancer's connections carry many clients: the per-source cap
     // applies once the PROXY header has named the client.
     let capped = rt.config.proxy_protocol.is_none();
-    let ticket = limits.budget.enter(peer.ip(), capped);
+    // Bytes already waiting (a ClientHello arrives with the TCP handshake's
+    // last ACK, and under a flood the accept queue lets it arrive before we
+    // accept): ranked as speaking from the start, above silent connections,
+    // whenever its task gets to run. Behind a balancer they would be its
+    // PROXY header, which says nothing about the client.
+    let progress = if capped && has_bytes(&tcp) { Progress::Speaking } else { Progress::Accepted };
+    let ticket = limits.budget.enter_at(peer.ip(), capped, progress);
     let notice = ticket.notice();
-    let admission = Admission::new(ticket, limits);
+    let admission = Admission::new(ticket, peer.ip(), limits);
     let (services, listener) = (services.clone(), name.to_owned());
     // Every line the connection causes carries its id (the audit line too, as
     // a field): docs/operations.md, "Logs".
@@ -108,6 +114,13 @@ fn admit(
     // connection instead of 2 (massif, 500 idle TLS peers).
     let connection = Box::pin(connection::handle(tcp, peer, id, rt, admission, services.clone()));
     tracker.spawn(guarded(notice, connection, services, listener).instrument(span));
+}
+
+/// Whether bytes are waiting on a fresh socket: one non-blocking `MSG_PEEK`
+/// (tokio learns readiness only at the reactor's next turn).
+fn has_bytes(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(1..))
 }
 
 /// A connection's task: the connection, unless it is evicted first. An
