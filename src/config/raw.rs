@@ -48,7 +48,7 @@ pub struct RawAdmin {
     /// Address to serve the admin endpoint on, IP:PORT. Keep it on loopback or a management network.
     #[schemars(schema_with = "s::socket_addr", extend("examples" = ["127.0.0.1:9102"]))]
     pub listen: String,
-    /// Source networks that may use the endpoint (CIDR); others get 403. Absent: loopback only (127.0.0.0/8, ::1).
+    /// Source networks that may use the endpoint (CIDR); others are closed at accept, before any HTTP. Absent: loopback only (127.0.0.0/8, ::1).
     #[serde(default)]
     #[schemars(schema_with = "s::cidr_list", extend("examples" = [["127.0.0.1/32", "10.20.0.40/32"]]))]
     pub allow: Option<Vec<String>>,
