@@ -225,18 +225,14 @@ async fn until_request(
             return Err(Refused::Blocked { left });
         }
     }
-    // Looked at: bytes already there, or silent until they come. Whatever
-    // the deadline says to a silent peer, the handshake (or the first PDU)
-    // below says again, with its own error.
-    let spoke = {
-        let mut readable = std::pin::pin!(timeout_at(deadline, tcp.readable()));
-        match refusal::poll_once(readable.as_mut()) {
-            Some(ready) => ready.is_ok(),
-            None => {
-                admission.progress(Progress::Silent);
-                readable.await.is_ok()
-            }
-        }
+    // Looked at: bytes already there (asked of the socket: tokio learns of
+    // them only at its reactor's next turn, and a speaking peer must not be
+    // ranked silent meanwhile), or silent until they come. Whatever the
+    // deadline says to a silent peer, the handshake (or the first PDU) below
+    // says again, with its own error.
+    let spoke = bytes_waiting(&tcp) || {
+        admission.progress(Progress::Silent);
+        timeout_at(deadline, tcp.readable()).await.is_ok()
     };
     if spoke {
         admission.progress(Progress::Speaking);
@@ -262,6 +258,14 @@ async fn until_request(
             Err(refused)
         }
     }
+}
+
+/// Whether bytes are waiting on a socket: one non-blocking `MSG_PEEK`. The
+/// accept loop and a connection's first step ask it to rank the connection
+/// in the pre-association budget ([`Progress`]).
+pub fn bytes_waiting(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(1..))
 }
 
 /// Runs a phase before the relay unless the shutdown grace period ends first;

@@ -48,7 +48,7 @@ pub(super) fn send_at_once<S: AsyncWrite + Unpin>(stream: &mut S, pdu: &[u8]) {
 }
 
 /// Polls `work` once: its result if it completes without waiting.
-pub(super) fn poll_once<T>(work: impl Future<Output = T>) -> Option<T> {
+fn poll_once<T>(work: impl Future<Output = T>) -> Option<T> {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(work).poll(&mut cx) {
         Poll::Ready(v) => Some(v),

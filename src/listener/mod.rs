@@ -100,7 +100,7 @@ fn admit(
     // accept): ranked as speaking from the start, above silent connections,
     // whenever its task gets to run. Behind a balancer they would be its
     // PROXY header, which says nothing about the client.
-    let progress = if capped && has_bytes(&tcp) { Progress::Speaking } else { Progress::Accepted };
+    let progress = if capped && connection::bytes_waiting(&tcp) { Progress::Speaking } else { Progress::Accepted };
     let ticket = limits.budget.enter_at(peer.ip(), capped, progress);
     let notice = ticket.notice();
     let admission = Admission::new(ticket, peer.ip(), limits);
@@ -114,13 +114,6 @@ fn admit(
     // connection instead of 2 (massif, 500 idle TLS peers).
     let connection = Box::pin(connection::handle(tcp, peer, id, rt, admission, services.clone()));
     tracker.spawn(guarded(notice, connection, services, listener).instrument(span));
-}
-
-/// Whether bytes are waiting on a fresh socket: one non-blocking `MSG_PEEK`
-/// (tokio learns readiness only at the reactor's next turn).
-fn has_bytes(tcp: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(1..))
 }
 
 /// A connection's task: the connection, unless it is evicted first. An

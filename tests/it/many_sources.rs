@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::deny_service::source;
 use crate::support::attack::{listen_drops, size_from_env};
 use crate::support::daemon::require_nofile;
-use crate::support::flood::{attacker_addresses, prompt_association, Hold, Reconnecting};
+use crate::support::flood::{attacker_addresses, prompt_association, prompt_association_apart, Hold, Reconnecting};
 use crate::support::wire;
 
 /// How long after its TCP connect the prompt peer sends its RQ.
@@ -68,11 +68,11 @@ async fn prompt_peer_survives(hold: Hold) {
     let mut cold = Vec::new();
     for round in 0..ROUNDS {
         let fresh = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1 + round as u8));
-        cold.push(prompt_association(addr, fresh, RQ_AFTER, tls.clone()).await);
+        cold.push(prompt_association_apart(addr, fresh, RQ_AFTER, tls.clone()).await);
     }
     let mut known = Vec::new();
     for _ in 0..ROUNDS {
-        known.push(prompt_association(addr, source(1), RQ_AFTER, tls.clone()).await);
+        known.push(prompt_association_apart(addr, source(1), RQ_AFTER, tls.clone()).await);
     }
     let took = started.elapsed();
     let (after, connects_during) = (daemon.scrape().await, attack.connects() - connects_before);
@@ -99,6 +99,11 @@ async fn prompt_peer_survives(hold: Hold) {
         Hold::Silent => &[("from fresh addresses", &cold), ("from a known source", &known)],
         Hold::TlsSilent => &[("from a known source", &known)],
     };
+    if std::env::var_os("MANY_SOURCES_DEBUG").is_some() {
+        let log = daemon.log_text();
+        let about: Vec<&str> = log.lines().filter(|l| l.contains("127.0.2.") || l.contains("127.0.0.1:")).collect();
+        eprintln!("the gateway's lines about the peers:\n{}", about.join("\n"));
+    }
     for (what, results) in asserted {
         let ok = results.iter().filter(|r| r.is_ok()).count();
         let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();

@@ -231,6 +231,24 @@ async fn until_closed<S: AsyncRead + Unpin>(mut s: S, stop: &AtomicBool) {
     }
 }
 
+/// [`prompt_association`] on a thread (and runtime) of its own, as a peer
+/// on another machine would be: the attackers' tasks in this process must
+/// not delay its ClientHello after its TCP connect, which no real client
+/// does (its ClientHello leaves with the handshake's last ACK).
+pub async fn prompt_association_apart(
+    addr: SocketAddr,
+    source: IpAddr,
+    delay: Duration,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Duration, String> {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("peer runtime");
+        rt.block_on(prompt_association(addr, source, delay, tls))
+    })
+    .await
+    .expect("peer thread")
+}
+
 /// One association from `source` whose RQ goes out `delay` after the TCP
 /// connect (TLS in between), released when accepted. `Err`: what happened
 /// instead, in words.
