@@ -232,7 +232,11 @@ async fn until_request(
     // says again, with its own error.
     let spoke = bytes_waiting(&tcp) || {
         admission.progress(Progress::Silent);
-        timeout_at(deadline, tcp.readable()).await.is_ok()
+        // The wait is the first part of the handshake (of the first PDU on a
+        // plaintext listener), and ends with the shutdown grace period too.
+        let phase = if rt.acceptor.is_some() { Phase::TlsHandshake } else { Phase::FirstPdu };
+        let waiting = async { Ok(timeout_at(deadline, first_bytes(&tcp)).await.unwrap_or(false)) };
+        unless_forced(forced, phase, Box::pin(waiting)).await?
     };
     if spoke {
         admission.progress(Progress::Speaking);
@@ -264,8 +268,28 @@ async fn until_request(
 /// accept loop and a connection's first step ask it to rank the connection
 /// in the pre-association budget ([`Progress`]).
 pub fn bytes_waiting(tcp: &TcpStream) -> bool {
+    matches!(peek(tcp), Ok(1..))
+}
+
+fn peek(tcp: &TcpStream) -> std::io::Result<usize> {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(1..))
+    socket2::SockRef::from(tcp).peek(&mut byte)
+}
+
+/// Waits for the first bytes, leaving them to be read; `false` at the
+/// peer's close. tokio reports a fresh socket readable before anything came,
+/// so readiness is confirmed with a peek, which clears it when nothing did.
+async fn first_bytes(tcp: &TcpStream) -> bool {
+    loop {
+        if tcp.readable().await.is_err() {
+            return false;
+        }
+        match tcp.try_io(tokio::io::Interest::READABLE, || peek(tcp)) {
+            Ok(n) => return n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Runs a phase before the relay unless the shutdown grace period ends first;
@@ -355,6 +379,25 @@ mod tests {
 
     /// Every idle TLS connection is one of these tasks: its size is memory
     /// per connection (bench/RESULTS.md, "KiB per idle TLS connection").
+    /// A silent socket is not taken for a speaking one (tokio calls a fresh
+    /// socket readable before any byte came); a byte, or the close, ends the wait.
+    #[tokio::test]
+    async fn first_bytes_waits_for_bytes_not_for_tokios_first_readiness() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        assert!(!bytes_waiting(&tcp));
+        let wait = Duration::from_millis(200);
+        assert!(timeout(wait, first_bytes(&tcp)).await.is_err(), "silent, yet taken for speaking");
+        client.write_all(&[0x16]).await.expect("write");
+        assert_eq!(timeout(wait, first_bytes(&tcp)).await.ok(), Some(true));
+        assert!(bytes_waiting(&tcp), "the byte is still there for the handshake");
+        let second = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        drop(second);
+        assert_eq!(timeout(wait, first_bytes(&tcp)).await.ok(), Some(false), "closed without a byte");
+    }
+
     #[tokio::test]
     async fn a_waiting_connection_task_stays_small() {
         let yaml = "backends:\n  pacs: {ae_title: PACS, servers: [127.0.0.1:104], health_check: {mode: \"off\"}}\n\

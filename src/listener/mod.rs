@@ -162,8 +162,9 @@ pub fn raise_nofile_limit(needed: u64) {
                 tracing::warn!(
                     limit = now,
                     needed = needed + BASE,
-                    "the open files limit is below what max_connections needs (2 per association + the \
-                     pre-association budget): raise LimitNOFILE= in the systemd unit, or lower max_connections"
+                    "the open files limit is below what max_connections needs (2 per association, the \
+                     pre-association budget and the farewell cap): raise LimitNOFILE= in the systemd unit, or \
+                     lower max_connections"
                 );
             }
         }
