@@ -65,14 +65,18 @@ async fn blocked_sources(daemon: &Daemon) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-/// Waits until `rejected_calling_ae` reaches `n`: a refusal is recorded when
-/// its connection ends, a moment after the peer saw the RJ and the close.
-async fn refusals_recorded(daemon: &Daemon, n: u64) {
+/// Waits until `outcome` reaches `n`: a connection is recorded when it
+/// ends, a moment after the peer saw the RJ (or the release) and the close.
+async fn recorded(daemon: &Daemon, outcome: &str, n: u64) {
     let deadline = Instant::now() + support::PROMPT;
-    while daemon.scrape().await.connections("store", "rejected_calling_ae") < n {
-        assert!(Instant::now() < deadline, "{n} refusals not recorded:\n{}", daemon.scrape().await.0);
+    while daemon.scrape().await.connections("store", outcome) < n {
+        assert!(Instant::now() < deadline, "{n} {outcome} not recorded:\n{}", daemon.scrape().await.0);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn refusals_recorded(daemon: &Daemon, n: u64) {
+    recorded(daemon, "rejected_calling_ae", n).await;
 }
 
 async fn sources_blocked_metric(daemon: &Daemon) -> f64 {
@@ -131,6 +135,7 @@ async fn a_guessing_source_is_blocked_then_unblocked_and_a_peer_that_succeeds_be
         refusals_recorded(&daemon, 20 + 9 * (round + 1)).await;
         assert!(associates(addr, cloud).await, "round {round}: the cloud was blocked");
     }
+    recorded(&daemon, "forwarded", 7).await;
     let scrape = daemon.scrape().await;
     eprintln!(
         "guessing: blocked after 10 refusals; served again {unblocked_after:?} after a 2 s block; the second \
