@@ -4,10 +4,18 @@
 # slowloris connections (TCP and TLS, silent or one byte a second) from
 # 127.0.0.2 while DCMTK's echoscu must still be served, a connect-and-close
 # flood that must leave the daemon's fds and RSS at baseline, and the hostile
-# first-PDU cases. Then tests/admission_defaults.rs at its larger sizes. Loopback only (127.0.0.0/8); every loop is bounded in count
-# and the whole run in time.
+# first-PDU cases. Then tests/admission_defaults.rs at its larger sizes. Then
+# issue 20's attacks (tests/it/deny_service.rs, refusal_summaries.rs,
+# many_sources.rs, guessing.rs): a never-closing bad-AE flood and an RJ 2/3/2
+# storm at 500 RQs/s for 10 s, off-list admin peers, FLOOD garbage-TLS
+# connections with an ATNA receiver, and SLOWLORIS attacker addresses (as
+# many concurrent connections, at most 3000) against a prompt peer. Loopback
+# only (127.0.0.0/8); every loop is bounded in count and the whole run in time.
 #
 #   scripts/abuse.sh [SLOWLORIS [FLOOD]]     defaults: 5000 slowloris, 20000 flood
+#
+# DICOMGATE_BINARY=PATH measures another build (e.g. the release before a
+# fix) with the same tests; only the figures they print are then of use.
 #
 # Needs about 2 × SLOWLORIS + 512 open files: the soft limit is raised to
 # that when the hard limit allows (ulimit -n), else the script stops.
@@ -47,3 +55,10 @@ timeout --kill-after=30s 1800 \
 export ADMISSION_HOSTILE="$slowloris" ADMISSION_DENIED="$flood"
 timeout --kill-after=30s 900 \
   cargo test --release --locked --test it admission_defaults:: -- --nocapture --test-threads=1
+# Issue 20: allowed peers, AE-title guessers and off-list scanners.
+workers=$((slowloris < 3000 ? slowloris : 3000))
+export DENY_RQ_RATE=500 DENY_RQ_SECONDS=10 DENY_GARBAGE="$flood" \
+  MANY_SOURCES_ADDRESSES="$slowloris" MANY_SOURCES_WORKERS="$workers"
+timeout --kill-after=30s 1800 \
+  cargo test --release --locked --test it -- deny_service:: refusal_summaries:: many_sources:: guessing:: \
+  --nocapture --test-threads=1

@@ -34,6 +34,14 @@ pub enum PrepareError {
         #[source]
         source: TlsError,
     },
+    /// Pinned, and refused by rustls in every handshake: said at load.
+    #[error(
+        "listeners.{listener}.tls.client_certificates[{index}]: {}: the pinned client certificate is X.509 v1, \
+         which every TLS handshake refuses (rustls: UnsupportedCertVersion); the cloud must {}",
+        .path.display(),
+        tls::REISSUE_AS_V3
+    )]
+    PinnedX509v1 { listener: String, index: usize, path: std::path::PathBuf },
     #[error("backends.{backend}.tls: {source}")]
     BackendTls {
         backend: String,
@@ -158,6 +166,7 @@ pub fn listener(
             if let Some(cert) = certificate.as_ref().filter(|c| c.days_left() < 0) {
                 return Err(err(TlsError::Expired { path: t.certificate.clone(), not_after: cert.validity_text().1 }));
             }
+            pinned_are_v3(lc, &t.client_auth.pinned)?;
             let server = tls::server_config(t, &identity).map_err(err)?;
             (Some(TlsAcceptor::from(server.config)), certificate, server.crls)
         }
@@ -176,6 +185,20 @@ pub fn client_auth(lc: &ListenerConfig) -> Result<CrlSet, PrepareError> {
         Security::Tls(t) => tls::server::client_auth(t).map_err(|e| PrepareError::listener_tls(&lc.name, e)),
         Security::Plaintext => Ok(CrlSet::default()),
     }
+}
+
+/// A pinned X.509 v1 client certificate loads, and then fails every
+/// handshake (webpki parses the peer's certificate to check its signature,
+/// and refuses v1): refused here, so `check`, the start and a reload say so.
+/// A file that does not load is left to the TLS configuration's own error.
+fn pinned_are_v3(lc: &ListenerConfig, pinned: &[std::path::PathBuf]) -> Result<(), PrepareError> {
+    for (index, path) in pinned.iter().enumerate() {
+        let Ok(chain) = pki::load_certificate_chain(path) else { continue };
+        if chain.first().is_some_and(|leaf| tls::is_x509_v1(leaf)) {
+            return Err(PrepareError::PinnedX509v1 { listener: lc.name.clone(), index, path: path.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// What an admin must hear about a TLS listener's certificate and key before

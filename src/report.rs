@@ -42,10 +42,12 @@ pub enum Outcome {
     /// The shutdown grace period ended before the A-ASSOCIATE-RQ reached an
     /// SCP (PROXY header, TLS handshake, first PDU or backend connect).
     Shutdown,
+    /// The source is blocked by the AE-title guessing protection; closed before TLS.
+    Blocked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Forwarded,
         Outcome::DeniedIp,
         Outcome::TlsError,
@@ -57,6 +59,7 @@ impl Outcome {
         Outcome::Limit,
         Outcome::Shutdown,
         Outcome::TlsRevoked,
+        Outcome::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Outcome {
             Outcome::BackendUnavailable => "backend_unavailable",
             Outcome::Limit => "limit",
             Outcome::Shutdown => "shutdown",
+            Outcome::Blocked => "blocked",
         }
     }
 

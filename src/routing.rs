@@ -101,7 +101,7 @@ mod tests {
             called_ae: called,
             calling_ae: calling,
             presentation_contexts: 1,
-            max_length: None,
+            max_lengths: Vec::new(),
             implementation_class_uid: None,
             implementation_version_name: None,
         }

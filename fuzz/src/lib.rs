@@ -102,7 +102,7 @@ fn check_rq(pdu: &[u8]) {
     assert!(view.presentation_contexts >= 1, "parsed an RQ without presentation contexts");
     assert_eq!(&view.called_ae[..], &pdu[10..26]);
     assert_eq!(&view.calling_ae[..], &pdu[26..42]);
-    if let Some((value, offset)) = view.max_length {
+    for &(value, offset) in &view.max_lengths {
         assert_eq!(pdu.get(offset..offset + 4), Some(&value.to_be_bytes()[..]), "max length offset is wrong");
     }
     for listener in listeners() {
@@ -124,7 +124,7 @@ fn check_rq(pdu: &[u8]) {
         assert_eq!(patched.len(), pdu.len());
         let again = associate::parse(&patched).expect("a patched RQ still parses");
         assert_eq!(again.presentation_contexts, view.presentation_contexts);
-        assert_eq!(again.max_length, view.max_length);
+        assert_eq!(again.max_lengths, view.max_lengths);
     }
 }
 

@@ -13,27 +13,31 @@
 //!   health does not enter into it.
 //!
 //! Who may ask: sources in `admin.allow` (default loopback only), because
-//! these pages show peers, AE titles and allow lists. Others get 403 on every
-//! request, counted in `dicomgate_admin_requests_denied_total` and never
+//! these pages show peers, AE titles and allow lists. Others are closed
+//! right after `accept`, before they take a connection permit or a byte of
+//! HTTP is read, counted in `dicomgate_admin_requests_denied_total` and never
 //! logged one line each (anyone who can reach the port could fill the log).
+//! So an off-list peer cannot hold the endpoint: a health checker on the
+//! allow list always finds a permit (issue 20, finding 2).
 //!
 //! `HEAD` is answered like `GET` without a body; other paths get 404, other
 //! methods 405. HTTP parsing is hyper's (HTTP/1.1 only); this module owns the
-//! routing and the bounds: a permit per connection taken before `accept`, a
-//! header read deadline that also closes idle keep-alive connections, a
-//! bounded read buffer and a maximum connection age. The accept loop backs off
-//! on errors instead of ending; it stops when `stop` is cancelled.
+//! routing and the bounds for allowed peers: a permit per connection (an
+//! allowed connection waits for one, and the accept loop with it), a header
+//! read deadline that also closes idle keep-alive connections, a bounded
+//! read buffer and a maximum connection age. The accept loop backs off on
+//! errors instead of ending; it stops when `stop` is cancelled.
 //!
 //! The endpoint keeps serving while the gateway drains (that is when
 //! `/readyz` must say 503); the caller cancels `stop` once the gateway has
 //! stopped.
 
 pub mod page;
+mod page_blocked;
 mod page_crls;
 pub mod status;
 
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +93,7 @@ pub struct AdminContext {
     pub metrics: Metrics,
     pub state: watch::Receiver<State>,
     pub board: Arc<StatusBoard>,
-    /// `admin.allow`: sources outside it get 403.
+    /// `admin.allow`: sources outside it are closed at accept.
     pub allow: Arc<AdminConfig>,
 }
 
@@ -113,9 +117,18 @@ pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: Cancella
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     let mut acceptor = Acceptor::new(&listener, &stop, "admin");
-    loop {
-        // The permit comes first (as in mini-redis): at the cap we stop
-        // accepting rather than accept and drop.
+    while let Some((tcp, peer)) = acceptor.next().await {
+        // Decided once per connection, before anything else: the source
+        // cannot change mid-connection, and an off-list peer must not hold
+        // a permit (or the accept loop) for hyper's header timeout.
+        if !ctx.allow.allows(peer.ip()) {
+            drop(tcp);
+            ctx.metrics.admin_request_denied();
+            continue;
+        }
+        // At the cap an allowed connection waits here, in our hands, and
+        // the others in the kernel's backlog (as in mini-redis, but after
+        // the allow list).
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
             p = permits.clone().acquire_owned() => match p {
@@ -124,10 +137,9 @@ pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: Cancella
                 Err(_) => break,
             },
         };
-        let Some((tcp, peer)) = acceptor.next().await else { break };
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tracker.spawn(async move {
-            serve_connection(tcp, peer.ip(), ctx, stop).await;
+            serve_connection(tcp, ctx, stop).await;
             drop(permit);
         });
     }
@@ -139,23 +151,16 @@ pub async fn serve_with(listener: TcpListener, ctx: AdminContext, stop: Cancella
     }
 }
 
-async fn serve_connection(tcp: TcpStream, peer: IpAddr, ctx: AdminContext, stop: CancellationToken) {
-    // Decided once per connection: the source cannot change mid-connection.
-    let allowed = ctx.allow.allows(peer);
+/// One allowed peer's connection.
+async fn serve_connection(tcp: TcpStream, ctx: AdminContext, stop: CancellationToken) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let response = if allowed {
-            respond(req.method(), req.uri().path(), &ctx)
-        } else {
-            ctx.metrics.admin_request_denied();
-            forbidden()
-        };
+        let response = respond(req.method(), req.uri().path(), &ctx);
         async move { Ok::<_, Infallible>(response) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_BUF_SIZE)
-        .keep_alive(allowed)
         .serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -222,11 +227,6 @@ fn respond(method: &Method, path: &str, ctx: &AdminContext) -> Response<Full<Byt
         }
         _ => text(StatusCode::OK, "ok"),
     }
-}
-
-/// 403 for a source outside `admin.allow`; the connection is not kept alive.
-fn forbidden() -> Response<Full<Bytes>> {
-    text(StatusCode::FORBIDDEN, "forbidden: this address is not in admin.allow\n")
 }
 
 /// The status page, with the headers that keep a browser strict: nothing

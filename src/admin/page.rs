@@ -91,6 +91,7 @@ pub fn render(s: &Snapshot) -> String {
     header(&mut h, s);
     h.push_str("<main>\n");
     listeners(&mut h, s);
+    super::page_blocked::blocked(&mut h, s);
     backends(&mut h, s);
     super::page_crls::section(&mut h, s);
     recent(&mut h, s);

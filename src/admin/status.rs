@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::admission::Blocklist;
 use crate::backend::health::StatusView;
 use crate::backend::HealthRegistry;
 use crate::config::{ListenerConfig, Security};
@@ -90,7 +91,36 @@ impl StatusBoard {
             listeners,
             backends: self.health.status(),
             recent_associations: self.recent.newest_first(),
+            blocked_sources: self.blocked_sources(),
         }
+    }
+
+    fn views(&self) -> Vec<ListenerView> {
+        self.listeners.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Every source blocked now, by listener.
+    fn blocked_sources(&self) -> Vec<BlockedSource> {
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        for view in self.views() {
+            out.extend(view.blocklist.list(now).into_iter().map(|b| BlockedSource {
+                listener: view.name.clone(),
+                source: b.source.to_string(),
+                address: b.ip.to_canonical().to_string(),
+                // Rounded up: "0 s left" would read as not blocked.
+                seconds_left: b.left.as_secs() + u64::from(b.left.subsec_nanos() > 0),
+                block_seconds: b.block.as_secs(),
+                blocks: b.blocks,
+            }));
+        }
+        out
+    }
+
+    /// (listener, sources blocked now), every listener (`dicomgate_sources_blocked`).
+    pub fn sources_blocked(&self) -> Vec<(String, usize)> {
+        let now = tokio::time::Instant::now();
+        self.views().into_iter().map(|v| (v.name.clone(), v.blocklist.count(now))).collect()
     }
 }
 
@@ -122,6 +152,8 @@ pub struct Snapshot {
     pub backends: StatusView,
     /// Newest first, at most [`crate::recent::CAPACITY`].
     pub recent_associations: Vec<RecentAssociation>,
+    /// Sources blocked by the guessing protection, longest left first per listener.
+    pub blocked_sources: Vec<BlockedSource>,
 }
 
 impl Snapshot {
@@ -159,6 +191,9 @@ pub struct ListenerView {
     pub proxy_protocol: bool,
     /// `tls.client_crls` as read at start or the last reload.
     pub crls: Vec<CrlView>,
+    /// The listener's guessing protection (live, kept across reloads).
+    #[serde(skip)]
+    pub blocklist: Arc<Blocklist>,
 }
 
 impl ListenerView {
@@ -167,6 +202,7 @@ impl ListenerView {
         address: SocketAddr,
         certificate: Option<&CertificateInfo>,
         crls: &[CrlInfo],
+        blocklist: Arc<Blocklist>,
     ) -> ListenerView {
         let (security, tls_versions, scu) = match &config.security {
             Security::Tls(t) => (
@@ -196,8 +232,23 @@ impl ListenerView {
             max_connections: config.max_connections,
             proxy_protocol: config.proxy_protocol.is_some(),
             crls: crls.iter().map(|c| c.view(&format!("listeners.{}.tls", config.name))).collect(),
+            blocklist,
         }
     }
+}
+
+/// A source the guessing protection refuses at accept now.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedSource {
+    pub listener: String,
+    /// An IPv4 address or an IPv6 /64.
+    pub source: String,
+    /// The address whose refusal started the block.
+    pub address: String,
+    pub seconds_left: u64,
+    pub block_seconds: u64,
+    /// Blocks in a row (each doubles the last, up to `guessing.max_block`).
+    pub blocks: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]

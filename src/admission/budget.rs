@@ -9,17 +9,21 @@
 //!
 //! - a listener holds at most [`Budget::capacity`] pre-association
 //!   connections (default: `max_connections`, at least [`MIN_BUDGET`]);
-//! - a source address holds [`Budget::per_source`] of them (a quarter) as
-//!   of right: a new connection from a source at that share evicts the
-//!   source's oldest ones that have had [`STALE_AFTER`] to send their RQ.
-//!   Younger ones are kept (a burst of a real peer's associations from one
-//!   address is not cut short while the budget has room);
-//! - when the whole budget is full, a new connection evicts the oldest one of
-//!   the source holding the most. A source with few connections in progress
-//!   (a legitimate peer) is thus never evicted by a busier one;
-//! - a connection leaves the budget when its A-ASSOCIATE-RQ has been read
-//!   ("graduates") and only then takes one of `max_connections` association
-//!   slots; none free: A-ASSOCIATE-RJ 2/3/2 (local limit exceeded).
+//! - a [`Source`] (an IPv4 address, an IPv6 /64) holds [`Budget::per_source`]
+//!   of them (a quarter) as of right: a new connection from a source at that
+//!   share evicts the source's connections that have had [`STALE_AFTER`] to
+//!   send their RQ. Younger ones are kept (a burst of a real peer's
+//!   associations from one address is not cut short while the budget has room);
+//! - when the whole budget is full, a new connection evicts first a
+//!   connection that has had [`STALE_AFTER`], then one of a source that has
+//!   had no association forwarded lately, then one that has made the least
+//!   progress ([`Progress`]: found silent, not yet looked at, speaking, TLS
+//!   done), there the oldest of the busiest source
+//!   ([`super::table::Table::victim`]). A peer that has started its
+//!   handshake is thus never evicted for a silent connection, and a known
+//!   peer never for an unknown one, whatever the number of addresses they
+//!   come from;
+//! - a connection leaves the budget when its A-ASSOCIATE-RQ has been read.
 //!
 //! Evicting is taking the entry out and telling the connection's task why
 //! (its [`Notice`], see [`super::eviction`]): the task closes the connection
@@ -28,7 +32,6 @@
 //! here is a short critical section on a std mutex: O(sources) at worst, and
 //! sources are bounded by the budget itself. It never awaits.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +40,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::eviction::{Eviction, Notice};
+use super::source::Source;
+use super::table::{Entry, Progress, Table};
 
 /// The smallest pre-association budget, whatever `max_connections` says: a
 /// listener with a handful of association slots still answers a burst of
@@ -45,75 +50,24 @@ pub const MIN_BUDGET: usize = 32;
 /// The per-source cap is the budget divided by this (at least [`MIN_PER_SOURCE`]).
 const PER_SOURCE_SHARE: usize = 4;
 const MIN_PER_SOURCE: usize = 8;
-/// How long a connection of a source over its share may go without a
-/// complete RQ before a newer one of the same source evicts it: a TLS
-/// handshake and an RQ take a few round trips, well under a second even
-/// across a continent.
+/// How long a pre-association connection may go without a complete RQ
+/// before it is the first to be evicted (by a newer one of its source over
+/// the share, or by anyone when the budget is full): a TLS handshake and an
+/// RQ take a few round trips, well under a second even across a continent.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// A pre-association connection as the budget sees it.
-struct Entry {
-    id: u64,
-    since: Instant,
-    notice: Arc<Notice>,
-}
-
-#[derive(Default)]
-struct Table {
-    next_id: u64,
-    len: usize,
-    /// Oldest first (ids grow monotonically).
-    by_source: HashMap<IpAddr, VecDeque<Entry>>,
-}
-
 impl Table {
-    fn remove(&mut self, source: IpAddr, id: u64) -> bool {
-        let Some(queue) = self.by_source.get_mut(&source) else { return false };
-        let Some(at) = queue.iter().position(|e| e.id == id) else { return false };
-        queue.remove(at);
-        if queue.is_empty() {
-            self.by_source.remove(&source);
+    /// Evicts the stale entries of `source` while it holds `share` or more.
+    fn trim_source(&mut self, source: Source, share: usize, now: Instant) {
+        while self.count_of(source) >= share {
+            let Some(id) = self.stale_of(source, now) else { break };
+            self.evict(id, Eviction::SourceCap);
         }
-        self.len -= 1;
-        true
-    }
-
-    fn evict_oldest_of(&mut self, source: IpAddr, why: Eviction) {
-        let Some(queue) = self.by_source.get_mut(&source) else { return };
-        if let Some(victim) = queue.pop_front() {
-            self.len -= 1;
-            victim.notice.evict(source, why);
-        }
-        if queue.is_empty() {
-            self.by_source.remove(&source);
-        }
-    }
-
-    /// Evicts the oldest entries of `source` while it holds `share` or more
-    /// and the oldest has had [`STALE_AFTER`].
-    fn trim_source(&mut self, source: IpAddr, share: usize, now: Instant) {
-        while self
-            .by_source
-            .get(&source)
-            .and_then(|q| q.front().map(|oldest| (q.len(), oldest.since)))
-            .is_some_and(|(len, since)| len >= share && now.duration_since(since) >= STALE_AFTER)
-        {
-            self.evict_oldest_of(source, Eviction::SourceCap);
-        }
-    }
-
-    /// The source holding the most entries; on a tie, the one whose oldest is oldest.
-    fn busiest(&self) -> Option<IpAddr> {
-        self.by_source
-            .iter()
-            .filter_map(|(ip, q)| q.front().map(|oldest| (*ip, q.len(), oldest.id)))
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
-            .map(|(ip, _, _)| ip)
     }
 }
 
 /// Locks, recovering from poisoning: the table stays consistent across every
-/// statement that can panic (none on this path allocate outside `push_back`).
+/// statement that can panic (none on this path allocate outside an insert).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -152,9 +106,15 @@ impl Budget {
         (self.capacity() / PER_SOURCE_SHARE).max(MIN_PER_SOURCE).min(self.capacity())
     }
 
+    /// An association of `ip` was forwarded: its source is known for
+    /// [`super::table::KNOWN_FOR`], and its connections evicted last.
+    pub fn forwarded(&self, ip: IpAddr) {
+        lock(&self.table).mark_known(Source::of(ip), Instant::now());
+    }
+
     /// Pre-association connections now.
     pub fn len(&self) -> usize {
-        lock(&self.table).len
+        lock(&self.table).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,26 +122,32 @@ impl Budget {
     }
 
     /// Enters a new connection, evicting as the rule says. `capped`: whether
-    /// the per-source cap applies to `source` (not to a trusted load balancer,
+    /// the per-source cap applies to `ip` (not to a trusted load balancer,
     /// whose connections carry many clients; see [`Ticket::rekey`]).
     /// The victims learn of it from their [`Notice`].
-    pub fn enter(self: &Arc<Self>, source: IpAddr, capped: bool) -> Ticket {
+    pub fn enter(self: &Arc<Self>, ip: IpAddr, capped: bool) -> Ticket {
+        self.enter_at(ip, capped, Progress::Accepted)
+    }
+
+    /// [`Budget::enter`] for a connection already known to be this far
+    /// (its first bytes were waiting at accept: [`Progress::Speaking`]).
+    pub fn enter_at(self: &Arc<Self>, ip: IpAddr, capped: bool, progress: Progress) -> Ticket {
         let (capacity, per_source, now) = (self.capacity(), self.per_source(), Instant::now());
+        let source = Source::of(ip);
+        let notice = Arc::new(Notice::default());
         let mut t = lock(&self.table);
         if capped {
             t.trim_source(source, per_source, now);
         }
-        while t.len >= capacity {
-            let Some(busiest) = t.busiest() else { break };
-            t.evict_oldest_of(busiest, Eviction::BudgetFull);
+        while t.len() >= capacity {
+            let Some(victim) = t.victim(now) else { break };
+            t.evict(victim, Eviction::BudgetFull);
         }
-        let id = t.next_id;
-        t.next_id += 1;
-        let notice = Arc::new(Notice::default());
-        t.by_source.entry(source).or_default().push_back(Entry { id, since: now, notice: notice.clone() });
-        t.len += 1;
+        let known = t.is_known(source, now);
+        let entry = Entry { ip, source, since: now, progress, known, notice: notice.clone() };
+        let id = t.insert(entry);
         drop(t);
-        Ticket { budget: self.clone(), source, id, since: now, notice, held: true }
+        Ticket { budget: self.clone(), id, notice, held: true }
     }
 }
 
@@ -189,9 +155,7 @@ impl Budget {
 /// frees the place.
 pub struct Ticket {
     budget: Arc<Budget>,
-    source: IpAddr,
     id: u64,
-    since: Instant,
     notice: Arc<Notice>,
     held: bool,
 }
@@ -202,6 +166,13 @@ impl Ticket {
         self.notice.clone()
     }
 
+    /// The connection got further ([`Progress`]): it is evicted later.
+    pub fn progress(&self, progress: Progress) {
+        if self.held {
+            lock(&self.budget.table).advance(self.id, progress);
+        }
+    }
+
     /// Behind a load balancer: the PROXY header named the real client, so the
     /// entry moves to that source (keeping its age) and the per-source cap
     /// applies to it (the victims learn of it from their [`Notice`]).
@@ -209,16 +180,12 @@ impl Ticket {
     pub fn rekey(&mut self, client: IpAddr) -> bool {
         let (per_source, now) = (self.budget.per_source(), Instant::now());
         let mut t = lock(&self.budget.table);
-        if !t.remove(self.source, self.id) {
-            return false;
-        }
-        t.trim_source(client, per_source, now);
-        let queue = t.by_source.entry(client).or_default();
-        // Keep the order by age: entries of this source may be younger.
-        let at = queue.iter().position(|e| e.id > self.id).unwrap_or(queue.len());
-        queue.insert(at, Entry { id: self.id, since: self.since, notice: self.notice.clone() });
-        t.len += 1;
-        self.source = client;
+        let Some(mut entry) = t.remove(self.id) else { return false };
+        entry.ip = client;
+        entry.source = Source::of(client);
+        entry.known = t.is_known(entry.source, now);
+        t.trim_source(entry.source, per_source, now);
+        t.put(self.id, entry);
         true
     }
 
@@ -228,7 +195,7 @@ impl Ticket {
             return false;
         }
         self.held = false;
-        lock(&self.budget.table).remove(self.source, self.id)
+        lock(&self.budget.table).remove(self.id).is_some()
     }
 }
 
@@ -305,6 +272,37 @@ mod tests {
         assert!(evicted(&first_of_3.1).is_some(), "its oldest");
         assert!(evicted(&quiet).is_none(), "the source with one connection is never the victim");
         assert_eq!(b.len(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_has_spoken_survives_silent_connections_from_any_number_of_sources() {
+        let b = Arc::new(Budget::new(256));
+        let peer = b.enter(ip(1), true);
+        peer.progress(Progress::Speaking);
+        let mut silent = Vec::new();
+        // 20,000 silent connections from 1,000 addresses over 0.4 s.
+        for i in 0..20_000u32 {
+            silent.push(b.enter(IpAddr::V4(Ipv4Addr::from(0x7F01_0000 + i % 1000)), true));
+            if i % 50 == 0 {
+                tokio::time::advance(Duration::from_millis(1)).await;
+            }
+        }
+        assert!(evicted(&peer).is_none());
+        peer.progress(Progress::Secured);
+        assert_eq!(b.len(), 256);
+        assert_eq!(silent.iter().filter(|t| evicted(t).is_none()).count(), 255);
+
+        // A connection that finished its handshake and went silent keeps its
+        // place only until it has had its second: then it goes before young
+        // silent ones.
+        drop(silent);
+        tokio::time::advance(STALE_AFTER).await;
+        let young: Vec<Ticket> =
+            (0..255u32).map(|i| b.enter(IpAddr::V4(Ipv4Addr::from(0x7F02_0000 + i)), true)).collect();
+        assert!(evicted(&peer).is_none());
+        let _newcomer = b.enter(ip(2), true);
+        assert_eq!(evicted(&peer), Some((ip(1), Eviction::BudgetFull)));
+        assert!(young.iter().all(|t| evicted(t).is_none()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,8 @@
 //! | reload refused (old configuration kept) | 110113 Security Alert | 110131, 110129 | 8 |
 //! | calling / called AE title refused | 110113 Security Alert | 110126 Node Authentication | 4 |
 //! | client certificate refused (revoked included) or missing, TLS handshake failed | 110113 Security Alert | 110126 Node Authentication | 4 |
+//! | source blocked by the AE-title guessing protection | 110113 Security Alert | 110126 Node Authentication | 4 |
+//! | more of the above from one source and reason within 10 s (a summary with the count) | 110113 Security Alert | 110126 Node Authentication | 4 |
 //!
 //! Nothing is sent per denied source address, connection limit, timeout,
 //! protocol error, or TCP connection closed before the TLS ClientHello: an attacker can produce those for free (they are counted
@@ -48,6 +50,8 @@ pub enum AlertReason {
     CalledAeTitle,
     ClientCertificate,
     TlsHandshake,
+    /// Refused at accept: the source is blocked for AE-title guessing.
+    Blocked,
 }
 
 impl AlertReason {
@@ -57,6 +61,18 @@ impl AlertReason {
             AlertReason::CalledAeTitle => "called AE title refused",
             AlertReason::ClientCertificate => "client certificate refused or missing",
             AlertReason::TlsHandshake => "TLS handshake failed",
+            AlertReason::Blocked => "source blocked by the AE-title guessing protection",
+        }
+    }
+
+    /// The same in the plural, for summaries ("12 calling AE titles refused").
+    fn plural(self) -> &'static str {
+        match self {
+            AlertReason::CallingAeTitle => "refusals of the calling AE title",
+            AlertReason::CalledAeTitle => "refusals of the called AE title",
+            AlertReason::ClientCertificate => "client certificates refused or missing",
+            AlertReason::TlsHandshake => "failed TLS handshakes",
+            AlertReason::Blocked => "connections refused because the source is blocked",
         }
     }
 }
@@ -100,6 +116,7 @@ impl AuditEvent {
         let reason = match (report.outcome, report.handshake) {
             (ConnectionOutcome::RejectedCallingAe, _) => AlertReason::CallingAeTitle,
             (ConnectionOutcome::RejectedCalledAe, _) => AlertReason::CalledAeTitle,
+            (ConnectionOutcome::Blocked, _) => AlertReason::Blocked,
             // Closed before a ClientHello: a load balancer's TCP health
             // check or a port probe, not a node presenting an identity.
             (ConnectionOutcome::TlsError, Some(HandshakeFailure::Closed)) => return None,
@@ -143,6 +160,42 @@ impl AuditEvent {
             EventOutcome::MinorFailure,
             Some(description),
         ))
+    }
+}
+
+impl AuditEvent {
+    /// The one Security Alert that stands for `count` more refusals of
+    /// `source` (`None`: sources past the refusal log's bound) for `reason`
+    /// on `listener` within `interval`, after the first was reported in full.
+    /// The count is in EventOutcomeDescription, which starts with
+    /// `summary: COUNT more` so that a SIEM can extract it (docs/audit.md).
+    pub fn summary(
+        listener: &str,
+        source: Option<IpAddr>,
+        reason: AlertReason,
+        count: u64,
+        interval: std::time::Duration,
+    ) -> AuditEvent {
+        let who = source.map_or_else(|| "other sources".to_owned(), |ip| ip.to_canonical().to_string());
+        let participant = Participant {
+            user_id: who.clone(),
+            alternative_user_id: None,
+            user_name: None,
+            requestor: true,
+            address: source,
+            application_role: false,
+        };
+        let description = format!(
+            "summary: {count} more {} from {who} on listener {listener} in the last {} s \
+             (the first was reported on its own)",
+            reason.plural(),
+            interval.as_secs()
+        );
+        AuditEvent::now(
+            EventKind::PeerRefused { reason, peer: participant },
+            EventOutcome::MinorFailure,
+            Some(description),
+        )
     }
 }
 

@@ -10,7 +10,8 @@
 //!
 //! [`AuditSink`] is the handle the rest of the gateway holds. Recording an
 //! event never waits on the network: it renders the message and pushes it
-//! onto the queue (dropping the oldest when full). The per-connection log
+//! onto the queue (dropping the newest when full: the first events of an
+//! attack are the ones an investigator needs). The per-connection log
 //! line of [`crate::audit`] is unaffected and stays the complete record.
 
 pub mod event;
@@ -208,6 +209,23 @@ impl AuditSink {
         if let Some(event) = AuditEvent::for_connection(report) {
             self.record(event);
         }
+    }
+
+    /// One Security Alert carrying the count of further refusals of one
+    /// source and reason in the last `interval` (the refusal log's summary;
+    /// the first was reported by [`AuditSink::connection_ended`]).
+    pub fn refusals_summarised(
+        &self,
+        listener: &str,
+        source: Option<std::net::IpAddr>,
+        reason: AlertReason,
+        count: u64,
+        interval: Duration,
+    ) {
+        if self.shared.connector.borrow().is_none() {
+            return;
+        }
+        self.record(AuditEvent::summary(listener, source, reason, count, interval));
     }
 
     /// Application Start: the gateway is ready (listeners bound, serving).

@@ -2,12 +2,15 @@
 //! empties it into the receiver.
 //!
 //! Producers (connection tasks, the lifecycle) only push: a push never waits
-//! and never fails; when the queue is full the OLDEST message is dropped and
-//! counted, so an outage of the receiver costs old messages, never an
-//! association's time or the gateway's memory. The task connects on demand,
-//! retries with exponential backoff, and reconnects when the configuration
-//! names another receiver (reload). It logs one warning per outage, not one
-//! per message.
+//! and never fails; when the queue is full the NEWEST message is dropped and
+//! counted: the first events of an outage or an attack are the ones an
+//! investigator needs, and the refusal summaries keep counting what is
+//! dropped. An outage of the receiver costs messages, never an association's
+//! time or the gateway's memory. The task connects on demand, retries with
+//! exponential backoff, and reconnects when the configuration names another
+//! receiver (reload). It logs one warning per outage, not one per message;
+//! `dicomgate_audit_queue_messages` and `dicomgate_audit_receiver_up` show
+//! the queue and the outage on a dashboard.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,35 +57,47 @@ impl Queue {
         self.messages.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `msg`; when full, drops the oldest message first.
+    /// Appends `msg`; when full, drops it (the newest) instead.
     pub fn push(&self, msg: Vec<u8>) {
+        let queued = {
+            let mut q = self.lock();
+            let room = q.len() < self.capacity;
+            if room {
+                q.push_back(msg);
+            }
+            self.metrics.set_audit_queue(q.len());
+            room
+        };
+        if queued {
+            self.ready.notify_one();
+        } else {
+            self.metrics.audit_message(false, 1);
+        }
+    }
+
+    /// Puts back a message whose send failed, at the front where it was;
+    /// when newer ones filled the queue meanwhile, the newest makes room.
+    fn unpop(&self, msg: Vec<u8>) {
+        self.in_flight.store(false, Ordering::Release);
         let dropped = {
             let mut q = self.lock();
-            let dropped = if q.len() >= self.capacity { q.pop_front().is_some() } else { false };
-            q.push_back(msg);
+            let dropped = q.len() >= self.capacity && q.pop_back().is_some();
+            q.push_front(msg);
+            self.metrics.set_audit_queue(q.len());
             dropped
         };
         if dropped {
             self.metrics.audit_message(false, 1);
         }
-        self.ready.notify_one();
-    }
-
-    /// Puts back a message whose send failed, unless newer ones filled the
-    /// queue meanwhile (then it is the oldest, and is the one dropped).
-    fn unpop(&self, msg: Vec<u8>) {
-        self.in_flight.store(false, Ordering::Release);
-        let mut q = self.lock();
-        if q.len() >= self.capacity {
-            drop(q);
-            self.metrics.audit_message(false, 1);
-        } else {
-            q.push_front(msg);
-        }
     }
 
     fn pop(&self) -> Option<Vec<u8>> {
-        let msg = self.lock().pop_front();
+        let msg = {
+            let mut q = self.lock();
+            let msg = q.pop_front();
+            self.metrics.set_audit_queue(q.len());
+            msg
+        };
         self.in_flight.store(msg.is_some(), Ordering::Release);
         msg
     }
@@ -113,6 +128,7 @@ impl Queue {
             let mut q = self.lock();
             let n = q.len();
             q.clear();
+            self.metrics.set_audit_queue(0);
             n
         };
         self.metrics.audit_message(false, n as u64);
@@ -145,6 +161,9 @@ pub async fn deliver(
             outage = false;
             backoff = FIRST_BACKOFF;
             active = latest;
+            if active.is_none() {
+                queue.metrics.set_audit_receiver_up(None);
+            }
         }
         let Some(current) = active.clone() else {
             // No sink configured: nothing should be queued; what is, is lost.
@@ -177,14 +196,16 @@ pub async fn deliver(
                         tracing::info!(receiver = ?current, "audit receiver reachable again");
                     }
                     outage = false;
+                    queue.metrics.set_audit_receiver_up(Some(true));
                     connection.insert(conn)
                 }
                 Err(e) => {
+                    queue.metrics.set_audit_receiver_up(Some(false));
                     queue.unpop(msg);
                     if !outage {
                         tracing::warn!(
                             receiver = ?current, error = %e, queued = queue.len(),
-                            "cannot reach the audit receiver; queueing audit messages (the oldest are dropped beyond {CAPACITY}) and retrying"
+                            "cannot reach the audit receiver; queueing audit messages (new ones are dropped beyond {CAPACITY}) and retrying"
                         );
                     }
                     outage = true;
@@ -205,6 +226,7 @@ pub async fn deliver(
                 // us (TLS 1.3 reports a refused client certificate on the
                 // first write): back off as for a failed connect.
                 connection = None;
+                queue.metrics.set_audit_receiver_up(Some(false));
                 queue.unpop(msg);
                 if !outage {
                     tracing::warn!(receiver = ?current, error = %e, "audit receiver connection lost; reconnecting");
@@ -243,23 +265,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_queue_drops_the_oldest_and_counts_it() {
+    fn a_full_queue_keeps_the_oldest_drops_the_newest_and_counts_it() {
         let metrics = Metrics::new();
         let q = Queue::new(3, metrics.clone());
         for i in 0..5u8 {
             q.push(vec![i]);
         }
         assert_eq!(metrics.audit_messages(false), 2);
-        assert_eq!(q.pop(), Some(vec![2]), "0 and 1 were the oldest");
-        q.unpop(vec![2]);
+        assert_eq!(metrics.audit_queue(), 3);
+        assert_eq!(q.pop(), Some(vec![0]), "0, 1, 2 kept; 3 and 4 dropped");
+        q.unpop(vec![0]);
         q.push(vec![5]);
-        // Full again (2, 3, 4 → 3, 4, 5): a failed send of the oldest drops it.
+        assert_eq!(metrics.audit_messages(false), 3, "still full: 5 dropped");
+        // A failed send of the oldest while newer ones filled the queue: the
+        // oldest goes back first, the newest makes room.
         let oldest = q.pop().expect("non-empty");
         q.push(vec![6]);
         q.unpop(oldest);
         assert_eq!(metrics.audit_messages(false), 4);
-        assert_eq!(q.drop_all(), 3);
-        assert_eq!(metrics.audit_messages(false), 7);
+        assert_eq!(q.pop(), Some(vec![0]));
+        assert_eq!(q.pop(), Some(vec![1]));
+        assert_eq!(q.pop(), Some(vec![2]));
+        assert_eq!((q.pop(), metrics.audit_queue()), (None, 0));
+        q.push(vec![7]);
+        assert_eq!(q.drop_all(), 1);
+        assert_eq!(metrics.audit_messages(false), 5);
         assert!(q.is_empty());
     }
 }

@@ -172,6 +172,22 @@ pub struct ListenerConfig {
     /// `None`: `proxy_protocol: off`, the TCP peer is the client.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     pub timeouts: Timeouts,
+    pub guessing: GuessingConfig,
+}
+
+/// AE-title guessing protection (`listeners.NAME.guessing`): a source
+/// (IPv4 address, IPv6 /64) refused `after` times in a row with no
+/// forwarded association in between is refused at accept for `block`,
+/// doubling with each repeat up to `max_block` (docs/admission.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuessingConfig {
+    pub enabled: bool,
+    /// Consecutive refusals (AE title refused, TLS handshake failed) that block.
+    pub after: u32,
+    /// The first block's length.
+    pub block: Duration,
+    /// The longest block.
+    pub max_block: Duration,
 }
 
 /// Which PROXY protocol header versions a listener accepts

@@ -48,7 +48,7 @@ pub struct RawAdmin {
     /// Address to serve the admin endpoint on, IP:PORT. Keep it on loopback or a management network.
     #[schemars(schema_with = "s::socket_addr", extend("examples" = ["127.0.0.1:9102"]))]
     pub listen: String,
-    /// Source networks that may use the endpoint (CIDR); others get 403. Absent: loopback only (127.0.0.0/8, ::1).
+    /// Source networks that may use the endpoint (CIDR); others are closed at accept, before any HTTP. Absent: loopback only (127.0.0.0/8, ::1).
     #[serde(default)]
     #[schemars(schema_with = "s::cidr_list", extend("examples" = [["127.0.0.1/32", "10.20.0.40/32"]]))]
     pub allow: Option<Vec<String>>,
@@ -189,6 +189,28 @@ pub struct RawListener {
     pub proxy_protocol_allow_local: Option<bool>,
     /// Deadlines of the association phases.
     pub timeouts: Option<RawTimeouts>,
+    /// AE-title guessing protection: a source refused this often in a row is refused at accept for a while (docs/admission.md).
+    pub guessing: Option<RawGuessing>,
+}
+
+/// AE-title guessing protection. A source is an IPv4 address or an IPv6 /64.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuessing {
+    /// false: never block.
+    #[schemars(extend("default" = true))]
+    pub enabled: Option<bool>,
+    /// Consecutive refused associations (calling or called AE title refused) or failed TLS handshakes, with no forwarded association in between, that block the source (1 to 1000).
+    #[schemars(range(min = 1, max = 1000), extend("default" = 10))]
+    pub after: Option<u32>,
+    /// How long the first block lasts; each further block doubles it.
+    #[serde(default)]
+    #[schemars(schema_with = "s::duration", extend("default" = "1m"))]
+    pub block: Option<Scalar>,
+    /// The longest block.
+    #[serde(default)]
+    #[schemars(schema_with = "s::duration", extend("default" = "10m"))]
+    pub max_block: Option<Scalar>,
 }
 
 /// TLS termination.

@@ -97,7 +97,7 @@ impl Exchange<'_> {
         let metrics = &services.metrics;
         // Clamp what we enforce: the SCP learns the client's receive limit
         // from the RQ and must not be promised more than the relay passes.
-        let max_to_client = clamp_max_length(&mut rq, view.max_length, cfg.max_pdu_length);
+        let max_to_client = clamp_max_lengths(&mut rq, &view.max_lengths, cfg.max_pdu_length);
         let rewrite = backend.config.rewrite_called_ae_title && *called != backend.config.ae_title;
         if rewrite {
             patch_called_ae(&mut rq, &backend.config.ae_title.to_wire());
@@ -135,7 +135,7 @@ impl Exchange<'_> {
                     abort_both(client, upstream, AbortReason::InvalidPduParameterValue).await;
                     return done;
                 };
-                let max_to_backend = clamp_max_length(&mut response, ac.max_length, cfg.max_pdu_length);
+                let max_to_backend = clamp_max_lengths(&mut response, &ac.max_lengths, cfg.max_pdu_length);
                 if rewrite {
                     // The client must see the AE titles it sent (PS3.8
                     // §9.3.3: the AC echoes the RQ's fields).
@@ -173,21 +173,26 @@ async fn abort_both(client: &mut Stream, upstream: &mut Stream, reason: AbortRea
 }
 
 /// Returns the P-DATA limit for traffic towards the peer that sent this
-/// A-ASSOCIATE PDU's Maximum Length, patching the value in place when it is 0
-/// (unlimited) or above `cap` (PS3.8 D.1; the PDU length does not change).
-fn clamp_max_length(pdu: &mut [u8], max_length: Option<(u32, usize)>, cap: u32) -> u32 {
-    match max_length {
-        Some((value, _)) if value != 0 && value <= cap => value,
-        Some((_, offset)) => {
+/// A-ASSOCIATE PDU's Maximum Length sub-items, and makes every one of them
+/// say it (PS3.8 D.1; in place, the PDU length does not change). Each value
+/// counts as `cap` when it is 0 (unlimited) or above `cap`; the limit is the
+/// smallest of them. One sub-item is the norm and is only touched when 0 or
+/// above `cap`; with several (`[0x7FFFFFFF, 16384]`), the other side would
+/// have to guess which one the peer meant, so all are set to the limit the
+/// relay enforces.
+fn clamp_max_lengths(pdu: &mut [u8], max_lengths: &[(u32, usize)], cap: u32) -> u32 {
+    let clamp = |value: u32| if value == 0 || value > cap { cap } else { value };
+    // Mandatory in RQ and AC, but be lenient: without one, enforce the cap silently.
+    let limit = max_lengths.iter().map(|(value, _)| clamp(*value)).min().unwrap_or(cap);
+    for &(value, offset) in max_lengths {
+        if value != limit {
             // `offset` came from parsing this very PDU: in bounds.
             if let Some(field) = pdu.get_mut(offset..offset + 4) {
-                field.copy_from_slice(&cap.to_be_bytes());
+                field.copy_from_slice(&limit.to_be_bytes());
             }
-            cap
         }
-        // Mandatory in RQ and AC, but be lenient: enforce the cap silently.
-        None => cap,
     }
+    limit
 }
 
 /// Why the SCP's answer to a forwarded A-ASSOCIATE-RQ is missing or
@@ -258,4 +263,43 @@ fn name(pdu_type: Option<PduType>) -> &'static str {
 
 fn eof() -> std::io::Error {
     std::io::ErrorKind::UnexpectedEof.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_values(values: &[u32]) -> (Vec<u8>, Vec<(u32, usize)>) {
+        let mut pdu = Vec::new();
+        let mut items = Vec::new();
+        for v in values {
+            pdu.extend_from_slice(&[0x51, 0, 0, 4]);
+            items.push((*v, pdu.len()));
+            pdu.extend_from_slice(&v.to_be_bytes());
+        }
+        (pdu, items)
+    }
+
+    fn values(pdu: &[u8]) -> Vec<u32> {
+        pdu.chunks(8).map(|c| u32::from_be_bytes([c[4], c[5], c[6], c[7]])).collect()
+    }
+
+    #[test]
+    fn every_maximum_length_sub_item_says_the_limit_the_relay_enforces() {
+        let cap = 4 * 1024 * 1024;
+        for (sent, limit, forwarded) in [
+            (vec![16384], 16384, vec![16384]),
+            (vec![0], cap, vec![cap]),
+            (vec![0x7FFF_FFFF], cap, vec![cap]),
+            (vec![0x7FFF_FFFF, 16384], 16384, vec![16384, 16384]),
+            (vec![0, 16384], 16384, vec![16384, 16384]),
+            (vec![32768, 16384, 0], 16384, vec![16384, 16384, 16384]),
+        ] {
+            let (mut pdu, items) = with_values(&sent);
+            assert_eq!(clamp_max_lengths(&mut pdu, &items, cap), limit, "{sent:?}");
+            assert_eq!(values(&pdu), forwarded, "{sent:?}");
+        }
+        let mut none = Vec::new();
+        assert_eq!(clamp_max_lengths(&mut none, &[], cap), cap);
+    }
 }

@@ -1,8 +1,12 @@
 //! One connection, phase by phase (docs/architecture.md, "Data flow"):
 //!
 //! 1. `client`: PROXY header (optional), TLS handshake and the first PDU,
-//!    all under the ACSE deadline;
-//! 2. [`crate::routing`]: policy on the raw A-ASSOCIATE-RQ fields;
+//!    all under the ACSE deadline, in the listener's pre-association budget
+//!    ([`crate::admission`]), moving up its eviction order as it goes;
+//! 2. [`crate::routing`]: policy on the raw A-ASSOCIATE-RQ fields, after the
+//!    connection left the budget and before it takes an association slot:
+//!    a refused RQ never holds one, and its farewell counts against the
+//!    listener's farewell cap (`refusal`);
 //! 3. [`crate::backend`]: connect with failover;
 //! 4. `association`: the RQ forwarded, the SCP's answer under a second ACSE
 //!    deadline, returned to the client;
@@ -17,17 +21,19 @@ mod association;
 mod client;
 pub mod first_pdu;
 pub mod record;
+mod refusal;
+mod refused;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, Graduation};
+use crate::admission::{Admission, Progress};
 use crate::backend::BackendRuntime;
 use crate::config::ListenerConfig;
 use crate::dicom::pdu::Rejection;
@@ -85,7 +91,7 @@ pub async fn handle(
     peer: SocketAddr,
     id: ConnectionId,
     rt: Arc<ListenerRuntime>,
-    admission: Admission,
+    mut admission: Admission,
     services: Services,
 ) {
     let started = Instant::now();
@@ -93,16 +99,17 @@ pub async fn handle(
     let _active = services.metrics.active_guard(name);
     let mut trail = Trail::new(peer);
     trail.plaintext = rt.acceptor.is_none();
-    let ending = serve(tcp, &rt, admission, &services, &mut trail).await;
-    record::finish(name, id, trail, ending, started.elapsed(), &services);
+    let ending = serve(tcp, &rt, &mut admission, &services, &mut trail).await;
+    let guessing = record::Guessing::of(&admission, &rt.config.guessing);
+    record::finish(name, id, trail, ending, started.elapsed(), &services, guessing);
 }
 
 /// Runs the phases in order. Each returns what happened; only this function
 /// writes the [`Trail`], from those results.
 async fn serve(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     rt: &ListenerRuntime,
-    mut admission: Admission,
+    admission: &mut Admission,
     services: &Services,
     trail: &mut Trail,
 ) -> Ending {
@@ -111,69 +118,32 @@ async fn serve(
     // `timeouts.association` bounds everything, the phases before the relay too.
     let end_by = cfg.timeouts.association.map(|limit| now + limit);
     let deadline = end_by.map_or(now + cfg.timeouts.acse, |end| end.min(now + cfg.timeouts.acse));
-    let _ = tcp.set_nodelay(true);
-
-    // Until the relay, every phase also ends when the shutdown grace period
-    // does (`Refused::Shutdown`); the relay handles `force_abort` itself.
-    let forced = &services.force_abort;
-    if let Some(proxy) = &cfg.proxy_protocol {
-        let lb = trail.tcp_peer;
-        let phase = Box::pin(client::proxy_phase(&mut tcp, lb, proxy, cfg, deadline));
-        match unless_forced(forced, Phase::ProxyHeader, phase).await {
-            Ok(client) => trail.proxied_client = Some(client),
-            Err(refused) => {
-                if let Refused::ProxiedClientDenied { header } = &refused {
-                    trail.proxied_client = Some(header.client_or(lb));
-                }
-                return Ending::Refused(refused);
-            }
-        }
-        admission.client_known(trail.proxied_client);
-    }
-    let phase = Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline));
-    let mut client = match unless_forced(forced, Phase::TlsHandshake, phase).await {
-        Ok((stream, session)) => {
-            trail.tls = session;
-            stream
-        }
+    let (mut client, request) = match Box::pin(until_request(tcp, rt, admission, services, trail, deadline)).await {
+        Ok(phases) => phases,
         Err(refused) => return Ending::Refused(refused),
-    };
-    let request = match unless_forced(
-        forced,
-        Phase::FirstPdu,
-        Box::pin(client::read_request(&mut client, cfg, deadline)),
-    )
-    .await
-    {
-        Ok(request) => request,
-        Err(refused) => {
-            if let Refused::Shutdown(_) = refused {
-                close(&mut client).await;
-            }
-            return Ending::Refused(refused);
-        }
     };
     let (calling, called) = request.ae_titles();
     (trail.calling_ae, trail.called_ae) = (Some(calling), Some(called));
 
-    // The connection leaves the pre-association budget (listener::admission).
-    match admission.graduate() {
-        Graduation::Admitted => {}
-        Graduation::NoSlot => {
-            send_and_close(&mut client, &Rejection::LocalLimitExceeded.to_pdu()).await;
-            return Ending::Refused(Refused::OverLimit(cfg.max_connections));
-        }
+    // Out of the pre-association budget; policy decides before any
+    // association slot is taken, so a refused RQ never holds one.
+    if let Err(why) = admission.leave_budget() {
         // Evicted in the instant the RQ became complete: closed without an
         // RJ, as the eviction would have closed it a moment earlier.
-        Graduation::Evicted(why) => return Ending::Refused(Refused::Evicted(why)),
+        return Ending::Refused(Refused::Evicted(why));
     }
+    let (metrics, forced) = (&services.metrics, &services.force_abort);
     let (backend_name, called) = match routing::decide(&request.view, cfg) {
         Decision::Forward { backend, called, .. } => (backend, called),
         Decision::Reject(rejected) => {
-            send_and_close(&mut client, &rejected.rejection().to_pdu()).await;
+            refusal::refuse(&mut client, &rejected.rejection().to_pdu(), admission, metrics, &cfg.name).await;
             return Ending::Refused(Refused::Policy(rejected));
         }
     };
+    if !admission.take_slot() {
+        refusal::refuse(&mut client, &Rejection::LocalLimitExceeded.to_pdu(), admission, metrics, &cfg.name).await;
+        return Ending::Refused(Refused::OverLimit(cfg.max_connections));
+    }
     trail.backend = Some(backend_name.clone());
     let Some(backend) = rt.backends.get(&backend_name) else {
         send_and_close(&mut client, &Rejection::TemporaryCongestion.to_pdu()).await;
@@ -208,6 +178,108 @@ async fn serve(
         _ => None,
     };
     Ending::Forwarded(Box::new(Forwarded { server: upstream.server, exchanged, relay }))
+}
+
+/// The phases facing the cloud, up to a whole A-ASSOCIATE-RQ: the PROXY
+/// header (and the guessing protection for the client it names), the first
+/// bytes, the TLS handshake, the first PDU. Each step the peer completes
+/// moves it up in the budget's eviction order ([`Progress`]).
+async fn until_request(
+    mut tcp: TcpStream,
+    rt: &ListenerRuntime,
+    admission: &mut Admission,
+    services: &Services,
+    trail: &mut Trail,
+    deadline: Instant,
+) -> Result<(Stream, Request), Refused> {
+    let cfg = &rt.config;
+    let _ = tcp.set_nodelay(true);
+    // Until the relay, every phase also ends when the shutdown grace period
+    // does (`Refused::Shutdown`); the relay handles `force_abort` itself.
+    let forced = &services.force_abort;
+    if let Some(proxy) = &cfg.proxy_protocol {
+        let lb = trail.tcp_peer;
+        let phase = Box::pin(client::proxy_phase(&mut tcp, lb, proxy, cfg, deadline));
+        match unless_forced(forced, Phase::ProxyHeader, phase).await {
+            Ok(client) => trail.proxied_client = Some(client),
+            Err(refused) => {
+                if let Refused::ProxiedClientDenied { header } = &refused {
+                    trail.proxied_client = Some(header.client_or(lb));
+                }
+                return Err(refused);
+            }
+        }
+        admission.client_known(trail.proxied_client);
+        // Behind a balancer, the client is known only now: still before TLS.
+        if let Some(left) = admission.blocklist.blocked(trail.client().ip(), Instant::now()) {
+            return Err(Refused::Blocked { left });
+        }
+    }
+    // Looked at: bytes already there (asked of the socket: tokio learns of
+    // them only at its reactor's next turn, and a speaking peer must not be
+    // ranked silent meanwhile), or silent until they come. Whatever the
+    // deadline says to a silent peer, the handshake (or the first PDU) below
+    // says again, with its own error.
+    let spoke = bytes_waiting(&tcp) || {
+        admission.progress(Progress::Silent);
+        // The wait is the first part of the handshake (of the first PDU on a
+        // plaintext listener), and ends with the shutdown grace period too.
+        let phase = if rt.acceptor.is_some() { Phase::TlsHandshake } else { Phase::FirstPdu };
+        let waiting = async { Ok(timeout_at(deadline, first_bytes(&tcp)).await.unwrap_or(false)) };
+        unless_forced(forced, phase, Box::pin(waiting)).await?
+    };
+    if spoke {
+        admission.progress(Progress::Speaking);
+    }
+    let phase = Box::pin(client::handshake(tcp, rt.acceptor.as_ref(), deadline));
+    let mut client = match unless_forced(forced, Phase::TlsHandshake, phase).await {
+        Ok((stream, session)) => {
+            if session.is_some() {
+                admission.progress(Progress::Secured);
+            }
+            trail.tls = session;
+            stream
+        }
+        Err(refused) => return Err(refused),
+    };
+    let reading = Box::pin(client::read_request(&mut client, cfg, deadline));
+    match unless_forced(forced, Phase::FirstPdu, reading).await {
+        Ok(request) => Ok((client, request)),
+        Err(refused) => {
+            if let Refused::Shutdown(_) = refused {
+                close(&mut client).await;
+            }
+            Err(refused)
+        }
+    }
+}
+
+/// Whether bytes are waiting on a socket: one non-blocking `MSG_PEEK`. The
+/// accept loop and a connection's first step ask it to rank the connection
+/// in the pre-association budget ([`Progress`]).
+pub fn bytes_waiting(tcp: &TcpStream) -> bool {
+    matches!(peek(tcp), Ok(1..))
+}
+
+fn peek(tcp: &TcpStream) -> std::io::Result<usize> {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(tcp).peek(&mut byte)
+}
+
+/// Waits for the first bytes, leaving them to be read; `false` at the
+/// peer's close. tokio reports a fresh socket readable before anything came,
+/// so readiness is confirmed with a peek, which clears it when nothing did.
+async fn first_bytes(tcp: &TcpStream) -> bool {
+    loop {
+        if tcp.readable().await.is_err() {
+            return false;
+        }
+        match tcp.try_io(tokio::io::Interest::READABLE, || peek(tcp)) {
+            Ok(n) => return n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Runs a phase before the relay unless the shutdown grace period ends first;
@@ -253,9 +325,31 @@ async fn relay_phase(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::timeout;
 
     /// Every idle TLS connection is one of these tasks: its size is memory
     /// per connection (bench/RESULTS.md, "KiB per idle TLS connection").
+    /// A silent socket is not taken for a speaking one (tokio calls a fresh
+    /// socket readable before any byte came); a byte, or the close, ends the wait.
+    #[tokio::test]
+    async fn first_bytes_waits_for_bytes_not_for_tokios_first_readiness() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        assert!(!bytes_waiting(&tcp));
+        let wait = Duration::from_millis(200);
+        assert!(timeout(wait, first_bytes(&tcp)).await.is_err(), "silent, yet taken for speaking");
+        client.write_all(&[0x16]).await.expect("write");
+        assert_eq!(timeout(wait, first_bytes(&tcp)).await.ok(), Some(true));
+        assert!(bytes_waiting(&tcp), "the byte is still there for the handshake");
+        let second = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        drop(second);
+        assert_eq!(timeout(wait, first_bytes(&tcp)).await.ok(), Some(false), "closed without a byte");
+    }
+
     #[tokio::test]
     async fn a_waiting_connection_task_stays_small() {
         let yaml = "backends:\n  pacs: {ae_title: PACS, servers: [127.0.0.1:104], health_check: {mode: \"off\"}}\n\
@@ -269,7 +363,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
-        let admission = Admission::unbudgeted(Arc::new(crate::admission::Slots::new(1)));
+        let admission = Admission::unbudgeted(&crate::admission::Limits::new(1));
         let services = Services {
             metrics: Metrics::new(),
             force_abort: CancellationToken::new(),

@@ -5,179 +5,18 @@
 //! to the refusal log's summaries. Nothing else writes an audit field or a
 //! per-connection metric label (live byte and DIMSE counters aside).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::association::{Answer, Exchanged};
-use super::first_pdu::FirstPduError;
+pub use super::refused::{Phase, Refused};
 use super::Services;
-use crate::admission::Eviction;
-use crate::backend::ConnectFailure;
-use crate::config::ServerAddress;
-use crate::dicom::associate::MalformedAssociate;
-use crate::dicom::pdu::{describe_abort, Rejection};
-use crate::proxy_protocol::{ProxyError, ProxyHeader};
+use crate::admission::{Admission, Blocklist, Eviction, Source, Verdict};
+use crate::config::{GuessingConfig, ServerAddress};
+use crate::dicom::pdu::describe_abort;
 use crate::refusals::SummarisedRefusal;
-use crate::relay::{End, RelayEnd, RelayReport, Side, Truncation};
+use crate::relay::{End, RelayEnd, RelayReport, Truncation};
 use crate::report::{Association, ConnectionId, Outcome, Report, Trail};
-use crate::routing::PolicyRejection;
-use crate::tls::revocation::RevokedCertificate;
-use crate::tls::HandshakeFailure;
-
-/// The phase of a connection, as failures name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    ProxyHeader,
-    TlsHandshake,
-    FirstPdu,
-    Policy,
-    BackendConnect,
-    ScpAnswer,
-    Relay,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::ProxyHeader => "proxy header",
-            Phase::TlsHandshake => "TLS handshake",
-            Phase::FirstPdu => "first PDU",
-            Phase::Policy => "policy",
-            Phase::BackendConnect => "backend connect",
-            Phase::ScpAnswer => "SCP answer",
-            Phase::Relay => "relay",
-        }
-    }
-}
-
-/// Why a connection ended before its A-ASSOCIATE-RQ reached an SCP: which
-/// phase, which side, what the peer did. Words only in `Display`.
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    #[error("from load balancer {lb}: {error}")]
-    ProxyHeader { lb: SocketAddr, error: ProxyError },
-    #[error(
-        "from load balancer {lb}: PROXY {} carries no client address; refused (check the balancer's health on \
-         /readyz, or set proxy_protocol_allow_local: true)",
-        .header.describe()
-    )]
-    ProxyWithoutClient { lb: SocketAddr, header: ProxyHeader },
-    #[error("source address not in the allow list (PROXY {})", .header.describe())]
-    ProxiedClientDenied { header: ProxyHeader },
-    #[error("TLS handshake failed: {0}")]
-    Tls(#[source] std::io::Error),
-    #[error(
-        "TLS handshake failed: the client's certificate is X.509 v1, which is refused; the cloud must {}",
-        crate::tls::REISSUE_AS_V3
-    )]
-    TlsClientCertV1,
-    #[error("TLS handshake failed: the client certificate is revoked ({0}): a CRL of tls.client_crls lists it")]
-    TlsRevoked(RevokedCertificate),
-    #[error("TLS handshake not complete within the ACSE timeout")]
-    TlsTimeout,
-    #[error(transparent)]
-    FirstPdu(FirstPduError),
-    #[error("malformed A-ASSOCIATE-RQ: {0}")]
-    MalformedRq(MalformedAssociate),
-    #[error("listener at max_connections ({0})")]
-    OverLimit(usize),
-    /// Evicted from the pre-association budget in the instant its RQ was
-    /// complete (the listener's guard counts the other evictions).
-    #[error("evicted from the pre-association budget ({})", .0.as_str())]
-    Evicted(Eviction),
-    #[error(transparent)]
-    Policy(PolicyRejection),
-    /// Configuration validation guarantees every route names a backend.
-    #[error("route names unknown backend {0:?}")]
-    UnknownBackend(String),
-    #[error(transparent)]
-    Backend(ConnectFailure),
-    /// `shutdown.grace_period` ended while the connection was in this phase.
-    #[error("the gateway shut down during the {} (grace period over)", .0.as_str())]
-    Shutdown(Phase),
-}
-
-impl Refused {
-    pub fn phase(&self) -> Phase {
-        match self {
-            Refused::ProxyHeader { .. } | Refused::ProxyWithoutClient { .. } | Refused::ProxiedClientDenied { .. } => {
-                Phase::ProxyHeader
-            }
-            Refused::Tls(_) | Refused::TlsClientCertV1 | Refused::TlsRevoked(_) | Refused::TlsTimeout => {
-                Phase::TlsHandshake
-            }
-            Refused::FirstPdu(_) | Refused::MalformedRq(_) => Phase::FirstPdu,
-            Refused::OverLimit(_) | Refused::Evicted(_) | Refused::Policy(_) => Phase::Policy,
-            Refused::UnknownBackend(_) | Refused::Backend(_) => Phase::BackendConnect,
-            Refused::Shutdown(phase) => *phase,
-        }
-    }
-
-    /// The refusal-log reason when this refusal is summarised rather than
-    /// audited (see [`crate::refusals`]): what anyone can cause for free.
-    pub fn summarised(&self) -> Option<SummarisedRefusal> {
-        match self {
-            Refused::ProxiedClientDenied { .. } => Some(SummarisedRefusal::ProxyDeniedIp),
-            Refused::OverLimit(_) => Some(SummarisedRefusal::OverLimit),
-            Refused::Evicted(why) => Some(SummarisedRefusal::Evicted(*why)),
-            _ => None,
-        }
-    }
-
-    /// For a failed TLS handshake: what kind of failure (see
-    /// [`HandshakeFailure`]); `None` for every other refusal.
-    pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
-        match self {
-            Refused::Tls(e) => Some(HandshakeFailure::of(e)),
-            Refused::TlsClientCertV1 | Refused::TlsRevoked(_) => Some(HandshakeFailure::ClientCertificate),
-            Refused::TlsTimeout => Some(HandshakeFailure::Other),
-            _ => None,
-        }
-    }
-
-    /// The peer whose behaviour (or absence) ended the connection.
-    pub fn side(&self) -> Side {
-        match self {
-            Refused::UnknownBackend(_) | Refused::Backend(_) => Side::Backend,
-            Refused::Shutdown(Phase::BackendConnect) => Side::Backend,
-            _ => Side::Client,
-        }
-    }
-
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            Refused::ProxyHeader { error, .. } if error.is_timeout() => Outcome::Timeout,
-            Refused::FirstPdu(e) if e.is_timeout() => Outcome::Timeout,
-            Refused::ProxyHeader { .. }
-            | Refused::ProxyWithoutClient { .. }
-            | Refused::FirstPdu(_)
-            | Refused::MalformedRq(_) => Outcome::ProtocolError,
-            Refused::ProxiedClientDenied { .. } => Outcome::DeniedIp,
-            Refused::Tls(_) | Refused::TlsClientCertV1 => Outcome::TlsError,
-            Refused::TlsRevoked(_) => Outcome::TlsRevoked,
-            Refused::TlsTimeout => Outcome::Timeout,
-            Refused::OverLimit(_) | Refused::Evicted(_) => Outcome::Limit,
-            Refused::Policy(PolicyRejection::ProtocolVersion(_)) => Outcome::ProtocolError,
-            Refused::Policy(PolicyRejection::CallingAeInvalid { .. } | PolicyRejection::CallingAeNotAllowed(_)) => {
-                Outcome::RejectedCallingAe
-            }
-            Refused::Policy(PolicyRejection::CalledAeInvalid { .. } | PolicyRejection::NoRoute(_)) => {
-                Outcome::RejectedCalledAe
-            }
-            Refused::UnknownBackend(_) | Refused::Backend(_) => Outcome::BackendUnavailable,
-            Refused::Shutdown(_) => Outcome::Shutdown,
-        }
-    }
-
-    /// The A-ASSOCIATE-RJ the audit names as the association's result.
-    fn rejection(&self) -> Option<Rejection> {
-        match self {
-            Refused::Policy(refusal) => Some(refusal.rejection()),
-            Refused::Backend(_) | Refused::Shutdown(Phase::BackendConnect) => Some(Rejection::TemporaryCongestion),
-            _ => None,
-        }
-    }
-}
 
 /// An association that reached an SCP.
 #[derive(Debug)]
@@ -204,22 +43,69 @@ impl Ending {
     }
 }
 
+/// The listener's guessing protection, as [`finish`] needs it: whom it
+/// blocks, and the settings of the snapshot the connection was accepted under.
+#[derive(Clone, Copy)]
+pub struct Guessing<'a> {
+    pub blocklist: &'a Blocklist,
+    pub policy: &'a GuessingConfig,
+}
+
+impl<'a> Guessing<'a> {
+    pub fn of(admission: &'a Admission, policy: &'a GuessingConfig) -> Guessing<'a> {
+        Guessing { blocklist: &admission.blocklist, policy }
+    }
+}
+
 /// The end of every connection. What anyone can cause for free (a
 /// stranger's PROXY-carried address, a full gateway, an eviction) is counted
-/// and summarised per source in the log ([`crate::refusals`]); everything
-/// else becomes a [`Report`]: one audit line, the status page's ring, and the
-/// ATNA trail (which decides by outcome what concerns it).
-pub fn finish(listener: &str, id: ConnectionId, trail: Trail, ending: Ending, elapsed: Duration, services: &Services) {
+/// and summarised per source in the log ([`crate::refusals`]); so are the
+/// refusals of allowed peers the audit trail reports, but for the first of
+/// a quiet source; everything else becomes a [`Report`]: one audit line, the
+/// status page's ring, and the ATNA trail (which decides by outcome what
+/// concerns it). The guessing protection learns of every refusal that
+/// counts for it and of every forwarded association.
+pub fn finish(
+    listener: &str,
+    id: ConnectionId,
+    trail: Trail,
+    ending: Ending,
+    elapsed: Duration,
+    services: &Services,
+    guessing: Guessing<'_>,
+) {
     let metrics = &services.metrics;
     let outcome = ending.outcome();
     metrics.connection_ended(listener, outcome.as_str());
+    let client = trail.client().ip();
+    match &ending {
+        Ending::Forwarded(_) => guessing.blocklist.forwarded(client),
+        Ending::Refused(refused) if refused.guessing() => {
+            let verdict = guessing.blocklist.refused(client, guessing.policy, tokio::time::Instant::now());
+            if let Verdict::Blocked { block, blocks } = verdict {
+                tracing::warn!(
+                    target: "dicomgate::refusals",
+                    listener = %listener, source = %Source::of(client), block_s = block.as_secs(), blocks,
+                    "{}: blocked for {} s after {} refused associations or failed TLS handshakes in a row \
+                     (guessing protection; block {blocks} in a row; SIGHUP clears it)",
+                    Source::of(client), block.as_secs(), guessing.policy.after
+                );
+            }
+        }
+        Ending::Refused(_) => {}
+    }
     if let Ending::Refused(refused) = &ending {
         if let Some(refusal) = refused.summarised() {
             if let Refused::Evicted(why) = refused {
                 metrics.preassociation_evicted(listener, why.as_str());
             }
-            services.refusals.record(listener, trail.client().ip(), refusal);
+            services.refusals.record(listener, client, refusal);
             return;
+        }
+        if let Some(audited) = refused.audited() {
+            if !services.refusals.audited(listener, client, audited) {
+                return;
+            }
         }
     }
     let report = report(listener, id, trail, ending, elapsed);
@@ -316,6 +202,9 @@ fn relay_detail(end: &RelayEnd) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::ConnectFailure;
+    use crate::dicom::pdu::Rejection;
+    use crate::relay::Side;
 
     fn trail() -> Trail {
         let mut t = Trail::new("127.0.0.2:4000".parse().unwrap());
@@ -377,19 +266,5 @@ mod tests {
         assert_eq!(r.association, Some(Association::RejectedByScp((1, 1, 3))));
         assert!(r.refused(), "an SCP's rejection stands out on the page");
         assert_eq!(r.end, None);
-    }
-
-    #[test]
-    fn policy_rejections_count_under_their_own_outcome() {
-        use crate::dicom::AeTitle;
-        let ae = AeTitle::parse("X").unwrap();
-        let cases = [
-            (PolicyRejection::ProtocolVersion(2), Outcome::ProtocolError),
-            (PolicyRejection::CallingAeNotAllowed(ae.clone()), Outcome::RejectedCallingAe),
-            (PolicyRejection::NoRoute(ae), Outcome::RejectedCalledAe),
-        ];
-        for (rejection, outcome) in cases {
-            assert_eq!(Refused::Policy(rejection).outcome(), outcome);
-        }
     }
 }

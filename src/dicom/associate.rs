@@ -47,9 +47,11 @@ pub struct AssociateView {
     pub called_ae: [u8; 16],
     pub calling_ae: [u8; 16],
     pub presentation_contexts: usize,
-    /// Maximum Length Received (PS3.8 D.1) and the offset of its 4-byte value,
-    /// so a relay that enforces a bound can clamp it in place.
-    pub max_length: Option<(u32, usize)>,
+    /// Every Maximum Length Received sub-item (PS3.8 D.1: there should be
+    /// one; nothing stops a peer from sending more) and the offset of its
+    /// 4-byte value, so a relay that enforces a bound can clamp each in place.
+    /// At most one per 8 bytes of the PDU.
+    pub max_lengths: Vec<(u32, usize)>,
     pub implementation_class_uid: Option<String>,
     pub implementation_version_name: Option<String>,
 }
@@ -72,7 +74,7 @@ pub fn parse(pdu: &[u8]) -> Result<AssociateView, MalformedAssociate> {
         called_ae: field16(&pdu[CALLED_AE]),
         calling_ae: field16(&pdu[CALLING_AE]),
         presentation_contexts: 0,
-        max_length: None,
+        max_lengths: Vec::new(),
         implementation_class_uid: None,
         implementation_version_name: None,
     };
@@ -118,7 +120,7 @@ fn parse_user_information(
         match item {
             SUB_ITEM_MAX_LENGTH => {
                 let value: [u8; 4] = body.try_into().map_err(|_| MalformedAssociate::BadMaxLength(body.len()))?;
-                view.max_length = Some((u32::from_be_bytes(value), body_start));
+                view.max_lengths.push((u32::from_be_bytes(value), body_start));
             }
             SUB_ITEM_IMPLEMENTATION_CLASS_UID => view.implementation_class_uid = Some(printable(body)),
             SUB_ITEM_IMPLEMENTATION_VERSION_NAME => view.implementation_version_name = Some(printable(body)),
@@ -218,7 +220,7 @@ pub(crate) mod tests {
         assert_eq!(&v.called_ae, b"PACS            ");
         assert_eq!(&v.calling_ae, b"BUTTERFLY       ");
         assert_eq!(v.presentation_contexts, 1);
-        let (max, at) = v.max_length.unwrap();
+        let [(max, at)] = v.max_lengths[..] else { panic!("one Maximum Length: {:?}", v.max_lengths) };
         assert_eq!(max, 16384);
         assert_eq!(pdu[at..at + 4], 16384u32.to_be_bytes());
         assert_eq!(v.implementation_class_uid.as_deref(), Some("1.2.3.4"));

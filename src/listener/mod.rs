@@ -1,8 +1,8 @@
 //! The accept loop of one listener: source allow list before any TLS work
 //! (behind a load balancer: the balancer's address, see [`crate::proxy_protocol`]),
-//! the pre-association budget ([`crate::admission`]), and a spawn per connection
-//! whose task closes it if the budget evicts it, and counts the eviction
-//! there.
+//! the guessing protection's blocked sources, the pre-association budget
+//! ([`crate::admission`]), and a spawn per connection whose task closes it
+//! if the budget evicts it, and counts the eviction there.
 //! It never does slow work and never dies: accept errors (EMFILE,
 //! ECONNABORTED, …) back off and retry ([`accept`]). Refusals are counted in the metrics
 //! and summarised in the log ([`crate::refusals`]), never one line each.
@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,10 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use tracing::Instrument;
 
-use crate::admission::{Admission, Budget, Limits, Notice};
+use crate::admission::{Admission, Budget, Limits, Notice, Progress};
 use crate::connection::{self, record, ListenerRuntime, Services};
 use crate::refusals::SummarisedRefusal;
-use crate::report::{ConnectionId, Outcome};
+use crate::report::{ConnectionId, Outcome, Trail};
 
 pub mod accept;
 
@@ -78,12 +79,31 @@ fn admit(
         services.refusals.record(name, peer.ip(), refusal);
         return;
     }
+    // A source blocked for guessing is closed before TLS too; its first
+    // refusal of a quiet spell is reported in full (audit line, ATNA), the
+    // rest counted (`record::finish` decides, without a task).
+    if rt.config.proxy_protocol.is_none() {
+        if let Some(left) = limits.blocklist.blocked(peer.ip(), tokio::time::Instant::now()) {
+            drop(tcp);
+            let ending = record::Ending::Refused(connection::Refused::Blocked { left });
+            let guessing = record::Guessing { blocklist: &limits.blocklist, policy: &rt.config.guessing };
+            let id = ConnectionId::next();
+            record::finish(name, id, Trail::new(peer), ending, Duration::ZERO, services, guessing);
+            return;
+        }
+    }
     // A balancer's connections carry many clients: the per-source cap
     // applies once the PROXY header has named the client.
     let capped = rt.config.proxy_protocol.is_none();
-    let ticket = limits.budget.enter(peer.ip(), capped);
+    // Bytes already waiting (a ClientHello arrives with the TCP handshake's
+    // last ACK, and under a flood the accept queue lets it arrive before we
+    // accept): ranked as speaking from the start, above silent connections,
+    // whenever its task gets to run. Behind a balancer they would be its
+    // PROXY header, which says nothing about the client.
+    let progress = if capped && connection::bytes_waiting(&tcp) { Progress::Speaking } else { Progress::Accepted };
+    let ticket = limits.budget.enter_at(peer.ip(), capped, progress);
     let notice = ticket.notice();
-    let admission = Admission::new(ticket, limits.slots.clone());
+    let admission = Admission::new(ticket, peer.ip(), limits);
     let (services, listener) = (services.clone(), name.to_owned());
     // Every line the connection causes carries its id (the audit line too, as
     // a field): docs/operations.md, "Logs".
@@ -113,10 +133,11 @@ async fn guarded<F: Future<Output = ()>>(
 }
 
 /// File descriptors one listener may hold at its limits: two per
-/// association (client and backend) and one per pre-association connection.
+/// association (client and backend), one per pre-association connection and
+/// one per farewell of a refusal outside both.
 pub fn descriptors_needed(max_connections: usize) -> u64 {
     let budget = Budget::new(max_connections).capacity();
-    (2 * max_connections + budget) as u64
+    (2 * max_connections + budget + crate::admission::farewells::cap_for(budget)) as u64
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (what systemd's
@@ -141,8 +162,9 @@ pub fn raise_nofile_limit(needed: u64) {
                 tracing::warn!(
                     limit = now,
                     needed = needed + BASE,
-                    "the open files limit is below what max_connections needs (2 per association + the \
-                     pre-association budget): raise LimitNOFILE= in the systemd unit, or lower max_connections"
+                    "the open files limit is below what max_connections needs (2 per association, the \
+                     pre-association budget and the farewell cap): raise LimitNOFILE= in the systemd unit, or \
+                     lower max_connections"
                 );
             }
         }

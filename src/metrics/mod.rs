@@ -5,11 +5,14 @@
 //!
 //! The registry is owned by [`Metrics`] and passed in; there is no global.
 
+mod admission;
+mod audit;
 mod crl;
 mod labels;
 
 use std::sync::Arc;
 
+pub use admission::BlockedReader;
 pub use crl::{CrlOwner, CrlSeries};
 pub use labels::Direction;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -36,8 +39,10 @@ struct Inner {
     admin_requests_denied_total: prometheus::IntCounter,
     listener_max_connections: IntGaugeVec,
     audit_messages_total: IntCounterVec,
+    audit: audit::AuditGauges,
     preassociation_evictions_total: IntCounterVec,
     tls_crl_next_update_timestamp_seconds: crl::CrlGauges,
+    admission: admission::AdmissionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,7 +142,7 @@ impl Metrics {
                 &registry,
                 prometheus::IntCounter::new(
                     "dicomgate_admin_requests_denied_total",
-                    "Admin endpoint requests refused (403) because the source is not in admin.allow.",
+                    "Admin endpoint connections closed at accept because the source is not in admin.allow.",
                 )
                 .expect("valid metric"),
             ),
@@ -151,12 +156,14 @@ impl Metrics {
                 "IHE ATNA audit messages, by sink and result (sent, or dropped undelivered).",
                 &["sink", "result"],
             ),
+            audit: audit::AuditGauges::register(&registry),
             preassociation_evictions_total: counter(
                 "dicomgate_preassociation_evictions_total",
                 "Connections closed before their A-ASSOCIATE-RQ to make room for newer ones, by reason.",
                 &["listener", "reason"],
             ),
             tls_crl_next_update_timestamp_seconds: reg(&registry, crl::CrlGauges::new()),
+            admission: admission::AdmissionMetrics::register(&registry),
             registry,
         };
         // Both results exported as 0 from the start, so dashboards and
@@ -187,11 +194,23 @@ impl Metrics {
         self.register_admission(listener);
     }
 
-    /// The pre-association eviction series of a listener, exported as 0 from the start.
+    /// The pre-association eviction and skipped-farewell series of a
+    /// listener, exported as 0 from the start.
     fn register_admission(&self, listener: &str) {
         for reason in ["source_cap", "budget_full"] {
             self.inner.preassociation_evictions_total.with_label_values(&[listener, reason]);
         }
+        self.inner.admission.farewells_skipped.with_label_values(&[listener]);
+    }
+
+    /// A refusal closed without its whole farewell (the listener's farewell cap).
+    pub fn refusal_farewell_skipped(&self, listener: &str) {
+        self.inner.admission.farewells_skipped.with_label_values(&[listener]).inc();
+    }
+
+    /// How a scrape learns `dicomgate_sources_blocked{listener}`.
+    pub fn read_sources_blocked(&self, reader: BlockedReader) {
+        self.inner.admission.sources_blocked.set_reader(reader);
     }
 
     /// `reason`: a [`crate::admission::Eviction::as_str`].
@@ -292,7 +311,7 @@ impl Metrics {
         self.inner.listener_max_connections.with_label_values(&[listener]).set(max);
     }
 
-    /// A request to the admin endpoint from a source not in `admin.allow`.
+    /// A connection to the admin endpoint from a source not in `admin.allow`.
     pub fn admin_request_denied(&self) {
         self.inner.admin_requests_denied_total.inc();
     }
@@ -302,6 +321,25 @@ impl Metrics {
     pub fn audit_message(&self, sent: bool, n: u64) {
         let result = if sent { "sent" } else { "dropped" };
         self.inner.audit_messages_total.with_label_values(&["syslog", result]).inc_by(n);
+    }
+
+    /// `dicomgate_audit_queue_messages{sink="syslog"}`.
+    pub fn set_audit_queue(&self, messages: usize) {
+        self.inner.audit.queue.with_label_values(&[audit::SINK]).set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    pub fn audit_queue(&self) -> i64 {
+        self.inner.audit.queue.with_label_values(&[audit::SINK]).get()
+    }
+
+    /// `dicomgate_audit_receiver_up{sink="syslog"}`; `None` removes it (no receiver configured).
+    pub fn set_audit_receiver_up(&self, up: Option<bool>) {
+        match up {
+            Some(up) => self.inner.audit.receiver_up.with_label_values(&[audit::SINK]).set(i64::from(up)),
+            None => {
+                let _ = self.inner.audit.receiver_up.remove_label_values(&[audit::SINK]);
+            }
+        }
     }
 
     /// Current value of `dicomgate_audit_messages_total{sink="syslog",result}`.
@@ -403,8 +441,10 @@ mod tests {
             "process_cpu_seconds_total",
             "process_start_time_seconds",
             "dicomgate_audit_messages_total",
+            "dicomgate_audit_queue_messages",
             "dicomgate_preassociation_evictions_total",
             "dicomgate_tls_crl_next_update_timestamp_seconds",
+            "dicomgate_refusal_farewells_skipped_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -52,17 +52,25 @@ pub(super) async fn listen_on(
     Ok(Socket { tcp, address: bound, fd })
 }
 
-/// A listener bound but not yet accepting.
+/// A listener bound but not yet accepting, with the admission state it
+/// will count in (new, or a moved listener's old one).
 pub(super) struct Bound {
     pub name: String,
     pub socket: Socket,
     pub built: PreparedListener,
+    pub limits: Limits,
 }
 
 impl Bound {
+    pub fn new(name: String, socket: Socket, built: PreparedListener) -> Bound {
+        let limits = Limits::new(built.runtime.config.max_connections);
+        Bound { name, socket, built, limits }
+    }
+
     pub fn view(&self) -> ListenerView {
         let built = &self.built;
-        ListenerView::new(&built.runtime.config, self.socket.address, built.certificate.as_ref(), &built.crls.infos)
+        let (config, cert) = (&built.runtime.config, built.certificate.as_ref());
+        ListenerView::new(config, self.socket.address, cert, &built.crls.infos, self.limits.blocklist.clone())
     }
 }
 
@@ -91,15 +99,14 @@ impl Listeners {
         let mut listeners = Listeners { running: BTreeMap::new(), services, tracker };
         for b in bound {
             banner(&b.name, b.socket.address, &b.built, &listeners.services);
-            let limits = Limits::new(b.built.runtime.config.max_connections);
-            listeners.start_one(b, limits);
+            listeners.start_one(b);
         }
         listeners
     }
 
-    fn start_one(&mut self, b: Bound, limits: Limits) {
+    fn start_one(&mut self, b: Bound) {
         let configured = b.built.runtime.config.listen;
-        let (publish, snapshot) = watch::channel(Snapshot { runtime: b.built.runtime, limits });
+        let (publish, snapshot) = watch::channel(Snapshot { runtime: b.built.runtime, limits: b.limits });
         let stop = CancellationToken::new();
         let Socket { tcp, address, fd } = b.socket;
         let loop_ = accept_loop(tcp, snapshot, self.services.clone(), self.tracker.clone(), stop.clone());
@@ -155,9 +162,9 @@ impl Listeners {
                     };
                     limits.resize(max);
                     banner(&name, socket.address, &built, &self.services);
-                    let bound = Bound { name, socket, built };
+                    let bound = Bound { name, socket, built, limits };
                     views.push(bound.view());
-                    self.start_one(bound, limits);
+                    self.start_one(bound);
                 }
             }
         }
@@ -168,10 +175,19 @@ impl Listeners {
     fn republish(&mut self, name: String, built: PreparedListener, max: usize, views: &mut Vec<ListenerView>) {
         let Some(r) = self.running.get(&name) else { return };
         banner(&name, r.bound, &built, &self.services);
-        views.push(ListenerView::new(&built.runtime.config, r.bound, built.certificate.as_ref(), &built.crls.infos));
         let limits = r.publish.borrow().limits.clone();
+        let blocklist = limits.blocklist.clone();
+        let (config, cert) = (&built.runtime.config, built.certificate.as_ref());
+        views.push(ListenerView::new(config, r.bound, cert, &built.crls.infos, blocklist));
         limits.resize(max);
         r.publish.send_replace(Snapshot { runtime: built.runtime, limits });
+    }
+
+    /// SIGHUP: every listener forgets the sources its guessing protection
+    /// counts or blocks. Returns how many were blocked.
+    pub fn clear_blocks(&self) -> usize {
+        let now = tokio::time::Instant::now();
+        self.running.values().map(|r| r.publish.borrow().limits.blocklist.clear(now)).sum()
     }
 
     /// Stops accepting everywhere and waits for the accept loops to end

@@ -96,7 +96,7 @@ impl Gateway {
             let key = format!("listeners.{name}.listen");
             let passed = inherited.take_listener(&name, &key, listen)?;
             let socket = listen_on(&key, listen, passed).await?;
-            listeners.push(Bound { name, socket, built });
+            listeners.push(Bound::new(name, socket, built));
         }
         let admin = match &config.admin {
             Some(a) => {

@@ -98,7 +98,9 @@ impl Gateway {
             refusals: RefusalLog::new(),
         };
         let summaries_stop = CancellationToken::new();
-        let summaries = (services.refusals.spawn_summaries(summaries_stop.clone()), summaries_stop);
+        let summaries = (services.refusals.spawn_summaries(summaries_stop.clone(), atna.clone()), summaries_stop);
+        let blocked = board.clone();
+        metrics.read_sources_blocked(Box::new(move || blocked.sources_blocked()));
         raise_nofile_limit(config.listeners.values().map(|l| descriptors_needed(l.max_connections)).sum());
         let admin = Admin::start(admin, &config, &metrics, &lifecycle, &board);
         let tracker = TaskTracker::new();
@@ -143,8 +145,14 @@ impl Serving {
     }
 
     /// SIGHUP: all or nothing; a failure keeps the running configuration.
+    /// Either way, the guessing protection forgets every source: SIGHUP is
+    /// how an admin unblocks a source at once, whatever the file says.
     async fn reload(&mut self) {
         self.lifecycle.set(State::Reloading);
+        let unblocked = self.listeners.clear_blocks();
+        if unblocked > 0 {
+            tracing::info!(target: super::LOG_TARGET, unblocked, "SIGHUP: sources blocked by the guessing protection are unblocked");
+        }
         let result = self.apply_reload().await;
         self.services.metrics.config_reload(result.is_ok());
         if let Err(e) = result {

@@ -1,6 +1,9 @@
-//! Issue 14: with the receiver unreachable the audit trail holds at most
-//! 1,000 messages (the product default, no key to raise it), drops the
-//! oldest beyond that, and counts every message it gives up on.
+//! Issues 14 and 20: with the receiver unreachable the audit trail holds at
+//! most 1,000 messages (the product default, no key to raise it), keeps the
+//! oldest and drops the newest beyond that (the first events of an outage or
+//! an attack are the ones an investigator needs), counts every message it
+//! gives up on, and delivers the kept ones, oldest first, once a receiver
+//! listens.
 
 use crate::support;
 use std::path::Path;
@@ -20,8 +23,38 @@ fn config(address: &str) -> Config {
     Config::from_yaml_str(&yaml, Path::new(".")).expect("valid config")
 }
 
+/// The `event N` numbers of the octet-counted syslog messages (RFC 6587)
+/// a receiver on `listener` gets, until `want` arrived or `within` passed.
+async fn receive(listener: tokio::net::TcpListener, want: usize, within: Duration) -> Vec<u32> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut events = Vec::new();
+    let Ok(Ok((mut s, _))) = tokio::time::timeout_at(deadline, listener.accept()).await else { return events };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    while events.len() < want {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        // LEN SP MSG, as many as are whole.
+        while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+            let len: usize = std::str::from_utf8(&buf[..sp]).ok().and_then(|l| l.parse().ok()).expect("octet count");
+            if buf.len() < sp + 1 + len {
+                break;
+            }
+            let msg = String::from_utf8_lossy(&buf[sp + 1..sp + 1 + len]).into_owned();
+            let n: Option<u32> =
+                msg.split("event ").nth(1).and_then(|t| t.split('<').next()).and_then(|t| t.parse().ok());
+            events.extend(n);
+            buf.drain(..sp + 1 + len);
+        }
+    }
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_receiver_keeps_the_newest_thousand_and_counts_the_rest() {
+async fn unreachable_receiver_keeps_the_oldest_thousand_and_counts_the_rest() {
     // A port nobody listens on: bound, then closed.
     let port = support::ports::free_port();
     let metrics = Metrics::new();
@@ -45,10 +78,19 @@ async fn unreachable_receiver_keeps_the_newest_thousand_and_counts_the_rest() {
     let dropped = metrics.audit_messages(false);
     assert!((199..=200).contains(&dropped), "dropped {dropped}");
     assert_eq!(metrics.audit_messages(true), 0);
+    assert!(metrics.audit_queue() >= 999, "queued: {}", metrics.audit_queue());
+
+    // A receiver comes up on that port: the kept messages arrive, the
+    // oldest first, none of the newest that were dropped.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the receiver's port");
+    let events = receive(listener, 1200 - dropped as usize, Duration::from_secs(40)).await;
+    assert_eq!(events.len(), 1200 - dropped as usize, "delivered: {} of the kept", events.len());
+    assert_eq!(events[..3], [0, 1, 2], "the oldest first");
+    assert!(events.iter().all(|n| *n <= 1000), "a dropped newest one was delivered: {:?}", events.iter().max());
+    assert_eq!(metrics.audit_messages(true), events.len() as u64);
 
     sink.close(Duration::from_secs(5)).await;
-    assert_eq!(metrics.audit_messages(false), 1200, "at exit every undelivered message is counted");
-    assert_eq!(metrics.audit_messages(true), 0);
+    assert_eq!(metrics.audit_messages(false), dropped, "nothing more dropped");
 }
 
 #[tokio::test]

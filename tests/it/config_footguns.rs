@@ -1,7 +1,8 @@
 //! Issue 11, configuration footguns, through the real binary: each error
 //! names its key path; an X.509 v1 certificate (what `openssl x509 -req`
 //! without `-extfile` still makes) is refused at load with how to re-issue
-//! it, and a v1 client certificate gets an audit line that says so; `run`
+//! it, a pinned v1 client certificate is refused the same way, and a v1
+//! client certificate gets an audit line that says so; `run`
 //! warns like `check` about a private key that group or others can read.
 
 use std::os::unix::fs::PermissionsExt;
@@ -103,6 +104,30 @@ async fn an_x509_v1_listener_certificate_is_refused_with_how_to_reissue_it() {
         let said = stderr(&out);
         assert_eq!(out.status.code(), Some(64), "{command}: {said}");
         for needle in ["listeners.store.tls", "v1.pem", "X.509 v1", "dicomgate gen-cert", "-extfile"] {
+            assert!(said.contains(needle), "{command}: no {needle:?} in:\n{said}");
+        }
+    }
+}
+
+/// Issue 20, finding 8: a pinned v1 client certificate loaded fine and then
+/// failed every handshake; `check` and `run` now refuse it, naming the key,
+/// the file and how to reissue it.
+#[tokio::test]
+async fn a_pinned_x509_v1_client_certificate_fails_check_and_run() {
+    require_tool!("openssl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki().write_to(dir.path());
+    openssl_v1(dir.path(), "cloud_v1");
+    let path = dir.path().join("dicomgate.yaml");
+    let tls = "{certificate: server.pem, private_key: server.key, client_certificates: [cloud.pem, cloud_v1.pem]}";
+    std::fs::write(&path, config(tls, "")).expect("config");
+    let path_arg = path.display().to_string();
+    for command in ["check", "run"] {
+        let out = run_to_exit(&[command, "--config", &path_arg], WITHIN).await;
+        let said = stderr(&out);
+        eprintln!("{command}: {said}");
+        assert_eq!(out.status.code(), Some(64), "{command}: {said}");
+        for needle in ["listeners.store.tls.client_certificates[1]", "cloud_v1.pem", "X.509 v1", "dicomgate gen-cert"] {
             assert!(said.contains(needle), "{command}: no {needle:?} in:\n{said}");
         }
     }

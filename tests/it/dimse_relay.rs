@@ -278,7 +278,8 @@ async fn an_unlimited_maximum_length_is_clamped_before_forwarding() {
     whole.extend_from_slice(&(ac.body.len() as u32).to_be_bytes());
     whole.extend_from_slice(&ac.body);
     let view = dicomgate::dicom::associate::parse(&whole).expect("AC parses");
-    assert_eq!(view.max_length.map(|(v, _)| v), Some(65536), "0 (unlimited) became the relay's limit");
+    let values: Vec<u32> = view.max_lengths.iter().map(|(v, _)| *v).collect();
+    assert_eq!(values, [65536], "0 (unlimited) became the relay's limit");
 }
 
 /// Accepts one connection, connects to `target`, copies both ways and keeps

@@ -22,9 +22,11 @@ fn item(out: &mut Vec<u8>, item_type: u8, reserved: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-fn user_info(max_length: u32) -> Vec<u8> {
+fn user_info(max_lengths: &[u32]) -> Vec<u8> {
     let mut user = Vec::new();
-    item(&mut user, 0x51, 0x00, &max_length.to_be_bytes());
+    for max_length in max_lengths {
+        item(&mut user, 0x51, 0x00, &max_length.to_be_bytes());
+    }
     item(&mut user, 0x52, 0x00, b"1.2.826.0.1.3680043.10.2");
     // A sub-item type no edition defines: PS3.8 §9.3 says skip it.
     item(&mut user, 0x77, 0x00, b"vendor-private");
@@ -34,6 +36,11 @@ fn user_info(max_length: u32) -> Vec<u8> {
 /// A-ASSOCIATE-RQ (`pdu_type` 0x01) or -AC (0x02) with DCMTK-style 0xFF
 /// reserved bytes in the presentation context item.
 fn associate_pdu(pdu_type: u8, max_length: u32) -> Vec<u8> {
+    associate_pdu_with(pdu_type, &[max_length])
+}
+
+/// [`associate_pdu`] with any number of Maximum Length sub-items.
+fn associate_pdu_with(pdu_type: u8, max_lengths: &[u32]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&[0x00, 0x01, 0x00, 0x00]);
     body.extend_from_slice(&ae(PACS_AE));
@@ -51,7 +58,7 @@ fn associate_pdu(pdu_type: u8, max_length: u32) -> Vec<u8> {
         item(&mut pc, 0x40, 0x00, dimse::IMPLICIT_VR_LE.as_bytes());
         item(&mut body, 0x21, 0xFF, &pc);
     }
-    item(&mut body, 0x50, 0x00, &user_info(max_length));
+    item(&mut body, 0x50, 0x00, &user_info(max_lengths));
     let mut pdu = vec![pdu_type, 0x00];
     pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
     pdu.extend_from_slice(&body);
@@ -137,4 +144,54 @@ async fn unlimited_max_length_is_clamped_in_place_and_nothing_else_changes() {
 /// Offset of the Maximum Length value (the 4 bytes after `51 00 00 04`).
 fn max_length_offset(pdu: &[u8]) -> usize {
     pdu.windows(4).position(|w| w == [0x51, 0x00, 0x00, 0x04]).expect("max length sub-item") + 4
+}
+
+/// The values of every Maximum Length sub-item, in order.
+fn max_lengths(pdu: &[u8]) -> Vec<u32> {
+    let at: Vec<usize> =
+        pdu.windows(4).enumerate().filter(|(_, w)| *w == [0x51, 0x00, 0x00, 0x04]).map(|(i, _)| i + 4).collect();
+    at.iter().map(|&o| u32::from_be_bytes([pdu[o], pdu[o + 1], pdu[o + 2], pdu[o + 3]])).collect()
+}
+
+/// Issue 20, finding 5, on the real daemon at defaults (max_pdu_length 4 MiB):
+/// with two Maximum Length sub-items, neither reaches the other side
+/// unclamped; both say the limit the relay enforces, and nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_maximum_length_sub_item_is_clamped_on_the_real_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::daemon::gen_cert(dir.path(), 365).await;
+    for (rq_values, ac_values) in [([0x7FFF_FFFF, 16384], [0, 16384]), ([0, 16384], [0x7FFF_FFFF, 16384])] {
+        let (rq, ac) = (associate_pdu_with(0x01, &rq_values), associate_pdu_with(0x02, &ac_values));
+        let (backend, recorded) = recording_backend(ac.clone()).await;
+        let yaml = format!(
+            "log: {{level: info}}\nbackends:\n  pacs:\n    ae_title: PACS\n    servers: [\"{backend}\"]\n    \
+             health_check: {{mode: \"off\"}}\nlisteners:\n  store:\n    listen: 127.0.0.1:0\n    \
+             tls: {{certificate: scp_cert.pem, private_key: scp_key.pem}}\n    allow: [127.0.0.1/32]\n    \
+             routes: {{PACS: pacs}}\n"
+        );
+        let path = dir.path().join("dicomgate.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let daemon = support::daemon::Daemon::start(&path).await;
+        let mut s = raw::tls_connect(daemon.addr("store"), support::wire::insecure_client()).await.expect("TLS");
+        raw::send(&mut s, &rq).await.expect("send RQ");
+        let at_client = match raw::read_pdu(&mut s, PROMPT).await {
+            Next::Pdu(p) => wire(&p),
+            other => panic!("expected the A-ASSOCIATE-AC, got {other:?}"),
+        };
+        let at_backend = support::within(PROMPT, "the RQ at the backend", recorded).await.expect("backend saw no PDU");
+        eprintln!(
+            "Maximum Length: RQ {rq_values:?} reached the SCP as {:?}; AC {ac_values:?} reached the client as {:?}",
+            max_lengths(&at_backend),
+            max_lengths(&at_client)
+        );
+        assert_eq!(max_lengths(&at_backend), [16384, 16384], "RQ {rq_values:?}");
+        assert_eq!(max_lengths(&at_client), [16384, 16384], "AC {ac_values:?}");
+        for (sent, got) in [(&rq, &at_backend), (&ac, &at_client)] {
+            let mut expected = sent.clone();
+            for o in [max_length_offset(sent), max_length_offset(sent) + 8] {
+                expected[o..o + 4].copy_from_slice(&16384u32.to_be_bytes());
+            }
+            assert_eq!(got, &expected, "bytes other than Maximum Length changed");
+        }
+    }
 }

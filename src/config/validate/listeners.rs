@@ -187,6 +187,8 @@ pub(super) fn validate_listener(
             .map(|d| v.duration(&format!("{key}.timeouts.association"), Some(d), DEFAULT_ACSE)),
     };
 
+    let guessing = super::guessing::validate_guessing(v, &key, raw.guessing);
+
     if v.issues.len() != before {
         return None;
     }
@@ -203,6 +205,7 @@ pub(super) fn validate_listener(
         relay_mode,
         proxy_protocol,
         timeouts,
+        guessing,
     })
 }
 

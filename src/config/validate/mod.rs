@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 mod admin;
 mod backends;
+mod guessing;
 mod listeners;
 
 pub use admin::DEFAULT_ADMIN_ALLOW;
@@ -73,7 +74,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, key: &str, value: Option<&Scalar>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, key: &str, value: Option<&Scalar>, default: Duration) -> Duration {
         match value {
             None => default,
             Some(Scalar::Number(n)) => {

@@ -19,8 +19,11 @@ use tokio::process::{Child, Command};
 /// How long the daemon may take to say "dicomgate ready" on a loaded box.
 const STARTUP: Duration = Duration::from_secs(30);
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_dicomgate")
+/// The binary under test: this build's, or the one `DICOMGATE_BINARY`
+/// names (to measure another build, e.g. the release before a fix, with the
+/// same test; see scripts/abuse.sh).
+pub fn binary() -> String {
+    std::env::var("DICOMGATE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dicomgate").to_owned())
 }
 
 /// Runs `dicomgate ARGS…` to completion under `deadline`.
@@ -159,6 +162,11 @@ impl Daemon {
         self.pid
     }
 
+    /// The bound address of the admin endpoint (`admin.listen` must be set).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("admin.listen in the daemon's configuration")
+    }
+
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> SocketAddr {
         *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
@@ -202,10 +210,16 @@ impl Daemon {
         super::gateway::http_get(admin, path).await
     }
 
-    /// Panics (with the log) if the daemon has exited.
+    /// Panics (with the log) if the daemon has exited, or if a task of it
+    /// panicked (tokio keeps the process running; nothing on the network
+    /// path may panic).
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("dicomgate exited ({status}):\n{}", self.log_text());
+        }
+        let log = self.log_text();
+        if let Some(at) = log.find("panicked at") {
+            panic!("a task of dicomgate panicked:\n{}", &log[at.saturating_sub(200)..(at + 2000).min(log.len())]);
         }
     }
 

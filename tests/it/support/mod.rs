@@ -5,8 +5,8 @@
 //! - the real binary as a child: [`daemon`] (`dicomgate run`, bound
 //!   addresses read from its startup lines), [`cli`] (one-shot commands);
 //! - peers: [`scp`] / [`scu`] (dicom-ul), [`dimse`], [`dicom_file`], [`raw`]
-//!   (hand-built PDUs, PROXY headers, raw TLS), [`wire`], [`hostile`] and
-//!   [`attack`] (misbehaving and flooding clients);
+//!   (hand-built PDUs, PROXY headers, raw TLS), [`wire`], [`hostile`],
+//!   [`attack`] and [`flood`] (misbehaving and flooding clients);
 //! - a real CA: [`openssl_ca`] (`openssl ca`: issue, revoke, CRLs);
 //! - external programs: [`tools`] (availability, children killed on drop),
 //!   [`dcmtk`], [`ports`] (for children that cannot bind port 0), [`atna`]
@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod dcmtk;
 pub mod dicom_file;
 pub mod dimse;
+pub mod flood;
 pub mod gateway;
 pub mod hostile;
 pub mod logs;

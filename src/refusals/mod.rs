@@ -7,9 +7,18 @@
 //! scanner must not flood the journal past its rate limit, which would drop
 //! the audit lines of real associations with it.
 //!
+//! Refusals of allowed peers that the audit trail reports ([`Audited`]: AE
+//! titles refused, TLS handshakes failed, blocked sources) go the same way,
+//! except that the first of a quiet (source, reason) is reported in full
+//! by its connection (audit line, status page, ATNA Security Alert) instead
+//! of a line here, and each summary also goes to ATNA as one Security Alert
+//! carrying the count (docs/audit.md).
+//!
 //! The map of sources is bounded ([`MAX_SOURCES`] per listener); past it,
 //! new sources are aggregated as "other sources". Recording is a counter
 //! update under a short std mutex; lines are written outside the lock.
+
+mod reason;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,64 +29,27 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Eviction;
+use crate::atna::AuditSink;
+pub use reason::{Audited, SummarisedRefusal};
 
 /// How often repeated refusals are summarised.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct (source, reason) pairs remembered per listener per interval.
 pub const MAX_SOURCES: usize = 256;
 
-/// A refusal before (or instead of) an association.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SummarisedRefusal {
-    /// Not in the listener's allow list (closed before TLS).
-    DeniedIp,
-    /// A PROXY listener: the TCP peer is not in `proxy_protocol_from`.
-    NotLoadBalancer,
-    /// The PROXY header carried a client not in the allow list.
-    ProxyDeniedIp,
-    /// A-ASSOCIATE-RQ read, but every `max_connections` slot is taken (RJ 2/3/2).
-    OverLimit,
-    /// Evicted from the pre-association budget before its RQ was complete.
-    Evicted(Eviction),
-}
-
-impl SummarisedRefusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SummarisedRefusal::DeniedIp => "denied_ip",
-            SummarisedRefusal::NotLoadBalancer => "not_load_balancer",
-            SummarisedRefusal::ProxyDeniedIp => "proxy_denied_ip",
-            SummarisedRefusal::OverLimit => "limit",
-            SummarisedRefusal::Evicted(Eviction::SourceCap) => "evicted_source_cap",
-            SummarisedRefusal::Evicted(Eviction::BudgetFull) => "evicted_budget_full",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            SummarisedRefusal::DeniedIp => "source address not in the allow list; closed before TLS",
-            SummarisedRefusal::NotLoadBalancer => {
-                "source address not in proxy_protocol_from: only the load balancers may connect"
-            }
-            SummarisedRefusal::ProxyDeniedIp => "the client address of the PROXY header is not in the allow list",
-            SummarisedRefusal::OverLimit => "listener at max_connections: A-ASSOCIATE-RJ local-limit-exceeded",
-            SummarisedRefusal::Evicted(Eviction::SourceCap) => {
-                "no A-ASSOCIATE-RQ yet and its source reached its share of the pre-association budget: \
-                 the oldest such connection of the source was closed"
-            }
-            SummarisedRefusal::Evicted(Eviction::BudgetFull) => {
-                "no A-ASSOCIATE-RQ yet and the pre-association budget was full: the oldest such connection \
-                 of the busiest source was closed"
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     Ip(IpAddr),
     Other,
+}
+
+impl Source {
+    fn ip(self) -> Option<IpAddr> {
+        match self {
+            Source::Ip(ip) => Some(ip),
+            Source::Other => None,
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -109,37 +81,49 @@ fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// One summary: `count` refusals of `source` for `refusal` since the last.
+struct Summary {
+    listener: String,
+    source: Source,
+    refusal: SummarisedRefusal,
+    count: u64,
+}
+
 impl RefusalLog {
     pub fn new() -> RefusalLog {
         RefusalLog::default()
     }
 
-    /// Notes one refusal. Logs a line only for a (source, reason) not seen
-    /// since the last summary; otherwise counts it for the next summary.
-    pub fn record(&self, listener: &str, source: IpAddr, refusal: SummarisedRefusal) {
-        let first = {
-            let mut pending = lock(&self.pending);
-            let of_listener = match pending.get_mut(listener) {
-                Some(m) => m,
-                None => pending.entry(listener.to_owned()).or_default(),
-            };
-            let mut key = (Source::Ip(source), refusal);
-            if !of_listener.contains_key(&key) && of_listener.len() >= MAX_SOURCES {
-                key.0 = Source::Other;
-            }
-            match of_listener.get_mut(&key) {
-                Some(count) => {
-                    *count += 1;
-                    None
-                }
-                None => {
-                    // The line below stands for this one: the summary counts the rest.
-                    of_listener.insert(key, 0);
-                    Some(key.0)
-                }
-            }
+    /// Counts one refusal. `Some(source)`: the first from a quiet (source,
+    /// reason), which the caller reports (the source may be "other sources").
+    fn count(&self, listener: &str, source: IpAddr, refusal: SummarisedRefusal) -> Option<Source> {
+        let mut pending = lock(&self.pending);
+        let of_listener = match pending.get_mut(listener) {
+            Some(m) => m,
+            None => pending.entry(listener.to_owned()).or_default(),
         };
-        if let Some(source) = first {
+        let mut key = (Source::Ip(source), refusal);
+        if !of_listener.contains_key(&key) && of_listener.len() >= MAX_SOURCES {
+            key.0 = Source::Other;
+        }
+        match of_listener.get_mut(&key) {
+            Some(count) => {
+                *count += 1;
+                None
+            }
+            None => {
+                // The first stands for itself: the summary counts the rest.
+                of_listener.insert(key, 0);
+                Some(key.0)
+            }
+        }
+    }
+
+    /// Notes one refusal anyone can cause. Logs a line only for a (source,
+    /// reason) not seen since the last summary; otherwise counts it for the
+    /// next summary.
+    pub fn record(&self, listener: &str, source: IpAddr, refusal: SummarisedRefusal) {
+        if let Some(source) = self.count(listener, source, refusal) {
             tracing::warn!(
                 target: "dicomgate::refusals",
                 listener = %listener, source = %source, reason = refusal.as_str(),
@@ -149,34 +133,49 @@ impl RefusalLog {
         }
     }
 
+    /// Notes one refusal of an allowed peer that the audit trail reports.
+    /// `true`: the first from a quiet (source, reason): the caller reports
+    /// it in full; otherwise it is counted for the next summary.
+    pub fn audited(&self, listener: &str, source: IpAddr, refusal: Audited) -> bool {
+        matches!(self.count(listener, source, SummarisedRefusal::Audited(refusal)), Some(Source::Ip(_)))
+    }
+
     /// Writes one summary line per (listener, source, reason) refused since
-    /// the last call, and forgets sources that were quiet.
-    pub fn flush(&self) {
+    /// the last call (and, for audited refusals, one ATNA Security Alert
+    /// with the count), and forgets sources that were quiet.
+    pub fn flush(&self, atna: &AuditSink) {
         let summaries = {
             let mut pending = lock(&self.pending);
             let mut out = Vec::new();
             for (listener, of_listener) in pending.iter_mut() {
-                // Quiet since the last summary: a new refusal is logged at once again.
+                // Quiet since the last summary: a new refusal is reported at once again.
                 of_listener.retain(|_, count| *count > 0);
                 for ((source, refusal), count) in of_listener.iter_mut() {
-                    out.push((listener.clone(), *source, *refusal, std::mem::take(count)));
+                    let count = std::mem::take(count);
+                    out.push(Summary { listener: listener.clone(), source: *source, refusal: *refusal, count });
                 }
             }
             pending.retain(|_, m| !m.is_empty());
             out
         };
-        for (listener, source, refusal, count) in summaries {
+        for s in summaries {
+            let Summary { listener, source, refusal, count } = &s;
             tracing::warn!(
                 target: "dicomgate::refusals",
                 listener = %listener, source = %source, reason = refusal.as_str(), count,
                 "{source}: {} connections refused ({}) in the last {} s",
-                thousands(count), refusal.as_str(), INTERVAL.as_secs()
+                thousands(*count), refusal.as_str(), INTERVAL.as_secs()
             );
+            if let SummarisedRefusal::Audited(audited) = refusal {
+                if let Some(reason) = audited.alert() {
+                    atna.refusals_summarised(listener, source.ip(), reason, *count, INTERVAL);
+                }
+            }
         }
     }
 
     /// Summarises every [`INTERVAL`] until `stop`, then once more.
-    pub fn spawn_summaries(&self, stop: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_summaries(&self, stop: CancellationToken, atna: AuditSink) -> JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(INTERVAL);
@@ -185,10 +184,10 @@ impl RefusalLog {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => log.flush(),
+                    _ = tick.tick() => log.flush(&atna),
                 }
             }
-            log.flush();
+            log.flush(&atna);
         })
     }
 }
@@ -234,10 +233,10 @@ mod tests {
             log.record("store", ip(3), SummarisedRefusal::DeniedIp);
         }
         assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), SummarisedRefusal::DeniedIp)], 2999);
-        log.flush();
+        log.flush(&AuditSink::disabled());
         // Summarised and reset; still remembered, so the next one is counted, not logged.
         assert_eq!(counts(&log, "store")[&(Source::Ip(ip(3)), SummarisedRefusal::DeniedIp)], 0);
-        log.flush();
+        log.flush(&AuditSink::disabled());
         assert!(counts(&log, "store").is_empty(), "a quiet source is forgotten");
     }
 
@@ -253,5 +252,23 @@ mod tests {
         assert_eq!(c.len(), MAX_SOURCES + 1);
         // 100 sources × 2 refusals, the first of which opened the "other" entry.
         assert_eq!(c[&(Source::Other, SummarisedRefusal::DeniedIp)], 199);
+        // An audited refusal of "other sources" is never reported in full.
+        assert!(!log.audited("store", IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), Audited::CallingAe));
+    }
+
+    #[test]
+    fn an_audited_refusal_is_reported_in_full_once_per_quiet_spell() {
+        let log = RefusalLog::new();
+        let first: Vec<bool> = (0..1500).map(|_| log.audited("store", ip(2), Audited::TlsHandshake)).collect();
+        assert_eq!(first.iter().filter(|f| **f).count(), 1);
+        assert!(first[0]);
+        assert!(log.audited("store", ip(2), Audited::CallingAe), "another reason is reported on its own");
+        let key = (Source::Ip(ip(2)), SummarisedRefusal::Audited(Audited::TlsHandshake));
+        assert_eq!(counts(&log, "store")[&key], 1499);
+        log.flush(&AuditSink::disabled());
+        assert!(!log.audited("store", ip(2), Audited::TlsHandshake), "not quiet: counted");
+        log.flush(&AuditSink::disabled());
+        log.flush(&AuditSink::disabled());
+        assert!(log.audited("store", ip(2), Audited::TlsHandshake), "quiet for an interval: in full again");
     }
 }
