@@ -168,11 +168,22 @@ pub struct ListenerConfig {
     /// Largest P-DATA-TF the relay accepts in either direction; the Maximum
     /// Length sub-items forwarded are clamped to it (0 "unlimited" included).
     pub max_pdu_length: u32,
-    pub relay_mode: crate::relay::RelayMode,
+    pub relay_mode: RelayMode,
     /// `None`: `proxy_protocol: off`, the TCP peer is the client.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     pub timeouts: Timeouts,
     pub guessing: GuessingConfig,
+}
+
+/// How a listener relays an established association. `Dicom`: PDU framing,
+/// checks and DIMSE accounting (the default and the only value a user's
+/// build accepts). `Bytes`: a plain byte copy, kept as the baseline the
+/// benchmarks compare against (feature `bench-baseline`); no PDU checks, no
+/// DIMSE metrics, no A-ABORT on idle (just close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    Dicom,
+    Bytes,
 }
 
 /// AE-title guessing protection (`listeners.NAME.guessing`): a source

@@ -296,14 +296,14 @@ fn relay_mode_bytes_is_only_for_the_bench_build() {
     let text = BASE.replace("    routes:", "    relay_mode: bytes\n    routes:");
     if cfg!(feature = "bench-baseline") {
         let c = parse(&text).expect("the bench build takes bytes");
-        assert_eq!(c.listeners["store"].relay_mode, crate::relay::RelayMode::Bytes);
+        assert_eq!(c.listeners["store"].relay_mode, crate::config::RelayMode::Bytes);
     } else {
         let err = parse(&text).unwrap_err();
         assert_eq!(issue_paths(&err), vec!["listeners.store.relay_mode"]);
         assert!(err.to_string().contains("--features bench-baseline"), "{err}");
     }
     let dicom = parse(&BASE.replace("    routes:", "    relay_mode: dicom\n    routes:")).expect("valid");
-    assert_eq!(dicom.listeners["store"].relay_mode, crate::relay::RelayMode::Dicom);
+    assert_eq!(dicom.listeners["store"].relay_mode, crate::config::RelayMode::Dicom);
 }
 
 #[test]

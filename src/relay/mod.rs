@@ -68,14 +68,8 @@ pub struct RelaySettings {
     pub end_by: Option<Instant>,
 }
 
-/// `Dicom`: PDU framing, checks and DIMSE accounting (the default).
-/// `Bytes`: a plain byte copy, kept as the baseline the benchmarks compare
-/// against; no PDU checks, no DIMSE metrics, no A-ABORT on idle (just close).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayMode {
-    Dicom,
-    Bytes,
-}
+/// Defined with the configuration that chooses it (`relay_mode`).
+pub use crate::config::RelayMode;
 
 /// Per-association DIMSE counts: (operation, `None` for requests or the
 /// response's status class) → count.

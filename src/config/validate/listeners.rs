@@ -145,22 +145,22 @@ pub(super) fn validate_listener(
     // `bytes` is the benchmarks' baseline (no PDU checks, no DIMSE metrics):
     // a footgun in a user's configuration, so only a bench build takes it.
     let relay_mode = match raw.relay_mode.as_deref() {
-        None | Some("dicom") => crate::relay::RelayMode::Dicom,
-        Some("bytes") if cfg!(feature = "bench-baseline") => crate::relay::RelayMode::Bytes,
+        None | Some("dicom") => crate::config::RelayMode::Dicom,
+        Some("bytes") if cfg!(feature = "bench-baseline") => crate::config::RelayMode::Bytes,
         Some("bytes") => {
             v.issue(
                 format!("{key}.relay_mode"),
                 "bytes is the benchmark baseline (no PDU checks, no DIMSE metrics) and exists only in builds \
                  with --features bench-baseline: remove the key (dicom is the default)",
             );
-            crate::relay::RelayMode::Dicom
+            crate::config::RelayMode::Dicom
         }
         Some(other) => {
             v.issue(
                 format!("{key}.relay_mode"),
                 format!("{other:?} is not a relay mode: expected dicom (the default)"),
             );
-            crate::relay::RelayMode::Dicom
+            crate::config::RelayMode::Dicom
         }
     };
 
