@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The abuse suite (tests/abuse.rs) at sizes too large for CI, against the real
+# The abuse suite (tests/it/abuse.rs) at sizes too large for CI, against the real
 # release binary at its default limits (no max_connections key: issue 11):
 # slowloris connections (TCP and TLS, silent or one byte a second) from
 # 127.0.0.2 while DCMTK's echoscu must still be served, a connect-and-close
 # flood that must leave the daemon's fds and RSS at baseline, and the hostile
-# first-PDU cases. Then tests/admission_defaults.rs at its larger sizes. Then
+# first-PDU cases. Then tests/it/admission_defaults.rs at its larger sizes. Then
 # issue 20's attacks (tests/it/deny_service.rs, refusal_summaries.rs,
 # many_sources.rs, guessing.rs): a never-closing bad-AE flood and an RJ 2/3/2
 # storm at 500 RQs/s for 10 s, off-list admin peers, FLOOD garbage-TLS

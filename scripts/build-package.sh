@@ -19,7 +19,7 @@ assets="$target/release/assets"
 rm -rf "$assets"
 "$target/release/dicomgate" generate-assets --out "$assets"
 # The committed copy (config.example.yaml's modeline points at it) must be
-# what the binary prints; tests/schema.rs checks it too.
+# what the binary prints; tests/it/schema.rs checks it too.
 if ! cmp -s "$assets/dicomgate.schema.json" docs/dicomgate.schema.json; then
   echo "build-package: docs/dicomgate.schema.json is stale: cargo run -- schema > docs/dicomgate.schema.json" >&2
   exit 1

@@ -5,14 +5,14 @@
 #   openssl    certificate checks, s_client
 #   prometheus promtool (metrics and alert-rule checks)
 #   systemd    systemd-analyze (unit verification and security exposure)
-#   testssl.sh testssl (TLS policy audit of a listener, tests/security_tls.rs)
+#   testssl.sh testssl (TLS policy audit of a listener, tests/it/security_tls.rs)
 #   haproxy    the L4 load balancer in front of the gateway (PROXY protocol tests)
-#   chromium   headless rendering and screenshot of the status page (tests/admin_page.rs)
+#   chromium   headless rendering and screenshot of the status page (tests/it/admin_page.rs)
 #   rsyslog    the syslog receiver of the ATNA audit trail tests (imtcp, RFC 6587)
-#   rsyslog-gnutls  its TLS driver (RFC 5425, client certificates), tests/atna_syslog.rs
+#   rsyslog-gnutls  its TLS driver (RFC 5425, client certificates), tests/it/atna_syslog.rs
 #   lintian    the Debian package check (scripts/check-package.sh)
 # and from PyPI:
-#   check-jsonschema  validates configs against `dicomgate schema` (tests/schema.rs)
+#   check-jsonschema  validates configs against `dicomgate schema` (tests/it/schema.rs)
 # (cargo-deb comes from crates.io: scripts/build-package.sh installs it.)
 set -euo pipefail
 
@@ -32,7 +32,7 @@ command -v lintian >/dev/null 2>&1 || need+=(lintian)
 need_pip_for_check_jsonschema() {
   command -v check-jsonschema >/dev/null 2>&1 && return 0
   if [ "$(id -u)" -ne 0 ]; then
-    echo "install-test-deps: missing check-jsonschema (tests/schema.rs will skip); run: pip install check-jsonschema" >&2
+    echo "install-test-deps: missing check-jsonschema (tests/it/schema.rs will skip); run: pip install check-jsonschema" >&2
     return 0
   fi
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)

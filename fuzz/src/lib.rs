@@ -1,5 +1,5 @@
 //! Fuzz harnesses for the code that reads hostile bytes, shared by the
-//! cargo-fuzz targets (`fuzz_targets/`) and by `tests/fuzz_corpus.rs`, which
+//! cargo-fuzz targets (`fuzz_targets/`) and by `tests/it/fuzz_corpus.rs`, which
 //! replays the checked-in corpus in every `cargo test`.
 //!
 //! Each harness states the invariants it checks; a panic is a finding.

@@ -7,7 +7,7 @@
 //! `super::schema`): doc comments on fields become the schema's descriptions
 //! (and the dicomgate.yaml(5) man page), `schemars` attributes add defaults
 //! and patterns. The defaults written here must match `super::validate`'s
-//! constants; `tests/schema.rs` loads them back to keep the two honest.
+//! constants; `tests/it/schema.rs` loads them back to keep the two honest.
 //! `#[serde(default)]` on an `Option` with `schema_with` changes nothing for
 //! serde; it tells schemars the key is optional.
 

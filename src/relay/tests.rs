@@ -6,7 +6,7 @@ use tokio::io::{duplex, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Dupl
 
 /// Any `AsyncRead + AsyncWrite` as a relay stream, through a buffer of its
 /// own: what the pumps do is tested here over in-memory pipes; the
-/// daemon's `tls::Stream` (no copy) is tested in tests/tls_stream.rs and by
+/// daemon's `tls::Stream` (no copy) is tested in tests/it/tls_stream.rs and by
 /// the end-to-end suites.
 struct Copying<T> {
     rd: tokio::io::ReadHalf<T>,

@@ -5,7 +5,7 @@ use rustls::crypto::cipher::{AeadKey, Iv};
 
 fn secrets(kind: u8) -> ConnectionTrafficSecrets {
     let iv = Iv::new([7; 12]);
-    // AES-128 keys cannot be made outside rustls; tests/tls_stream.rs
+    // AES-128 keys cannot be made outside rustls; tests/it/tls_stream.rs
     // negotiates that suite with a real peer.
     match kind {
         1 => ConnectionTrafficSecrets::Aes256Gcm { key: AeadKey::from([2u8; 32]), iv },

@@ -113,7 +113,7 @@ async fn healthz_heads_unknown_paths_and_methods() {
     let r = request(admin.addr, "GET", "/healthz?verbose=1").await;
     assert_eq!(r.status, 200, "a query string does not change the route");
 
-    // "/" is the status page (tests/admin_page.rs).
+    // "/" is the status page (tests/it/admin_page.rs).
     for path in ["/index.html", "/metrics/", "/health", "/readyz/x"] {
         assert_eq!(request(admin.addr, "GET", path).await.status, 404, "{path}");
     }

@@ -125,8 +125,16 @@ async fn allow_list_applies_to_the_carried_address(name: &str, version: &str, se
     assert_eq!(denied.len(), 1, "refusal lines: {denied:#?}");
     let audited = logs::matching(&[&format!("listener={lo1} "), "peer=\"127.0.0.2:", "connection ended"]);
     assert!(audited.is_empty(), "audit line for a refused client: {audited:#?}");
-    let forwarded =
-        logs::matching(&[&format!("listener={lo2} "), "peer=\"127.0.0.2:", "proxy=\"127.0.0.1:", "forwarded"]);
+    // The counter moves a moment before the audit line is written: wait for it.
+    let pattern = [&format!("listener={lo2} ") as &str, "peer=\"127.0.0.2:", "proxy=\"127.0.0.1:", "forwarded"];
+    support::wait_until(
+        PROMPT,
+        "the audit line of the forwarded association",
+        || !logs::matching(&pattern).is_empty(),
+        String::new,
+    )
+    .await;
+    let forwarded = logs::matching(&pattern);
     assert_eq!(forwarded.len(), 1, "audit lines: {forwarded:#?}");
 
     balancer.assert_running();

@@ -137,12 +137,16 @@ impl Instance {
     }
 }
 
-/// HAProxy as deploy/haproxy/haproxy.cfg has it, with checks fast enough for a test.
+/// HAProxy as deploy/haproxy/haproxy.cfg has it, with checks fast enough for a
+/// test: every 200 ms, down after one failure. `timeout check` keeps a check
+/// that is merely slow (a loaded CI machine) from counting as a failure: without
+/// it HAProxy allows a check only `inter` (200 ms), and a busy moment took both
+/// instances out at once, so associations failed with no restart involved.
 async fn haproxy(dir: &Path, gateways: &[&Instance]) -> (ScpProcess, u16) {
     let front = free_port();
     let mut cfg = format!(
         "global\n    maxconn 256\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
-         timeout server 60s\n    retries 3\n    option redispatch 1\n\nfrontend dicom_store\n    \
+         timeout server 60s\n    timeout check 2s\n    retries 3\n    option redispatch 1\n\nfrontend dicom_store\n    \
          bind 127.0.0.1:{front}\n    default_backend dicomgate_store\n\nbackend dicomgate_store\n    \
          balance roundrobin\n    option httpchk GET /readyz\n    http-check expect status 200\n    \
          default-server send-proxy-v2 check inter 200ms fall 1 rise 2\n"
@@ -194,12 +198,16 @@ async fn sender(files: Arc<Vec<Vec<String>>>, front: u16, dir: PathBuf, tally: A
     failures
 }
 
-/// Waits until `n` more associations than `from` succeeded.
-async fn wait_sent(tally: &Tally, from: usize, n: usize, what: &str) {
+/// Waits until `n` more associations than `from` succeeded; panics with the
+/// logs of every process involved if they do not, or one fails.
+async fn wait_sent(tally: &Tally, from: usize, n: usize, what: &str, logs: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tally.ok.load(Ordering::SeqCst) < from + n {
-        assert!(Instant::now() < deadline, "{what}: fewer than {n} associations within 30 s");
-        assert_eq!(tally.failed.load(Ordering::SeqCst), 0, "{what}: an association failed");
+        let failed = tally.failed.load(Ordering::SeqCst);
+        if failed > 0 || Instant::now() >= deadline {
+            let ok = tally.ok.load(Ordering::SeqCst) - from;
+            panic!("{what}: {ok} of {n} associations within 30 s, {failed} failed\n{}", logs());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -249,13 +257,18 @@ async fn rolling_restart_behind_haproxy_loses_no_association() {
     // Traffic first, then each instance in turn: SIGTERM, drain, exit; the
     // other one carries the traffic for a while; start again on the same
     // ports, and serve (seen in its own counter) before the next one goes.
-    wait_sent(&tally, 0, 10, "before the restarts").await;
+    let log_files = [lb.log.clone(), scp.log.clone(), gw1.log.clone(), gw2.log.clone()];
+    let logs = || {
+        let text = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        log_files.iter().map(|p| format!("--- {}\n{}", p.display(), text(p))).collect::<String>()
+    };
+    wait_sent(&tally, 0, 10, "before the restarts", logs).await;
     let mut report = Vec::new();
     for g in [&mut gw1, &mut gw2] {
         let in_flight = g.busy().await;
         let before = tally.ok.load(Ordering::SeqCst);
         let drained = g.terminate().await;
-        wait_sent(&tally, tally.ok.load(Ordering::SeqCst), 10, &format!("while {} is down", g.name)).await;
+        wait_sent(&tally, tally.ok.load(Ordering::SeqCst), 10, &format!("while {} is down", g.name), logs).await;
         let while_down = tally.ok.load(Ordering::SeqCst) - before;
         let restart = Instant::now();
         g.start().await;
@@ -273,7 +286,7 @@ async fn rolling_restart_behind_haproxy_loses_no_association() {
             restart.elapsed()
         ));
     }
-    wait_sent(&tally, tally.ok.load(Ordering::SeqCst), 10, "after the restarts").await;
+    wait_sent(&tally, tally.ok.load(Ordering::SeqCst), 10, "after the restarts", logs).await;
     tally.stop.store(true, Ordering::SeqCst);
     let mut failures = Vec::new();
     for s in senders {
