@@ -96,7 +96,9 @@ impl fmt::Display for CertificateInfo {
     }
 }
 
-fn utc_text(t: OffsetDateTime) -> String {
+/// `YYYY-MM-DD hh:mm:ss UTC`: how `check`, the banners and the CRL lines
+/// print dates.
+pub fn utc_text(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",

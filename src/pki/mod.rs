@@ -26,7 +26,7 @@ pub use command::{gen_cert, gen_cert_command, GenCertOptions, GenCertOutcome};
 pub use files::write_file_atomic;
 pub use generate::{generate_self_signed, CertSpec, GeneratedPair};
 pub use inspect::{
-    inspect_certificate, inspect_pair, load_certificate_chain, load_private_key, CertificateInfo, KeyInfo,
+    inspect_certificate, inspect_pair, load_certificate_chain, load_private_key, utc_text, CertificateInfo, KeyInfo,
 };
 pub use pkcs12::{pkcs12_bundle, read_password_file};
 

@@ -23,14 +23,20 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// At most this many associations, and this long in all.
-const MAX_ASSOCIATIONS: usize = 240;
+const MAX_ASSOCIATIONS: usize = 1000;
+const MAX_RUN: Duration = Duration::from_secs(90);
 /// Objects per association, and their side in pixels (144 KiB each): long
 /// enough that the SIGTERM finds an association in flight.
 const PER_ASSOCIATION: usize = 2;
 const SIDE: u16 = 384;
-const MAX_RUN: Duration = Duration::from_secs(90);
-/// Associations sent at the same time.
+/// Distinct object pairs, sent in turn (storescp gives every object it
+/// receives a file of its own, `+uf`, so each association is still counted).
+const DISTINCT: usize = 60;
+/// Associations sent at the same time, and each sender's pause between two:
+/// about 15 associations a second in all, so the pool lasts a minute however
+/// fast the machine is, and the restarts are done long before.
 const SENDERS: usize = 2;
+const PAUSE: Duration = Duration::from_millis(50);
 
 /// One gateway instance: its ports (kept across restarts) and its process.
 struct Instance {
@@ -175,15 +181,18 @@ struct Tally {
     stop: AtomicBool,
 }
 
-/// Sends `files[i]` (one association, [`PER_ASSOCIATION`] objects) at a time,
-/// next index first, until `stop`, the files run out or `MAX_RUN` passes;
-/// failures are kept for the report.
+/// Sends association after association ([`PER_ASSOCIATION`] objects each,
+/// the pairs of `files` in turn) until `stop`, [`MAX_ASSOCIATIONS`] or
+/// [`MAX_RUN`]; failures are kept for the report.
 async fn sender(files: Arc<Vec<Vec<String>>>, front: u16, dir: PathBuf, tally: Arc<Tally>) -> Vec<String> {
     let started = Instant::now();
     let mut failures = Vec::new();
     while !tally.stop.load(Ordering::SeqCst) && started.elapsed() < MAX_RUN {
         let i = tally.next.fetch_add(1, Ordering::SeqCst);
-        let Some(batch) = files.get(i) else { break };
+        if i >= MAX_ASSOCIATIONS {
+            break;
+        }
+        let batch = &files[i % files.len()];
         let mut a = args(&["-aet", "CLOUD", "-aec", "PACS", "-to", "20", "-ta", "20", "-td", "30", "127.0.0.1"]);
         a.push(front.to_string());
         a.extend(batch.iter().cloned());
@@ -194,6 +203,7 @@ async fn sender(files: Arc<Vec<Vec<String>>>, front: u16, dir: PathBuf, tally: A
             tally.failed.fetch_add(1, Ordering::SeqCst);
             failures.push(format!("association {i}: {}", output_text(&out)));
         }
+        tokio::time::sleep(PAUSE).await;
     }
     failures
 }
@@ -204,9 +214,14 @@ async fn wait_sent(tally: &Tally, from: usize, n: usize, what: &str, logs: impl 
     let deadline = Instant::now() + Duration::from_secs(30);
     while tally.ok.load(Ordering::SeqCst) < from + n {
         let failed = tally.failed.load(Ordering::SeqCst);
+        let started = tally.next.load(Ordering::SeqCst).min(MAX_ASSOCIATIONS);
         if failed > 0 || Instant::now() >= deadline {
             let ok = tally.ok.load(Ordering::SeqCst) - from;
-            panic!("{what}: {ok} of {n} associations within 30 s, {failed} failed\n{}", logs());
+            panic!(
+                "{what}: {ok} of {n} associations within 30 s, {failed} failed, {started} of at most \
+                 {MAX_ASSOCIATIONS} started\n{}",
+                logs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -219,7 +234,7 @@ async fn rolling_restart_behind_haproxy_loses_no_association() {
     let out = dir.path().join("received");
     std::fs::create_dir_all(&out).expect("received dir");
     let scp_port = free_port();
-    let a = args(&["-aet", "PACS", "-od", &out.display().to_string(), &scp_port.to_string()]);
+    let a = args(&["-aet", "PACS", "+uf", "-od", &out.display().to_string(), &scp_port.to_string()]);
     let mut scp = ScpProcess::spawn("storescp", &a, scp_port, dir.path()).await;
 
     let mut gw1 = Instance::new("gw1", dir.path(), scp_port);
@@ -232,7 +247,7 @@ async fn rolling_restart_behind_haproxy_loses_no_association() {
     std::fs::create_dir_all(&images).expect("image dir");
     let (study, series) = (new_uid(), new_uid());
     let files: Arc<Vec<Vec<String>>> = Arc::new(
-        (0..MAX_ASSOCIATIONS)
+        (0..DISTINCT)
             .map(|a| {
                 (0..PER_ASSOCIATION)
                     .map(|k| {
@@ -315,7 +330,7 @@ async fn rolling_restart_behind_haproxy_loses_no_association() {
         gw1.log_text(),
         gw2.log_text()
     );
-    assert!(ok < MAX_ASSOCIATIONS, "the senders ran out of objects before the restarts were done");
+    assert!(ok < MAX_ASSOCIATIONS, "the senders reached MAX_ASSOCIATIONS before the restarts were done");
     assert_eq!(received(&out), ok * PER_ASSOCIATION, "objects at storescp vs associations that succeeded");
     lb.assert_running();
     scp.assert_running();

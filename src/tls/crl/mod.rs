@@ -44,6 +44,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
 
+use crate::pki::utc_text;
+
 /// The CRLs of one listener or backend, checked, with what they say.
 #[derive(Debug, Clone, Default)]
 pub struct CrlSet {
@@ -337,20 +339,6 @@ fn webpki_accepts(
 pub fn serial_text(raw: &[u8]) -> String {
     let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
     raw[start..].iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// `YYYY-MM-DD hh:mm:ss UTC`, as `check` prints certificate dates.
-fn utc_text(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
