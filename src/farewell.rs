@@ -37,7 +37,7 @@ pub async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, p
     let _ = Box::pin(timeout(FAREWELL, farewell)).await;
 }
 
-/// Closes within [`FAREWELL`] (see [`linger_close`]).
+/// Closes within [`FAREWELL`] (see `linger_close`).
 pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = Box::pin(timeout(FAREWELL, linger_close(stream))).await;
 }

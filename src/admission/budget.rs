@@ -107,7 +107,7 @@ impl Budget {
     }
 
     /// An association of `ip` was forwarded: its source is known for
-    /// [`super::table::KNOWN_FOR`], and its connections evicted last.
+    /// `KNOWN_FOR` (an hour), and its connections evicted last.
     pub fn forwarded(&self, ip: IpAddr) {
         lock(&self.table).mark_known(Source::of(ip), Instant::now());
     }

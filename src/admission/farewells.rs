@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The cap, from the listener's pre-association budget: a quarter of it, at
-/// least [`MIN_FAREWELLS`] (64 at the default `max_connections` of 256). A
+/// least `MIN_FAREWELLS` (64 at the default `max_connections` of 256). A
 /// refused peer that reads its RJ and closes takes milliseconds; the cap is
 /// only reached by peers that hold the connection open after a refusal.
 pub fn cap_for(budget_capacity: usize) -> usize {
