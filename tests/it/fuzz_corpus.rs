@@ -73,13 +73,7 @@ fn tls_handshake_corpus_replays() {
 /// past the record header.
 #[test]
 fn tls_handshake_holds_for_pseudo_random_inputs() {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     for round in 0..64 {
         let len = 2 + (next() % 600) as usize;
         let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -96,13 +90,7 @@ fn tls_handshake_holds_for_pseudo_random_inputs() {
 /// wrote down even where cargo-fuzz never runs.
 #[test]
 fn tls_read_holds_for_pseudo_random_inputs() {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     for round in 0..48 {
         let len = 4 + (next() % 48) as usize;
         let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -131,5 +119,15 @@ fn first_pdu_seeds_reach_the_routing_policy() {
         let view = associate::parse(&pdu).unwrap_or_else(|e| panic!("{seed}: {e}"));
         let decision = decide(&view, store);
         assert_eq!(matches!(decision, Decision::Forward { .. }), forwarded, "{seed}: {decision:?}");
+    }
+}
+
+/// A deterministic xorshift64 sequence from `seed`: the same inputs on every run.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
     }
 }
